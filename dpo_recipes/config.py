@@ -1,0 +1,202 @@
+"""Configuration: one YAML file, then command-line overrides (TrlParser style), checked before any model loads.
+
+Three dataclasses make the namespace, and keys keep their TRL / transformers names:
+- `ScriptArguments`: data and run fields of this project;
+- `PreferenceConfig`: TRL's `DPOConfig` plus the knobs of our loss variants;
+- `ModelConfig`: TRL's model, quantisation and LoRA fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from trl import DPOConfig, ModelConfig, TrlParser
+
+from .errors import UserError
+from .losses import LOSS_TYPES
+
+
+@dataclass
+class ScriptArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub id, local directory, or local .jsonl/.json/.parquet/.csv file (gzip too)."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str = field(default="test", metadata={"help": "Held-out split to evaluate on."})
+    eval_fraction: float = field(
+        default=0.05,
+        metadata={"help": "Fraction carved (with `seed`) into a held-out split when the data has none."},
+    )
+    tiny_model: str | None = field(
+        default=None,
+        metadata={"help": "Build a tiny random model of this family (llama, qwen2, mistral) locally and train it, "
+                  "when model_name_or_path is not given. Used by the CPU demo and smoke tests."},
+    )
+    chat_template_path: str | None = field(
+        default=None, metadata={"help": "A Jinja chat template file that replaces the tokenizer's own."}
+    )
+
+
+@dataclass
+class PreferenceConfig(DPOConfig):
+    ipo_normalize: bool = field(
+        default=True,
+        metadata={"help": "ipo: divide each side's log-ratio by its completion length (TRL's form); false gives "
+                  "the paper's summed form."},
+    )
+    madpo_c_max: float = field(default=2.0, metadata={"help": "madpo: c_max of the adaptive scale."})
+    madpo_c_min: float | None = field(default=None, metadata={"help": "madpo: c_min (default 1/c_max)."})
+    madpo_lambda: float = field(default=1.0, metadata={"help": "madpo: steepness lambda."})
+    madpo_tau: float = field(default=math.log(999.0), metadata={"help": "madpo: threshold tau (default ln 999)."})
+
+
+DATACLASSES = (ScriptArguments, PreferenceConfig, ModelConfig)
+_UnionType = type(int | None)
+
+
+class _Parser(TrlParser):
+    """TrlParser whose errors are one line (argparse would print a usage of several hundred options)."""
+
+    def error(self, message):
+        raise UserError(f"command line: {message}")
+
+
+def _known_keys() -> set[str]:
+    return {f.name for cls in DATACLASSES for f in dataclasses.fields(cls) if f.init}
+
+
+def _unknown(key: str, where: str, known: set[str]) -> UserError:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return UserError(f"{where}: unknown key '{key}'{hint}")
+
+
+def _field_types() -> dict[str, typing.Any]:
+    types = {}
+    for cls in DATACLASSES:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            types.setdefault(f.name, hints.get(f.name))
+    return types
+
+
+def _check_yaml_types(config: dict, path: str) -> None:
+    """YAML values bypass argparse's type conversion, so check the scalar ones here."""
+    types = _field_types()
+    for key, value in config.items():
+        expected = types.get(key)
+        allowed = set(typing.get_args(expected)) if typing.get_origin(expected) in (typing.Union, _UnionType) else {expected}
+        if value is None:
+            if type(None) not in allowed:
+                raise UserError(f"{path}: key '{key}' must not be null")
+            continue
+        scalar = [t for t in allowed if t in (int, float, bool, str)]
+        if not scalar or len(allowed - {type(None)}) != len(scalar):
+            continue  # lists, dicts, enums: argparse / the dataclass checks them
+        ok = (
+            (bool in scalar and isinstance(value, bool))
+            or (int in scalar and isinstance(value, int) and not isinstance(value, bool))
+            or (float in scalar and isinstance(value, (int, float)) and not isinstance(value, bool))
+            or (str in scalar and isinstance(value, (str, int, float)) and not isinstance(value, bool))
+        )
+        if float in scalar and isinstance(value, str):  # YAML 1.1 reads 5e-7 as a string
+            try:
+                float(value)
+                ok = True
+            except ValueError:
+                pass
+        if not ok:
+            names = "/".join(t.__name__ for t in scalar)
+            raise UserError(f"{path}: key '{key}' must be {names}, got {type(value).__name__} {value!r}")
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        config = yaml.safe_load(path.read_text())  # safe loader: no Python objects from YAML
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML: {err}") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: must be a mapping of key: value, got {type(config).__name__}")
+    return config
+
+
+def parse_config(argv: list[str] | None = None):
+    """Parse `--config file.yaml` and overrides into (script_args, training_args, model_args), validated."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known = _known_keys()
+    config: dict = {}
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise UserError("command line: --config needs a file path")
+        config_path = argv[i + 1]
+        del argv[i : i + 2]
+        config = read_yaml(config_path)
+        config.pop("env", None)  # TrlParser's env block is not supported: keep secrets out of configs
+        for key in config:
+            if key not in known:
+                raise _unknown(key, config_path, known)
+        _check_yaml_types(config, config_path)
+    for token in argv:
+        if token.startswith("--"):
+            key = token[2:].split("=", 1)[0]
+            if key not in known and key.removeprefix("no_") not in known:  # --no_x negates a boolean x
+                raise _unknown(key, "command line", known)
+
+    parser = _Parser(DATACLASSES)
+    parser.set_defaults_with_config(**config)
+    try:
+        script_args, training_args, model_args = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # a dataclass __post_init__ refused a value
+        raise UserError(f"config: {err}") from None
+    validate(script_args, training_args, model_args)
+    return script_args, training_args, model_args
+
+
+def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: ModelConfig) -> None:
+    """Combinations that cannot work, or would silently do nothing, stop here with one line."""
+    ours = [t for t in args.loss_type if t in LOSS_TYPES]
+    if ours and len(ours) != len(args.loss_type):
+        theirs = [t for t in args.loss_type if t not in LOSS_TYPES]
+        raise UserError(f"config: loss_type mixes this project's losses {ours} with TRL-only losses {theirs}; "
+                        "combine losses from one group")
+    if args.beta <= 0:
+        raise UserError(f"config: beta must be > 0, got {args.beta}")
+    if not 0.0 <= args.label_smoothing < 0.5:
+        raise UserError(f"config: label_smoothing must be in [0, 0.5), got {args.label_smoothing}")
+    from .losses import USES_LABEL_SMOOTHING
+
+    if args.label_smoothing > 0 and ours and not any(t in USES_LABEL_SMOOTHING for t in ours):
+        raise UserError(f"config: label_smoothing={args.label_smoothing} has no effect with loss_type {ours}; "
+                        f"use cdpo or rdpo, or set label_smoothing 0")
+    if not 0.0 < script_args.eval_fraction < 1.0:
+        raise UserError(f"config: eval_fraction must be in (0, 1), got {script_args.eval_fraction}")
+    if model_args.model_name_or_path is None and script_args.tiny_model is None:
+        raise UserError("config: set model_name_or_path (a hub id or local directory) or tiny_model")
+    if model_args.load_in_4bit and not model_args.use_peft:
+        raise UserError("config: load_in_4bit (QLoRA) needs use_peft: true; 4-bit weights cannot be fine-tuned fully")
+    if model_args.load_in_4bit and model_args.load_in_8bit:
+        raise UserError("config: choose one of load_in_4bit and load_in_8bit")
+    if args.precompute_ref_log_probs and args.sync_ref_model:
+        raise UserError("config: precompute_ref_log_probs cannot be combined with sync_ref_model (the reference "
+                        "changes during training)")
+    if args.sync_ref_model and model_args.use_peft:
+        raise UserError("config: sync_ref_model is not supported with use_peft (the reference is the base model "
+                        "with adapters disabled)")
+    if ours and (args.ld_alpha is not None or args.f_divergence_type != "reverse_kl" or args.use_weighting):
+        raise UserError(f"config: ld_alpha, f_divergence_type and use_weighting are TRL-only options and are not "
+                        f"applied by loss_type {ours}")

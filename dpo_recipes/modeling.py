@@ -1,0 +1,57 @@
+"""Model, tokenizer and adapter loading from a ModelConfig (TRL's fields), with the project's safety defaults:
+weights in safetensors only, no remote code unless the recipe turns it on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import ModelConfig, get_peft_config, get_quantization_config
+
+from .errors import UserError
+from .tiny import FAMILIES, REPO_ROOT, build_tiny
+
+CACHE_DIR = Path(os.environ.get("DPO_RECIPES_CACHE", REPO_ROOT / ".cache"))
+
+
+def resolve_model_path(model_args: ModelConfig, tiny_model: str | None) -> str:
+    """The model to load: `model_name_or_path` if given, else a tiny model of `tiny_model`'s family built locally."""
+    if model_args.model_name_or_path:
+        return model_args.model_name_or_path
+    if tiny_model not in FAMILIES:
+        raise UserError(f"config: tiny_model must be one of {sorted(FAMILIES)}, got {tiny_model!r}")
+    return str(build_tiny(tiny_model, CACHE_DIR / f"tiny-{tiny_model}"))
+
+
+def load_tokenizer(path: str, model_args: ModelConfig, trust_remote_code: bool, chat_template_path: str | None):
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
+    )
+    if chat_template_path:
+        template = Path(chat_template_path)
+        if not template.is_file():
+            raise UserError(f"{template}: chat_template_path not found")
+        tokenizer.chat_template = template.read_text()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, model_args: ModelConfig, trust_remote_code: bool):
+    """The policy model, quantised when asked (QLoRA), and the LoRA config for the trainer (None for full FT)."""
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        quantization_config.bnb_4bit_compute_dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        revision=model_args.model_revision,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=quantization_config,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,  # never unpickle .bin weights
+    )
+    return model, get_peft_config(model_args)

@@ -1,0 +1,155 @@
+"""What a run leaves behind besides weights: manifest, metrics JSON, plots, and version checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+STACK = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "deepspeed")
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "HF_API_TOKEN")
+# Plots drawn from trainer_state.json's log history: (file, title, [(train key, eval key)])
+PLOTS = (
+    ("loss.png", "Loss", [("loss", "eval_loss")]),
+    ("reward_margins.png", "Reward margin (chosen - rejected)", [("rewards/margins", "eval_rewards/margins")]),
+    ("reward_accuracy.png", "Reward accuracy", [("rewards/accuracies", "eval_rewards/accuracies")]),
+    ("rewards.png", "Rewards", [("rewards/chosen", "eval_rewards/chosen"), ("rewards/rejected", "eval_rewards/rejected")]),
+    ("learning_rate.png", "Learning rate", [("learning_rate", None)]),
+)
+
+
+def installed_versions(packages=STACK) -> dict[str, str | None]:
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def read_validated_versions(recipe_dir: str | Path) -> dict[str, str]:
+    """The recipe's `versions.txt`: `name==version` lines it was validated with."""
+    path = Path(recipe_dir) / "versions.txt"
+    pins = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if "==" in line:
+                name, version = line.split("==", 1)
+                pins[name.strip()] = version.strip()
+    return pins
+
+
+def version_drift(recipe_dir: str | Path) -> list[str]:
+    """One message per package whose installed version differs from the recipe's validated one."""
+    pins = read_validated_versions(recipe_dir)
+    installed = installed_versions(pins)
+    return [
+        f"{name} {installed[name] or 'not installed'} is installed; {Path(recipe_dir).name} was validated with {want}"
+        for name, want in pins.items()
+        if (installed[name] or "").split("+")[0] != want.split("+")[0]
+    ]
+
+
+def warn_version_drift(recipe_dir: str | Path) -> None:
+    for message in version_drift(recipe_dir):
+        warnings.warn(message, stacklevel=2)
+
+
+def redact(value):
+    """Replace any secret from the environment, and token-like fields, wherever they appear."""
+    secrets = [os.environ[k] for k in SECRET_ENV if os.environ.get(k)]
+    if isinstance(value, dict):
+        return {k: ("<redacted>" if re.search(r"token|api_key|secret|password", k, re.I) and v else redact(v))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "<redacted>")
+    return value
+
+
+def git_commit(repo_dir: str | Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo_dir, capture_output=True, text=True).stdout
+    return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
+
+
+def _jsonable(obj):
+    if dataclasses.is_dataclass(obj):
+        obj = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
+    return json.loads(json.dumps(obj, default=str))
+
+
+def write_json(path: str | Path, data) -> None:
+    """Write JSON atomically (a kill mid-write leaves the old file, never a torn one)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(redact(data), indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_manifest(output_dir, *, script_args, training_args, model_args, datasets: dict, recipe_dir) -> dict:
+    repo = Path(__file__).resolve().parent.parent
+    manifest = {
+        "recipe": Path(recipe_dir).name,
+        "config": {
+            "script": _jsonable(script_args),
+            "training": _jsonable(training_args),
+            "model": _jsonable(model_args),
+        },
+        "versions": installed_versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "git_commit": git_commit(repo),
+        "datasets": {name: {"fingerprint": ds._fingerprint, "rows": len(ds)} for name, ds in datasets.items()},
+        "seed": training_args.seed,
+    }
+    write_json(Path(output_dir) / "manifest.json", manifest)
+    return manifest
+
+
+def plot_log_history(log_history: list[dict], out_dir: str | Path) -> list[Path]:
+    """PNG plots of the logged metrics against the step; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, title, series in PLOTS:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        drawn = False
+        for train_key, eval_key in series:
+            for key, style in ((train_key, "-"), (eval_key, "o--")):
+                points = [(e["step"], e[key]) for e in log_history if key and key in e and math.isfinite(e[key])]
+                if points:
+                    ax.plot(*zip(*points), style, label=key, markersize=4)
+                    drawn = True
+        if drawn:
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(out_dir / filename, dpi=100)
+            written.append(out_dir / filename)
+        plt.close(fig)
+    return written

@@ -1,0 +1,64 @@
+"""The training path every recipe runs, top to bottom:
+
+    config -> data -> model and adapter -> trainer and loss -> outputs
+
+Each step's logic lives in its own module (config.py, data.py, modeling.py, trainer.py + losses.py, reporting.py);
+this file only puts them in order. A recipe's train.py calls `main(recipe_dir)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import parse_config
+from .data import load_preference_splits
+from .errors import exit_on_user_error
+from .modeling import load_model, load_tokenizer, resolve_model_path
+from .reporting import plot_log_history, warn_version_drift, write_json, write_manifest
+from .trainer import PreferenceTrainer
+
+
+@exit_on_user_error
+def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
+    # 1. Config: the recipe's YAML, then command-line overrides; validated before anything heavy happens.
+    script_args, training_args, model_args = parse_config(argv)
+    warn_version_drift(recipe_dir)
+    output_dir = Path(training_args.output_dir)
+
+    # 2. Data: load, split off a held-out set.
+    train_dataset, eval_dataset = load_preference_splits(script_args, seed=training_args.seed)
+
+    # 3. Model, tokenizer and LoRA config (QLoRA when load_in_4bit). The main process builds a tiny model first.
+    with training_args.main_process_first(desc="resolve model"):
+        model_path = resolve_model_path(model_args, script_args.tiny_model)
+    trust_remote_code = training_args.trust_remote_code
+    tokenizer = load_tokenizer(model_path, model_args, trust_remote_code, script_args.chat_template_path)
+    model, peft_config = load_model(model_path, model_args, trust_remote_code)
+
+    # 4. Trainer: TRL's DPOTrainer with our loss registry.
+    trainer = PreferenceTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.train()
+
+    # 5. Outputs: adapter (or model) and tokenizer, log history, held-out metrics, plots, manifest.
+    trainer.save_model(str(output_dir))
+    eval_metrics = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
+        write_json(output_dir / "eval_metrics.json", eval_metrics)
+        plot_log_history(trainer.state.log_history, output_dir / "plots")
+        write_manifest(
+            output_dir,
+            script_args=script_args,
+            training_args=training_args,
+            model_args=model_args,
+            datasets={"train": train_dataset, "eval": eval_dataset},
+            recipe_dir=recipe_dir,
+        )
+    return eval_metrics

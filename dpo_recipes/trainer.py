@@ -1,0 +1,126 @@
+"""PreferenceTrainer: TRL's DPOTrainer with its loss taken from `dpo_recipes.losses`.
+
+TRL 1.x computes its losses inside one long `_compute_loss` with no hook, so for this project's loss types
+(`losses.LOSS_TYPES`) we override `compute_loss` with a short path: one policy forward through TRL's fused LM head,
+the reference log-probs from TRL's own `compute_ref_log_probs` (or the precomputed columns), then the registry's loss
+and TRL's metric names. Any other TRL loss type goes to TRL unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from trl import DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+from .losses import LOSS_TYPES, MADPO_DEFAULTS, madpo_weights, preference_loss
+
+MARGIN_COLUMN = "reward_margin"  # r(x, y_w) - r(x, y_l), for madpo; see data.py
+_REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+@dataclass
+class PreferenceCollator(DataCollatorForPreference):
+    """TRL's preference collator, also carrying the per-pair reward margin that madpo needs."""
+
+    def torch_call(self, examples):
+        batch = super().torch_call(examples)
+        if MARGIN_COLUMN in examples[0]:
+            batch[MARGIN_COLUMN] = torch.tensor([float(e[MARGIN_COLUMN]) for e in examples])
+        return batch
+
+
+class PreferenceTrainer(DPOTrainer):
+    def __init__(self, *args, processing_class=None, data_collator=None, **kwargs):
+        config = kwargs["args"]
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        if data_collator is None and tokenizer is not None:
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            data_collator = PreferenceCollator(
+                pad_token_id=tokenizer.pad_token_id,
+                max_length=config.max_length,
+                truncation_mode=config.truncation_mode,
+                pad_to_multiple_of=config.pad_to_multiple_of,
+            )
+        super().__init__(*args, processing_class=processing_class, data_collator=data_collator, **kwargs)
+        self.use_registry = all(t in LOSS_TYPES for t in self.loss_types)
+        self.loss_knobs = {"ipo_normalize": config.ipo_normalize}
+        self.loss_knobs.update({k: getattr(config, k) for k in MADPO_DEFAULTS})
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if MARGIN_COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, MARGIN_COLUMN]
+
+    def pair_logps(self, model, inputs):
+        """Summed completion log-probs of the policy, (chosen, rejected), and the completion lengths."""
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            labels=labels,
+            use_cache=False,
+            fused_lm_head=True,
+        )
+        per_token = outputs.log_probs[:, -(completion_mask.size(1) - 1) :]
+        logps = per_token.sum(dim=1)
+        return logps.chunk(2), completion_mask.sum(dim=1).chunk(2)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.use_registry:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        mode = "train" if self.model.training else "eval"
+        (chosen_logps, rejected_logps), (chosen_lengths, rejected_lengths) = self.pair_logps(model, inputs)
+        if all(k in inputs for k in _REF_KEYS):
+            ref_chosen_logps, ref_rejected_logps = (inputs[k].to(chosen_logps.device) for k in _REF_KEYS)
+        else:
+            model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "completion_mask")}
+            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(model, model_inputs)
+        chosen_logratios = chosen_logps - ref_chosen_logps
+        rejected_logratios = rejected_logps - ref_rejected_logps
+
+        margins = inputs.get(MARGIN_COLUMN)
+        loss = 0.0
+        for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
+            per_pair = preference_loss(
+                loss_type,
+                chosen_logratios,
+                rejected_logratios,
+                beta=self.beta,
+                label_smoothing=self.label_smoothing,
+                chosen_lengths=chosen_lengths,
+                rejected_lengths=rejected_lengths,
+                reward_margins=margins,
+                **self.loss_knobs,
+            )
+            loss = loss + weight * per_pair.mean()
+
+        self._log_pair_metrics(mode, inputs, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
+        if return_outputs:  # Trainer.prediction_step wants logits; the fused head does not build them
+            with torch.no_grad():
+                outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            return loss, outputs
+        return loss
+
+    def _log_pair_metrics(self, mode, inputs, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios):
+        """The metrics TRL logs for DPO, under TRL's names, plus madpo's mean weight."""
+        gather = self.accelerator.gather_for_metrics
+        metrics = self._metrics[mode]
+        chosen_rewards = gather(self.beta * chosen_logratios.detach())
+        rejected_rewards = gather(self.beta * rejected_logratios.detach())
+        metrics["rewards/chosen"].append(chosen_rewards.mean().item())
+        metrics["rewards/rejected"].append(rejected_rewards.mean().item())
+        metrics["rewards/accuracies"].append((chosen_rewards > rejected_rewards).float().mean().item())
+        metrics["rewards/margins"].append((chosen_rewards - rejected_rewards).mean().item())
+        metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
+        metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
+        if mode == "train":
+            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
+        metrics["num_tokens"] = [self._total_train_tokens]
+        if "madpo" in self.loss_types and MARGIN_COLUMN in inputs:
+            knobs = {k: self.loss_knobs[k] for k in MADPO_DEFAULTS}
+            weights = gather(madpo_weights(inputs[MARGIN_COLUMN], **knobs).float())
+            metrics["madpo/weight_mean"].append(weights.mean().item())

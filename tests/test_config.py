@@ -1,0 +1,73 @@
+import sys
+
+import pytest
+
+from conftest import REPO, run
+from dpo_recipes.config import parse_config
+from dpo_recipes.errors import UserError
+
+DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
+
+
+def test_yaml_then_cli_override_wins():
+    script, train, model = parse_config(["--config", DEMO, "--beta", "0.25", "--output_dir", "/tmp/x"])
+    assert train.beta == 0.25
+    assert train.output_dir == "/tmp/x"
+    assert train.max_length == 128  # from the YAML
+    assert model.lora_r == 16 and model.use_peft
+    assert script.tiny_model == "llama"
+
+
+def test_unknown_yaml_key_suggests(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("tiny_model: llama\ndataset_name: data/demo\nlearning_rat: 0.1\n")
+    with pytest.raises(UserError, match=r"c.yaml: unknown key 'learning_rat' \(did you mean 'learning_rate'\?\)"):
+        parse_config(["--config", str(bad)])
+
+
+def test_unknown_cli_key_suggests():
+    with pytest.raises(UserError, match=r"command line: unknown key 'bta' \(did you mean 'beta'\?\)"):
+        parse_config(["--config", DEMO, "--bta", "0.1"])
+
+
+def test_wrong_yaml_type(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("tiny_model: llama\nmax_steps: many\n")
+    with pytest.raises(UserError, match=r"key 'max_steps' must be int, got str 'many'"):
+        parse_config(["--config", str(bad)])
+
+
+def test_yaml_scientific_notation_is_a_float(tmp_path):
+    ok = tmp_path / "c.yaml"
+    ok.write_text("tiny_model: llama\nlearning_rate: 5e-7\nuse_cpu: true\nbf16: false\n")
+    _, train, _ = parse_config(["--config", str(ok)])
+    assert train.learning_rate == 5e-7
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--label_smoothing", "0.1"], "label_smoothing=0.1 has no effect with loss_type ['sigmoid']"),
+        (["--loss_type", "cdpo", "--label_smoothing", "0.6"], "label_smoothing must be in [0, 0.5)"),
+        (["--use_peft", "false", "--load_in_4bit", "true"], "load_in_4bit (QLoRA) needs use_peft"),
+        (["--beta", "0"], "beta must be > 0"),
+        (["--loss_type", "cdpo", "hinge"], "mixes this project's losses"),
+    ],
+)
+def test_combinations_that_cannot_work(args, message):
+    with pytest.raises(UserError) as err:
+        parse_config(["--config", DEMO, *args])
+    assert message in str(err.value)
+
+
+def test_bad_config_exits_2_with_one_line():
+    proc = run([sys.executable, "recipes/demo-cpu/train.py", "--config", DEMO, "--bta", "1"], check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: command line: unknown key 'bta' (did you mean 'beta'?)"
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_recipe_lists_recipes():
+    proc = run(["make", "--no-print-directory", "train", "RECIPE=nope"], check=False)
+    assert proc.returncode != 0
+    assert "unknown RECIPE 'nope'" in proc.stderr and "demo-cpu" in proc.stderr
