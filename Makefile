@@ -7,10 +7,11 @@ RECIPE ?= demo-cpu
 ARGS ?=
 RECIPE_DIR := recipes/$(RECIPE)
 
-.PHONY: help install train test check-recipe
+.PHONY: help install train audit test check-recipe
 
 help:
 	@echo "make train [RECIPE=<name>] [ARGS='--key value ...']   train a recipe (default: demo-cpu, CPU, no downloads)"
+	@echo "make audit [RECIPE=<name>] [ARGS='--key value ...']   check a recipe's data (no model load): data_audit.json"
 	@echo "make test                                               run the whole test suite"
 	@echo "make install                                            create .venv from requirements.txt"
 	@echo "recipes: $$(ls recipes | tr '\n' ' ')"
@@ -30,6 +31,10 @@ check-recipe:
 train: install check-recipe
 	$(VENV)/bin/accelerate launch --config_file $(RECIPE_DIR)/accelerate.yaml \
 		$(RECIPE_DIR)/train.py --config $(RECIPE_DIR)/config.yaml $(ARGS)
+
+# The data audit alone: the recipe's data through its tokenizer, written to output_dir/data_audit.json.
+audit: install check-recipe
+	$(PY) -m dpo_recipes.audit --config $(RECIPE_DIR)/config.yaml $(ARGS)
 
 test: install
 	$(PY) -m pytest tests

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 from trl import DPOConfig, ModelConfig, TrlParser
 
+from .data import check_data_args
 from .errors import UserError
 from .losses import LOSS_TYPES
 
@@ -35,6 +36,26 @@ class ScriptArguments:
     eval_fraction: float = field(
         default=0.05,
         metadata={"help": "Fraction carved (with `seed`) into a held-out split when the data has none."},
+    )
+    dataset_columns: dict | str | None = field(
+        default=None,
+        metadata={"help": "Column mapping {ours: theirs} for other column names, e.g. {prompt: question, chosen: "
+                  "good, rejected: bad} (YAML), or 'prompt=question,chosen=good,rejected=bad' on the command line."},
+    )
+    dataset_mixture: list | str | None = field(
+        default=None,
+        metadata={"help": "Several sources instead of dataset_name: a YAML list of {name, split, test_split, config, "
+                  "columns, weight or fraction}; on the command line the same list as a YAML string. See docs/data.md."},
+    )
+    dataset_mixture_rows: int | None = field(
+        default=None,
+        metadata={"help": "With mixture weights: total training rows (default: the most that repeats no row)."},
+    )
+    data_stop_on: list[str] | None = field(
+        default=None,
+        metadata={"help": "Row defects that stop the run instead of being dropped and counted (missing_field, "
+                  "wrong_type, empty_field, bad_transcript, prompt_mismatch, identical_pair, duplicate_pair, "
+                  "prompt_too_long; or all / none). Default: missing_field wrong_type."},
     )
     tiny_model: str | None = field(
         default=None,
@@ -185,6 +206,7 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
                         f"use cdpo or rdpo, or set label_smoothing 0")
     if not 0.0 < script_args.eval_fraction < 1.0:
         raise UserError(f"config: eval_fraction must be in (0, 1), got {script_args.eval_fraction}")
+    check_data_args(script_args)
     if model_args.model_name_or_path is None and script_args.tiny_model is None:
         raise UserError("config: set model_name_or_path (a hub id or local directory) or tiny_model")
     if model_args.load_in_4bit and not model_args.use_peft:

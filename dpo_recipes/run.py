@@ -1,6 +1,6 @@
 """The training path every recipe runs, top to bottom:
 
-    config -> data -> model and adapter -> trainer and loss -> outputs
+    config -> tokenizer -> data and its audit -> model and adapter -> trainer and loss -> outputs
 
 Each step's logic lives in its own module (config.py, data.py, modeling.py, trainer.py + losses.py, reporting.py);
 this file only puts them in order. A recipe's train.py calls `main(recipe_dir)`.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import parse_config
-from .data import load_preference_splits
+from .audit import audit_data
 from .errors import exit_on_user_error
 from .modeling import load_model, load_tokenizer, resolve_model_path
 from .reporting import plot_log_history, warn_version_drift, write_json, write_manifest
@@ -25,17 +25,23 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
     warn_version_drift(recipe_dir)
     output_dir = Path(training_args.output_dir)
 
-    # 2. Data: load, split off a held-out set.
-    train_dataset, eval_dataset = load_preference_splits(script_args, seed=training_args.seed)
-
-    # 3. Model, tokenizer and LoRA config (QLoRA when load_in_4bit). The main process builds a tiny model first.
+    # 2. Tokenizer (its chat template renders the data). The main process builds a tiny model first.
     with training_args.main_process_first(desc="resolve model"):
         model_path = resolve_model_path(model_args, script_args.tiny_model)
     trust_remote_code = training_args.trust_remote_code
     tokenizer = load_tokenizer(model_path, model_args, trust_remote_code, script_args.chat_template_path)
+
+    # 3. Data: load, normalise, drop (counted) or stop on bad rows, split, mix; the audit goes to data_audit.json.
+    # Before the model loads, so a data problem costs seconds. The main process fills the datasets cache first.
+    with training_args.main_process_first(desc="data"):
+        train_dataset, eval_dataset, _ = audit_data(
+            script_args, training_args, tokenizer, write=training_args.process_index == 0
+        )
+
+    # 4. Model and LoRA config (QLoRA when load_in_4bit).
     model, peft_config = load_model(model_path, model_args, trust_remote_code)
 
-    # 4. Trainer: TRL's DPOTrainer with our loss registry.
+    # 5. Trainer: TRL's DPOTrainer with our loss registry.
     trainer = PreferenceTrainer(
         model=model,
         args=training_args,
@@ -46,7 +52,7 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
     )
     trainer.train()
 
-    # 5. Outputs: adapter (or model) and tokenizer, log history, held-out metrics, plots, manifest.
+    # 6. Outputs: adapter (or model) and tokenizer, log history, held-out metrics, plots, manifest.
     trainer.save_model(str(output_dir))
     eval_metrics = trainer.evaluate()
     if trainer.is_world_process_zero():

@@ -1,0 +1,160 @@
+"""The data audit: what was read, kept and dropped (and why), token lengths, truncation and length bias.
+
+It runs at the start of every training run, after the tokenizer and before the model loads, and alone:
+
+    make audit RECIPE=<name> [ARGS="--key value ..."]
+    python -m dpo_recipes.audit --config recipes/<name>/config.yaml [--key value ...]
+
+Both write `data_audit.json` to the run's output_dir and print a short table.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .data import DEFECTS, PreferenceData, load_preference_data
+from .errors import exit_on_user_error
+
+AUDIT_FILE = "data_audit.json"
+
+
+def length_stats(values: np.ndarray) -> dict:
+    if len(values) == 0:
+        return {"mean": None, "p50": None, "p95": None, "max": None}
+    return {
+        "mean": round(float(values.mean()), 2),
+        "p50": float(np.percentile(values, 50)),
+        "p95": float(np.percentile(values, 95)),
+        "max": int(values.max()),
+    }
+
+
+def split_stats(lengths: dict, max_length: int | None) -> dict:
+    """Token statistics of one final split: lengths, truncation at max_length, length bias."""
+    prompt, chosen, rejected = lengths["prompt"], lengths["chosen"], lengths["rejected"]
+    stats = {"tokens": {side: length_stats(lengths[side]) for side in ("prompt", "chosen", "rejected")}}
+    # Length bias: DPO is known to reward length; a high share here means the data alone can teach it.
+    stats["chosen_longer_share"] = round(float((chosen > rejected).mean()), 4) if len(chosen) else None
+    stats["rejected_longer_share"] = round(float((rejected > chosen).mean()), 4) if len(chosen) else None
+    if max_length is not None:
+        # The collator cuts prompt + completion to max_length: these pairs lose completion tokens (keep_start).
+        chosen_cut, rejected_cut = prompt + chosen > max_length, prompt + rejected > max_length
+        stats["truncated"] = {"chosen": int(chosen_cut.sum()), "rejected": int(rejected_cut.sum()),
+                              "pairs": int((chosen_cut | rejected_cut).sum())}
+    return stats
+
+
+def build_report(data: PreferenceData) -> dict:
+    settings = data.settings
+    totals = {"rows_read": 0, "kept": 0, "dropped": dict.fromkeys(DEFECTS, 0)}
+    for source in data.sources:
+        for role in ("train", "eval"):
+            counts = source[role]
+            if "rows_read" not in counts:  # carved from the train split: already counted there
+                continue
+            totals["rows_read"] += counts["rows_read"]
+            totals["kept"] += counts["kept"]
+            for reason, n in counts["dropped"].items():
+                totals["dropped"][reason] += n
+    if totals["rows_read"] != totals["kept"] + sum(totals["dropped"].values()):
+        raise AssertionError(f"audit counts do not add up: {totals}")  # a bug, never the user's data
+    report = {
+        **totals,
+        "format": "conversational" if data.conversational else "standard",
+        "extra_columns": data.extra_columns,
+        "settings": settings,
+        "sources": data.sources,
+        "splits": {"train": {"rows": len(data.train)}, "eval": {"rows": len(data.eval)}},
+        "eval_pairs_in_train": data.eval_pairs_in_train,
+    }
+    for name, lengths in data.lengths.items():
+        report["splits"][name].update(split_stats(lengths, settings["max_length"]))
+    return report
+
+
+def format_table(report: dict) -> str:
+    """A short, fixed-width summary for the run's log."""
+    lines = []
+    for source in report["sources"]:
+        mix = f", {source['rows_in_mixture']} rows in the mixture" if len(report["sources"]) > 1 else ""
+        lines.append(f"source {source['name']}: {source['format']}; held-out: {source['held_out']}{mix}")
+    dropped = {r: n for r, n in report["dropped"].items() if n}
+    lines.append(f"rows read {report['rows_read']}, kept {report['kept']}, dropped {sum(dropped.values())}"
+                 + (": " + ", ".join(f"{r} {n}" for r, n in dropped.items()) if dropped else ""))
+    for source in report["sources"]:
+        for role in ("train", "eval"):
+            for reason, where in source[role].get("first_dropped", {}).items():
+                lines.append(f"  first {reason}: {where}")
+    splits = report["splits"]
+    rows = [("", "train", "eval"), ("pairs", *(str(splits[s]["rows"]) for s in ("train", "eval")))]
+    if "tokens" in splits["train"]:
+        for side in ("prompt", "chosen", "rejected"):
+            rows.append((f"{side} tokens", *(" / ".join(_num(splits[s]["tokens"][side][k]) for k in
+                                                        ("mean", "p50", "p95", "max")) for s in ("train", "eval"))))
+        rows.append(("chosen longer", *(_pct(splits[s]["chosen_longer_share"]) for s in ("train", "eval"))))
+        if "truncated" in splits["train"]:
+            rows.append((f"truncated at {report['settings']['max_length']}",
+                         *(str(splits[s]["truncated"]["pairs"]) for s in ("train", "eval"))))
+    for name, train, eval_ in rows:
+        lines.append(f"{name:<18}{train:>24}{eval_:>24}")
+    lines.append("(tokens: mean / p50 / p95 / max; truncated: pairs that lose tokens to max_length)")
+    if report["eval_pairs_in_train"]:
+        lines.append(f"warning: {report['eval_pairs_in_train']} eval pairs also appear in train")
+    if report["settings"]["columns_left_out"]:
+        lines.append(f"warning: columns {', '.join(report['settings']['columns_left_out'])} left out: not every "
+                     "source has them")
+    settings = report["settings"]
+    lines.append(f"max_length {settings['max_length']} ({settings['truncation_mode']}), seed {settings['seed']}")
+    return "\n".join(lines)
+
+
+def _num(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if isinstance(value, float) and not float(value).is_integer() else f"{int(value)}"
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def audit_data(script_args, training_args, tokenizer, write: bool = True):
+    """Prepare the data with the run's tokenizer and settings, write data_audit.json and print the table.
+    Returns (train, eval, report); `write` is False on all but the main process."""
+    from .reporting import write_json
+
+    data = load_preference_data(
+        script_args,
+        seed=training_args.seed,
+        tokenizer=tokenizer,
+        max_length=training_args.max_length,
+        truncation_mode=training_args.truncation_mode,
+        num_proc=training_args.dataset_num_proc,
+    )
+    report = build_report(data)
+    if write:
+        output_dir = Path(training_args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(output_dir / AUDIT_FILE, report)
+        print(f"data audit -> {output_dir / AUDIT_FILE}\n{format_table(report)}", flush=True)
+    return data.train, data.eval, report
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    """The audit alone: config, tokenizer, data; no model is loaded."""
+    from .config import parse_config
+    from .modeling import load_tokenizer, resolve_model_path
+
+    script_args, training_args, model_args = parse_config(argv)
+    model_path = resolve_model_path(model_args, script_args.tiny_model)
+    tokenizer = load_tokenizer(model_path, model_args, training_args.trust_remote_code, script_args.chat_template_path)
+    _, _, report = audit_data(script_args, training_args, tokenizer)
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
