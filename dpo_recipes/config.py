@@ -21,7 +21,7 @@ from trl import DPOConfig, ModelConfig, TrlParser
 
 from .data import check_data_args
 from .errors import UserError
-from .losses import LOSS_TYPES
+from .losses import LOSS_TYPES, MADPO_DEFAULTS, check_knobs
 
 
 @dataclass
@@ -64,6 +64,18 @@ class ScriptArguments:
     )
     chat_template_path: str | None = field(
         default=None, metadata={"help": "A Jinja chat template file that replaces the tokenizer's own."}
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "madpo: a sequence-classification reward model (directory or hub id) that scores every "
+                  "pair once for its margin r(chosen) - r(rejected). Train one: python -m dpo_recipes.reward_model."},
+    )
+    score_chosen_column: str = field(
+        default="score_chosen",
+        metadata={"help": "madpo without a reward model: column with the chosen reply's score (UltraFeedback style)."},
+    )
+    score_rejected_column: str = field(
+        default="score_rejected", metadata={"help": "madpo without a reward model: the rejected reply's score column."}
     )
 
 
@@ -204,6 +216,14 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     if args.label_smoothing > 0 and ours and not any(t in USES_LABEL_SMOOTHING for t in ours):
         raise UserError(f"config: label_smoothing={args.label_smoothing} has no effect with loss_type {ours}; "
                         f"use cdpo or rdpo, or set label_smoothing 0")
+    for loss_type in ours:  # the variants' own knobs (madpo_*), range-checked by the loss registry
+        try:
+            check_knobs(loss_type, beta=args.beta, label_smoothing=args.label_smoothing,
+                        **{k: getattr(args, k) for k in MADPO_DEFAULTS})
+        except ValueError as err:
+            raise UserError(f"config: {err}") from None
+    if script_args.reward_model_name_or_path and "madpo" not in args.loss_type:
+        raise UserError(f"config: reward_model_name_or_path is only used by loss_type madpo, got {args.loss_type}")
     if not 0.0 < script_args.eval_fraction < 1.0:
         raise UserError(f"config: eval_fraction must be in (0, 1), got {script_args.eval_fraction}")
     check_data_args(script_args)

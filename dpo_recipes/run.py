@@ -13,6 +13,7 @@ from pathlib import Path
 from .config import parse_config
 from .audit import audit_data
 from .errors import exit_on_user_error
+from .margins import add_reward_margins
 from .modeling import load_model, load_tokenizer, resolve_model_path
 from .reporting import plot_log_history, warn_version_drift, write_json, write_manifest
 from .trainer import PreferenceTrainer
@@ -37,6 +38,8 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
         train_dataset, eval_dataset, _ = audit_data(
             script_args, training_args, tokenizer, write=training_args.process_index == 0
         )
+    if "madpo" in training_args.loss_type:  # MADPO's per-pair margins: a reward model, a margin or score columns
+        train_dataset, eval_dataset = add_reward_margins(script_args, training_args, train_dataset, eval_dataset)
 
     # 4. Model and LoRA config (QLoRA when load_in_4bit).
     model, peft_config = load_model(model_path, model_args, trust_remote_code)

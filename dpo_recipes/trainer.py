@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from datasets import Dataset
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from .losses import LOSS_TYPES, MADPO_DEFAULTS, madpo_weights, preference_loss
 
-MARGIN_COLUMN = "reward_margin"  # r(x, y_w) - r(x, y_l), for madpo; see data.py
+MARGIN_COLUMN = "reward_margin"  # r(x, y_w) - r(x, y_l), for madpo; see margins.py
 _REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
@@ -48,6 +49,13 @@ class PreferenceTrainer(DPOTrainer):
         self.use_registry = all(t in LOSS_TYPES for t in self.loss_types)
         self.loss_knobs = {"ipo_normalize": config.ipo_normalize}
         self.loss_knobs.update({k: getattr(config, k) for k in MADPO_DEFAULTS})
+        if "madpo" in self.loss_types:  # stop at the start, not at the first batch without margins
+            from .margins import check_margins  # margins.py imports this module
+
+            evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval": self.eval_dataset}
+            for split, dataset in {"train": self.train_dataset, **evals}.items():
+                if isinstance(dataset, Dataset):
+                    check_margins(dataset, f"{split} dataset")
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -55,30 +63,36 @@ class PreferenceTrainer(DPOTrainer):
             self._signature_columns = [*self._signature_columns, MARGIN_COLUMN]
 
     def pair_logps(self, model, inputs):
-        """Summed completion log-probs of the policy, (chosen, rejected), and the completion lengths."""
+        """The policy's summed completion log-probs (chosen, rejected), the completion lengths (chosen, rejected) and
+        the forward's outputs (for the MoE router loss). One forward through TRL's fused LM head, as TRL does it."""
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        router = {"output_router_logits": True} if self.aux_loss_enabled else {}
         outputs = model(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
             labels=labels,
             use_cache=False,
             fused_lm_head=True,
+            **router,
         )
         per_token = outputs.log_probs[:, -(completion_mask.size(1) - 1) :]
         logps = per_token.sum(dim=1)
-        return logps.chunk(2), completion_mask.sum(dim=1).chunk(2)
+        return logps.chunk(2), completion_mask.sum(dim=1).chunk(2), outputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.use_registry:
+            inputs = {k: v for k, v in inputs.items() if k != MARGIN_COLUMN}  # TRL would hand it to the model
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
-        (chosen_logps, rejected_logps), (chosen_lengths, rejected_lengths) = self.pair_logps(model, inputs)
-        if all(k in inputs for k in _REF_KEYS):
+        (chosen_logps, rejected_logps), (chosen_lengths, rejected_lengths), outputs = self.pair_logps(model, inputs)
+        if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = (inputs[k].to(chosen_logps.device) for k in _REF_KEYS)
         else:
+            # The frozen reference: the base model with the adapter off (PEFT), else TRL's separate ref_model.
+            reference = model if self.ref_model is None else self.ref_model
             model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "completion_mask")}
-            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(model, model_inputs)
+            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(reference, model_inputs)
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
 
@@ -97,6 +111,9 @@ class PreferenceTrainer(DPOTrainer):
                 **self.loss_knobs,
             )
             loss = loss + weight * per_pair.mean()
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
         self._log_pair_metrics(mode, inputs, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
         if return_outputs:  # Trainer.prediction_step wants logits; the fused head does not build them
@@ -118,7 +135,7 @@ class PreferenceTrainer(DPOTrainer):
         metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
         metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
         if mode == "train":
-            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
+            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
         if "madpo" in self.loss_types and MARGIN_COLUMN in inputs:
             knobs = {k: self.loss_knobs[k] for k in MADPO_DEFAULTS}

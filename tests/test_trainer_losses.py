@@ -1,0 +1,172 @@
+"""The loss registry through the real trainer: a tiny Llama with a LoRA adapter on bundled conversational data.
+
+(a) Our sigmoid / ipo / rdpo give bit-for-bit TRL's loss, gradients and metrics on the same batch and model.
+(b) With a fresh adapter the policy is the reference (h = 0), so the first logged loss of a real training step is known
+    in closed form for every variant. (c) The logged metrics keep TRL's names. (d) TRL's own loss types still work.
+"""
+
+import math
+
+import pytest
+import torch
+from datasets import load_dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DPOTrainer
+
+from conftest import REPO
+from dpo_recipes.config import PreferenceConfig
+from dpo_recipes.errors import UserError
+from dpo_recipes.losses import madpo_weights
+from dpo_recipes.trainer import MARGIN_COLUMN, PreferenceTrainer
+
+TRL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+               "logps/rejected")
+MARGINS = [-8.0, -2.0, -0.5, 0.0, 0.5, 1.0, 3.0, 12.0]  # one per row: below -tau, inside the band, past tau
+BETA = 0.1
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    rows = load_dataset("json", data_files=str(REPO / "data/demo/train.jsonl"), split="train")
+    return rows.select(range(len(MARGINS)))
+
+
+def make_trainer(model_dir, out, dataset, loss_type, use_peft=True, **overrides):
+    args = PreferenceConfig(
+        output_dir=str(out),
+        loss_type=loss_type,
+        beta=BETA,
+        max_length=128,
+        per_device_train_batch_size=len(dataset),  # one batch is the whole data set: the first loss is its mean
+        per_device_eval_batch_size=len(dataset),
+        max_steps=1,
+        logging_steps=1,
+        learning_rate=1e-3,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+        **overrides,
+    )
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    peft_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"],
+                             task_type="CAUSAL_LM") if use_peft else None
+    return PreferenceTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        peft_config=peft_config,
+    )
+
+
+def loss_grads_metrics(trainer, compute_loss, inputs):
+    """Loss, gradients of every trainable parameter and the six logged metrics of one compute_loss call."""
+    trainer.model.train()
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    loss = compute_loss(trainer.model, dict(inputs))
+    grads = torch.autograd.grad(loss, params)
+    metrics = {k: trainer._metrics["train"][k][-1] for k in TRL_METRICS}
+    return loss.detach(), grads, metrics
+
+
+@pytest.mark.parametrize(
+    "ours, trl_name, overrides",
+    [
+        ("sigmoid", "sigmoid", {}),
+        ("ipo", "ipo", {}),
+        ("rdpo", "robust", {"label_smoothing": 0.2}),
+        ("robust", "robust", {"label_smoothing": 0.2}),
+        ("sigmoid", "sigmoid", {"precompute_ref_log_probs": True}),
+        ("sigmoid", "sigmoid", {"use_peft": False}),  # full fine-tuning: TRL's separate reference model
+    ],
+    ids=["sigmoid", "ipo", "rdpo", "robust", "sigmoid-precomputed-ref", "sigmoid-full-ft"],
+)
+def test_same_loss_gradients_and_metrics_as_trl(tiny_llama, tmp_path, pairs, ours, trl_name, overrides):
+    use_peft = overrides.pop("use_peft", True)
+    trainer = make_trainer(tiny_llama, tmp_path, pairs, [ours], use_peft=use_peft, **overrides)
+    assert trainer.use_registry
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the policy away from the reference so h != 0
+        for name, param in trainer.model.named_parameters():
+            if param.requires_grad and (not use_peft or "lora_B" in name):
+                param.add_(torch.randn_like(param) * (0.05 if use_peft else 0.02))
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+
+    our_loss, our_grads, our_metrics = loss_grads_metrics(trainer, trainer.compute_loss, inputs)
+    trainer.loss_types = [trl_name]  # TRL's own implementation, same trainer, model and batch
+    trl_loss, trl_grads, trl_metrics = loss_grads_metrics(
+        trainer, lambda model, batch: DPOTrainer.compute_loss(trainer, model, batch), inputs
+    )
+
+    assert abs(our_metrics["rewards/margins"]) > 1e-3  # the policy really differs from the reference
+    assert torch.equal(our_loss, trl_loss), (our_loss.item(), trl_loss.item())
+    assert len(our_grads) == len(trl_grads) > 0
+    assert all(torch.equal(a, b) for a, b in zip(our_grads, trl_grads))
+    assert any(g.abs().max() > 0 for g in our_grads)
+    assert our_metrics == trl_metrics
+
+
+def first_log(trainer):
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logs[0]["step"] == 1
+    return logs[0]
+
+
+@pytest.mark.parametrize(
+    "loss_type, overrides, expected",
+    [
+        ("sigmoid", {}, math.log(2)),  # -log s(0)
+        ("cdpo", {"label_smoothing": 0.1}, math.log(2)),  # (0.9 + 0.1) log 2
+        ("rdpo", {"label_smoothing": 0.2}, math.log(2)),  # (0.8 - 0.2) log 2 / 0.6
+        ("robust", {"label_smoothing": 0.2}, math.log(2)),
+        ("ipo", {}, 1 / (4 * BETA**2)),  # (0 - 1/(2b))^2 = 25
+        ("ipo", {"ipo_normalize": False}, 1 / (4 * BETA**2)),
+    ],
+)
+def test_first_loss_with_a_fresh_adapter(tiny_llama, tmp_path, pairs, loss_type, overrides, expected):
+    log = first_log(make_trainer(tiny_llama, tmp_path, pairs, [loss_type], **overrides))
+    assert log["loss"] == pytest.approx(expected, rel=1e-6)
+    # TRL's metric names; with policy == reference every implicit reward is exactly 0
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        assert log[key] == 0.0, key
+    assert log["logps/chosen"] < 0 and log["logps/rejected"] < 0
+    assert "madpo/weight_mean" not in log
+
+
+def test_madpo_first_loss_is_mean_weight_times_ln2(tiny_llama, tmp_path, pairs):
+    data = pairs.add_column(MARGIN_COLUMN, MARGINS)
+    trainer = make_trainer(tiny_llama, tmp_path, data, ["madpo"])
+    log = first_log(trainer)
+    weights = madpo_weights(torch.tensor(MARGINS, dtype=torch.float64))
+    assert weights.min() < 0.2 and weights.max() > 1.2  # the margins do spread the weights
+    assert log["madpo/weight_mean"] == pytest.approx(weights.mean().item(), rel=1e-6)
+    assert log["loss"] == pytest.approx(weights.mean().item() * math.log(2), rel=1e-6)
+    for key in TRL_METRICS:
+        assert key in log
+    # the held-out set carries its margins through evaluation too
+    metrics = trainer.evaluate()
+    assert metrics["eval_madpo/weight_mean"] == pytest.approx(weights.mean().item(), rel=1e-6)
+    assert math.isfinite(metrics["eval_loss"])
+
+
+def test_madpo_without_margins_stops_at_start(tiny_llama, tmp_path, pairs):
+    with pytest.raises(UserError, match=r"train dataset: madpo needs a 'reward_margin' column"):
+        make_trainer(tiny_llama, tmp_path, pairs, ["madpo"])
+    bad = pairs.add_column(MARGIN_COLUMN, [0.0, 1.0, float("nan"), 0.0, 0.0, 0.0, 0.0, 0.0])
+    with pytest.raises(UserError, match=r"train dataset: row 2: 'reward_margin' must be a finite number, got nan"):
+        make_trainer(tiny_llama, tmp_path, bad, ["madpo"])
+
+
+def test_trl_loss_types_still_work(tiny_llama, tmp_path, pairs):
+    # hinge is TRL's: relu(1 - b h) = 1 at h = 0. A margin column in the data must not reach the model.
+    trainer = make_trainer(tiny_llama, tmp_path, pairs.add_column(MARGIN_COLUMN, MARGINS), ["hinge"])
+    assert not trainer.use_registry
+    log = first_log(trainer)
+    assert log["loss"] == 1.0
+    assert "entropy" in log and "rewards/margins" in log  # logged by TRL's own loss path
