@@ -419,6 +419,7 @@ def normalise(ds: Dataset, source: Source, label: str, num_proc: int | None,
     scored = all(name in ds.column_names for name in score_names)
     numbers = [*(score_names if scored else ()), *([MARGIN_COLUMN] if MARGIN_COLUMN in ds.column_names else [])]
     kind = _source_kind(ds, label)
+    text_prompt = has_prompt and ds.features["prompt"] == Value("string")
     conversational = not (kind == "text" and has_prompt)
     pair_type = MESSAGES if conversational else Value("string")
     features = {name: pair_type for name in PAIR_COLUMNS}
@@ -435,7 +436,7 @@ def normalise(ds: Dataset, source: Source, label: str, num_proc: int | None,
         num_proc=_num_proc(num_proc, len(ds)),
         desc=f"Normalising {label}",
     )
-    return ds, _format_name(kind, has_prompt, scored, conversational)
+    return ds, _format_name(kind, has_prompt, text_prompt, scored)
 
 
 def _map_columns(ds: Dataset, source: Source, label: str, score_names: tuple[str, str]) -> Dataset:
@@ -552,9 +553,11 @@ class PreferenceData:
     settings: dict
 
 
-def _format_name(kind: str, has_prompt: bool, scored: bool, conversational: bool) -> str:
+def _format_name(kind: str, has_prompt: bool, text_prompt: bool, scored: bool) -> str:
     if kind == "text":
         name = "standard" if has_prompt else "implicit prompt (Human/Assistant transcripts)"
+    elif text_prompt:
+        name = "text prompt + message lists"
     else:
         name = "conversational" if has_prompt else "implicit prompt (message lists)"
     return name + (" + scores" if scored else "")
