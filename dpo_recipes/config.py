@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -76,6 +77,11 @@ class ScriptArguments:
     )
     score_rejected_column: str = field(
         default="score_rejected", metadata={"help": "madpo without a reward model: the rejected reply's score column."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace whatever output_dir holds. Without it a finished run, or another config's run, "
+                  "stops with an error, and an unfinished run of the same config resumes."},
     )
 
 
@@ -172,18 +178,19 @@ def parse_config(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     known = _known_keys()
     config: dict = {}
-    if "--config" in argv:
+    while "--config" in argv:  # several files: each later one overrides the keys it sets (a recipe, then a variant)
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise UserError("command line: --config needs a file path")
         config_path = argv[i + 1]
         del argv[i : i + 2]
-        config = read_yaml(config_path)
-        config.pop("env", None)  # TrlParser's env block is not supported: keep secrets out of configs
-        for key in config:
+        layer = read_yaml(config_path)
+        layer.pop("env", None)  # TrlParser's env block is not supported: keep secrets out of configs
+        for key in layer:
             if key not in known:
                 raise _unknown(key, config_path, known)
-        _check_yaml_types(config, config_path)
+        _check_yaml_types(layer, config_path)
+        config.update(layer)
     for token in argv:
         if token.startswith("--"):
             key = token[2:].split("=", 1)[0]
@@ -197,6 +204,11 @@ def parse_config(argv: list[str] | None = None):
     except ValueError as err:  # a dataclass __post_init__ refused a value
         raise UserError(f"config: {err}") from None
     validate(script_args, training_args, model_args)
+    if training_args.hub_token:
+        # Trainer pickles its arguments into every checkpoint (training_args.bin); keep the token in the
+        # environment, where huggingface_hub reads it, and out of anything written to disk.
+        os.environ["HF_TOKEN"] = training_args.hub_token
+        training_args.hub_token = None
     return script_args, training_args, model_args
 
 

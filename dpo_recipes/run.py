@@ -8,6 +8,7 @@ this file only puts them in order. A recipe's train.py calls `main(recipe_dir)`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .config import parse_config
@@ -16,6 +17,14 @@ from .errors import exit_on_user_error
 from .margins import add_reward_margins
 from .modeling import load_model, load_tokenizer, resolve_model_path
 from .reporting import plot_log_history, warn_version_drift, write_json, write_manifest
+from .resilience import (
+    MarkCompleteCheckpoints,
+    StopOnNonFinite,
+    StopOnSignal,
+    mark_run_complete,
+    prepare_output_dir,
+    run_config,
+)
 from .trainer import PreferenceTrainer
 
 
@@ -25,6 +34,10 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
     script_args, training_args, model_args = parse_config(argv)
     warn_version_drift(recipe_dir)
     output_dir = Path(training_args.output_dir)
+    # Fresh start, resume of the same config, or a clear stop: decided before anything heavy happens.
+    resume_from = prepare_output_dir(
+        output_dir, run_config(script_args, training_args, model_args), script_args.overwrite_output_dir
+    )
 
     # 2. Tokenizer (its chat template renders the data). The main process builds a tiny model first.
     with training_args.main_process_first(desc="resolve model"):
@@ -52,8 +65,13 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=[stop_on_signal := StopOnSignal(), StopOnNonFinite(), MarkCompleteCheckpoints()],
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from)
+    if stop_on_signal.received is not None:  # the step's checkpoint is saved; the same command resumes
+        print(f"interrupted at step {trainer.state.global_step}: checkpoint saved in {output_dir}; run the same "
+              "command again to resume", file=sys.stderr, flush=True)
+        sys.exit(128 + stop_on_signal.received)
 
     # 6. Outputs: adapter (or model) and tokenizer, log history, held-out metrics, plots, manifest.
     trainer.save_model(str(output_dir))
@@ -61,6 +79,7 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
         write_json(output_dir / "eval_metrics.json", eval_metrics)
+        write_json(output_dir / "launch.json", launch_record(trainer.accelerator))
         plot_log_history(trainer.state.log_history, output_dir / "plots")
         write_manifest(
             output_dir,
@@ -70,4 +89,17 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
             datasets={"train": train_dataset, "eval": eval_dataset},
             recipe_dir=recipe_dir,
         )
+    mark_run_complete(output_dir, trainer.state.global_step)
     return eval_metrics
+
+
+def launch_record(accelerator) -> dict:
+    """How the run was launched, as the processes saw it (`make smoke` checks it against the recipe's launcher)."""
+    plugin = accelerator.state.deepspeed_plugin
+    return {
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type).split(".")[-1],
+        "mixed_precision": str(accelerator.mixed_precision),
+        "device": accelerator.device.type,
+        "zero_stage": plugin.zero_stage if plugin is not None else None,
+    }

@@ -15,9 +15,11 @@ from datasets import Dataset
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from .resilience import TrainingStopped, any_rank
 from .losses import LOSS_TYPES, MADPO_DEFAULTS, madpo_weights, preference_loss
 
 MARGIN_COLUMN = "reward_margin"  # r(x, y_w) - r(x, y_l), for madpo; see margins.py
+ROW_ID_COLUMN = "row_id"  # the pair's row in the training data, named when a batch goes non-finite
 _REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
@@ -29,7 +31,31 @@ class PreferenceCollator(DataCollatorForPreference):
         batch = super().torch_call(examples)
         if MARGIN_COLUMN in examples[0]:
             batch[MARGIN_COLUMN] = torch.tensor([float(e[MARGIN_COLUMN]) for e in examples])
+        if ROW_ID_COLUMN in examples[0]:
+            batch[ROW_ID_COLUMN] = [e[ROW_ID_COLUMN] for e in examples]
         return batch
+
+
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """Shuffles with a permutation that depends only on (seed, epoch).
+
+    Trainer's default RandomSampler draws its permutation from the global RNG when the epoch starts, and a resumed
+    run reaches that point with a different RNG state (loading the checkpoint's adapter consumes random numbers), so
+    it would see other batches than the uninterrupted run. Every rank computes the same permutation.
+    """
+
+    def __init__(self, num_rows: int, seed: int):
+        self.num_rows, self.seed, self.epoch = num_rows, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_rows, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_rows
 
 
 class PreferenceTrainer(DPOTrainer):
@@ -45,6 +71,10 @@ class PreferenceTrainer(DPOTrainer):
                 truncation_mode=config.truncation_mode,
                 pad_to_multiple_of=config.pad_to_multiple_of,
             )
+        train_dataset = kwargs.get("train_dataset")
+        if train_dataset is not None and ROW_ID_COLUMN not in train_dataset.column_names:
+            kwargs["train_dataset"] = train_dataset.add_column(ROW_ID_COLUMN, list(range(len(train_dataset))))
+        self._batch_row_ids = None
         super().__init__(*args, processing_class=processing_class, data_collator=data_collator, **kwargs)
         self.use_registry = all(t in LOSS_TYPES for t in self.loss_types)
         self.loss_knobs = {"ipo_normalize": config.ipo_normalize}
@@ -59,8 +89,30 @@ class PreferenceTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if MARGIN_COLUMN not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, MARGIN_COLUMN]
+        extra = [c for c in (MARGIN_COLUMN, ROW_ID_COLUMN) if c not in self._signature_columns]
+        self._signature_columns = [*self._signature_columns, *extra]
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "random" or not hasattr(dataset, "__len__"):
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return EpochSeededSampler(len(dataset), seed)
+
+    def _prepare_inputs(self, inputs):
+        # Row ids are for error messages only; keep them away from the model.
+        self._batch_row_ids = inputs.pop(ROW_ID_COLUMN, None)
+        return super()._prepare_inputs(inputs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # Trainer would quietly replace a NaN loss by the running average (logging_nan_inf_filter); stop instead.
+        if any_rank(not torch.isfinite(loss).all()):
+            raise TrainingStopped(
+                f"non-finite loss at step {self.state.global_step + 1} (training rows {self._batch_row_ids}); "
+                f"training stopped, the last complete checkpoint in {self.args.output_dir} is kept"
+            )
+        return loss
 
     def pair_logps(self, model, inputs):
         """The policy's summed completion log-probs (chosen, rejected), the completion lengths (chosen, rejected) and
