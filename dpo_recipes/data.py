@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from datasets import Dataset, DatasetDict, Features, List, Value, concatenate_datasets, load_dataset
+from datasets import Dataset, DatasetDict, Features, Json, List, Value, concatenate_datasets, load_dataset
 
 from .errors import UserError
 from .trainer import MARGIN_COLUMN
@@ -203,25 +203,45 @@ def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix.lower() == ".gz" else open(path, encoding="utf-8")
 
 
-def _diagnose_json(path: Path) -> str | None:
-    """The first broken line of a JSON Lines / JSON file, as one message (None when every line parses)."""
+def _diagnose_json(path: Path, fields: set[str] | None = None) -> str | None:
+    """Why a JSON Lines / JSON file does not load, as one message naming the line: broken JSON, a line that is not
+    an object, or a field (of `fields`, default all) whose type changes between rows. None if none."""
+    first_seen: dict[str, tuple[str, int]] = {}  # field -> (type, line) where it was first seen
+
+    def check_types(row, number: int, what: str) -> str | None:
+        if not isinstance(row, dict):
+            return f"{path}: {what} {number}: expected a JSON object, got {type(row).__name__}"
+        for key, value in row.items():
+            if value is None or (fields is not None and key not in fields):
+                continue
+            kind = _kind_of(value)
+            seen = first_seen.setdefault(key, (kind, number))
+            if seen[0] != kind:
+                return f"{path}: {what} {number}: field '{key}' is {kind}, but {what} {seen[1]} has {seen[0]}"
+        return None
+
     try:
         with _open_text(path) as f:
-            if _builder(path) == "json" and ".jsonl" in [s.lower() for s in path.suffixes]:
+            if ".jsonl" in [s.lower() for s in path.suffixes]:
                 for number, line in enumerate(f, start=1):
                     if not line.strip():
                         continue
                     try:
-                        row = json.loads(line)
+                        row = json.loads(line.rstrip("\r\n"))
                     except json.JSONDecodeError as err:
                         return f"{path}: line {number}: not valid JSON ({err.msg} at column {err.colno})"
-                    if not isinstance(row, dict):
-                        return f"{path}: line {number}: expected a JSON object, got {type(row).__name__}"
+                    problem = check_types(row, number, "line")
+                    if problem:
+                        return problem
                 return None
             try:
-                json.load(f)
+                rows = json.load(f)
             except json.JSONDecodeError as err:
                 return f"{path}: line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})"
+            for number, row in enumerate(rows if isinstance(rows, list) else [], start=1):
+                problem = check_types(row, number, "row")
+                if problem:
+                    return problem
     except (OSError, UnicodeDecodeError, EOFError) as err:
         return f"{path}: cannot be read ({' '.join(str(err).split())})"
     return None
@@ -251,6 +271,24 @@ def read_source(source: Source) -> DatasetDict:
         raise UserError(f"{source.name}: not a local file or directory, and loading it from the hub failed: "
                         f"{_first_line(err)}") from None
     return splits if isinstance(splits, DatasetDict) else DatasetDict({source.split: splits})
+
+
+def _mixed_types(ds: Dataset, source: Source, label: str, columns: list[str]) -> None:
+    """Stop on a used column whose type changes between rows. The JSON reader keeps such a column only in a lossy
+    form (the text "4" and the number 4 come back alike), so its rows cannot be judged one by one."""
+    mixed = [c for c in columns if isinstance(ds.features.get(c), Json)]
+    if not mixed:
+        return
+    original = {ours: theirs for ours, theirs in source.columns.items()}
+    names = {original.get(c, c) for c in mixed}
+    path = Path(source.name)
+    files = [path] if path.is_file() else sorted(path.rglob("*.json*")) if path.is_dir() else []
+    for file in files:
+        message = _diagnose_json(file, names)
+        if message:
+            raise UserError(message)
+    raise UserError(f"{label}: column(s) {', '.join(sorted(names))} mix types between rows (text, lists, numbers); "
+                    "every row needs the same type")
 
 
 def _load_local(path_or_builder: str, kwargs: dict, files: list[Path], name: str) -> DatasetDict:
@@ -314,19 +352,23 @@ def _split_reply(turns: list[dict], name: str) -> tuple[list[dict], list[dict]]:
     return turns[:-1], turns[-1:]
 
 
-def normalise_pair(prompt, chosen, rejected, has_prompt: bool, kind: str) -> dict:
-    """One row as TRL's standard (kind 'text') or conversational (kind 'messages') pair; raises Defect."""
-    for name, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
-        if value is None and (has_prompt or name != "prompt"):
+def normalise_pair(prompt, chosen, rejected, kind: str, prompt_kind: str | None) -> dict:
+    """One row as TRL's standard or conversational pair; raises Defect.
+
+    `kind` is the source's type of chosen / rejected ('text' or 'messages'), `prompt_kind` its type of prompt (None:
+    no prompt column). A row whose values have another type than the source's is wrong_type."""
+    fields = (("prompt", prompt),) if prompt_kind else ()
+    fields += (("chosen", chosen), ("rejected", rejected))
+    for name, value in fields:
+        if value is None:
             raise Defect("missing_field", name, "is missing (null)")
-    for name, value in (("chosen", chosen), ("rejected", rejected)):
-        if _kind_of(value) != kind:
-            expected = "text" if kind == "text" else "a list of messages"
-            raise Defect("wrong_type", name, f"is {_kind_of(value)}, expected {expected} like the rest of the source")
-    if kind == "text" and has_prompt:  # TRL standard
-        if not isinstance(prompt, str):
-            raise Defect("wrong_type", "prompt", f"is {_kind_of(prompt)}, expected text")
-        for name, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+    for name, value in fields:
+        expected = kind if name != "prompt" else prompt_kind
+        if _kind_of(value) != expected:
+            wanted = "text" if expected == "text" else "a list of messages"
+            raise Defect("wrong_type", name, f"is {_kind_of(value)}, expected {wanted} like the rest of the source")
+    if kind == "text" and prompt_kind == "text":  # TRL standard
+        for name, value in fields:
             if not value.strip():
                 raise Defect("empty_field", name, "is empty")
         pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
@@ -335,17 +377,15 @@ def normalise_pair(prompt, chosen, rejected, has_prompt: bool, kind: str) -> dic
             chosen_turns, rejected_turns = parse_transcript(chosen, "chosen"), parse_transcript(rejected, "rejected")
         else:
             chosen_turns, rejected_turns = _messages(chosen, "chosen"), _messages(rejected, "rejected")
-        if has_prompt and isinstance(prompt, list):  # conversational with an explicit prompt: TRL's form as is
+        if prompt_kind == "messages":  # conversational with an explicit prompt: TRL's form as is
             prompt_turns = _messages(prompt, "prompt")
             chosen_reply, rejected_reply = chosen_turns, rejected_turns
-        elif has_prompt and chosen_turns[0]["role"] == "assistant":  # a text prompt and assistant-only replies
-            if not isinstance(prompt, str):
-                raise Defect("wrong_type", "prompt", f"is {_kind_of(prompt)}, expected text or a list of messages")
+        elif prompt_kind == "text" and chosen_turns[0]["role"] == "assistant":  # text prompt, assistant-only replies
             if not prompt.strip():
                 raise Defect("empty_field", "prompt", "is empty")
             prompt_turns = [{"role": "user", "content": prompt}]
             chosen_reply, rejected_reply = chosen_turns, rejected_turns
-        else:  # implicit prompt: the turns before the final assistant reply (a prompt column is not needed)
+        else:  # implicit prompt: the turns before the final assistant reply (a text prompt column is not needed)
             prompt_turns, chosen_reply = _split_reply(chosen_turns, "chosen")
             rejected_prompt, rejected_reply = _split_reply(rejected_turns, "rejected")
             if rejected_prompt != prompt_turns:
@@ -372,17 +412,17 @@ def _pair_key(pair: dict) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def _normalise_batch(batch: dict, indices: list[int], has_prompt: bool, kind: str, numbers: list[str]) -> dict:
+def _normalise_batch(batch: dict, indices: list[int], kind: str, prompt_kind: str | None, numbers: list[str]) -> dict:
     """Batched map: TRL-ready pair columns, the numeric columns kept (scores, margins), the defect (if any) and a
     key for finding duplicates."""
-    empty = "" if kind == "text" and has_prompt else []
+    empty = "" if kind == "text" and prompt_kind == "text" else []
     out = {name: [] for name in (*PAIR_COLUMNS, *numbers, *_INTERNAL)}
-    prompts = batch["prompt"] if has_prompt else [None] * len(indices)
+    prompts = batch["prompt"] if prompt_kind else [None] * len(indices)
     for i, index in enumerate(indices):
         scores = [0.0] * len(numbers)
         try:
             scores = [_score(batch[name][i], name) for name in numbers]
-            pair = normalise_pair(prompts[i], batch["chosen"][i], batch["rejected"][i], has_prompt, kind)
+            pair = normalise_pair(prompts[i], batch["chosen"][i], batch["rejected"][i], kind, prompt_kind)
             defect = ("", "", "")
             key = _pair_key(pair)
         except Defect as d:
@@ -400,13 +440,13 @@ def _normalise_batch(batch: dict, indices: list[int], has_prompt: bool, kind: st
     return out
 
 
-def _source_kind(ds: Dataset, label: str) -> str:
-    """'text' or 'messages': the type of the first non-null `chosen` (rows of the other type are wrong_type)."""
-    for value in ds.select_columns(["chosen"]).to_iterable_dataset():
-        kind = _kind_of(value["chosen"])
+def _column_kind(ds: Dataset, column: str) -> str | None:
+    """'text' or 'messages': the type of the column's first such value (rows of another type are wrong_type)."""
+    for value in ds.select_columns([column]).to_iterable_dataset():
+        kind = _kind_of(value[column])
         if kind in ("text", "messages"):
             return kind
-    raise UserError(f"{label}: column 'chosen' holds neither text nor lists of messages in any row")
+    return None
 
 
 def normalise(ds: Dataset, source: Source, label: str, num_proc: int | None,
@@ -418,9 +458,15 @@ def normalise(ds: Dataset, source: Source, label: str, num_proc: int | None,
     has_prompt = "prompt" in ds.column_names
     scored = all(name in ds.column_names for name in score_names)
     numbers = [*(score_names if scored else ()), *([MARGIN_COLUMN] if MARGIN_COLUMN in ds.column_names else [])]
-    kind = _source_kind(ds, label)
-    text_prompt = has_prompt and ds.features["prompt"] == Value("string")
-    conversational = not (kind == "text" and has_prompt)
+    _mixed_types(ds, source, label, [c for c in (*PAIR_COLUMNS, *numbers) if c in ds.column_names])
+    kind = _column_kind(ds, "chosen")
+    if kind is None:
+        raise UserError(f"{label}: column 'chosen' holds neither text nor lists of messages in any row")
+    prompt_kind = (_column_kind(ds, "prompt") or kind) if has_prompt else None
+    if kind == "text" and prompt_kind == "messages":
+        raise UserError(f"{label}: column 'prompt' holds messages but 'chosen' holds text; use messages for both, "
+                        "or text for both")
+    conversational = not (kind == "text" and prompt_kind == "text")
     pair_type = MESSAGES if conversational else Value("string")
     features = {name: pair_type for name in PAIR_COLUMNS}
     features.update(_row=Value("int64"), _defect=Value("string"), _field=Value("string"), _detail=Value("string"),
@@ -430,13 +476,13 @@ def normalise(ds: Dataset, source: Source, label: str, num_proc: int | None,
         _normalise_batch,
         batched=True,
         with_indices=True,
-        fn_kwargs={"has_prompt": has_prompt, "kind": kind, "numbers": numbers},
+        fn_kwargs={"kind": kind, "prompt_kind": prompt_kind, "numbers": numbers},
         remove_columns=ds.column_names,
         features=Features(features),
         num_proc=_num_proc(num_proc, len(ds)),
         desc=f"Normalising {label}",
     )
-    return ds, _format_name(kind, has_prompt, text_prompt, scored)
+    return ds, _format_name(kind, prompt_kind, scored)
 
 
 def _map_columns(ds: Dataset, source: Source, label: str, score_names: tuple[str, str]) -> Dataset:
@@ -553,13 +599,13 @@ class PreferenceData:
     settings: dict
 
 
-def _format_name(kind: str, has_prompt: bool, text_prompt: bool, scored: bool) -> str:
+def _format_name(kind: str, prompt_kind: str | None, scored: bool) -> str:
     if kind == "text":
-        name = "standard" if has_prompt else "implicit prompt (Human/Assistant transcripts)"
-    elif text_prompt:
+        name = "standard" if prompt_kind else "implicit prompt (Human/Assistant transcripts)"
+    elif prompt_kind == "text":
         name = "text prompt + message lists"
     else:
-        name = "conversational" if has_prompt else "implicit prompt (message lists)"
+        name = "conversational" if prompt_kind else "implicit prompt (message lists)"
     return name + (" + scores" if scored else "")
 
 
