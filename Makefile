@@ -6,12 +6,21 @@ PY := $(VENV)/bin/python
 RECIPE ?= demo-cpu
 ARGS ?=
 RECIPE_DIR := recipes/$(RECIPE)
+# A loss variant layered over the recipe's config (recipes/<name>/variants/<VARIANT>.yaml), another launcher config,
+# and extra `accelerate launch` arguments (multi-node: --machine_rank, --main_process_ip; see docs/launching.md).
+VARIANT ?=
+CONFIG_ARGS = --config $(RECIPE_DIR)/config.yaml $(if $(VARIANT),--config $(RECIPE_DIR)/variants/$(VARIANT).yaml)
+ACCELERATE_CONFIG ?= $(RECIPE_DIR)/accelerate.yaml
+LAUNCH_ARGS ?=
+SMOKE_OUT ?= outputs/smoke/$(RECIPE)
 
-.PHONY: help install train audit test check-recipe
+.PHONY: help install train audit test check-recipe check-variant smoke new-recipe
 
 help:
 	@echo "make train [RECIPE=<name>] [ARGS='--key value ...']   train a recipe (default: demo-cpu, CPU, no downloads)"
 	@echo "make audit [RECIPE=<name>] [ARGS='--key value ...']   check a recipe's data (no model load): data_audit.json"
+	@echo "make smoke RECIPE=<name> [VARIANT=<loss>]               run a recipe on CPU with a tiny model, check its result"
+	@echo "make new-recipe NAME=<new> FROM=<existing>              copy a recipe as a template"
 	@echo "make test                                               run the whole test suite"
 	@echo "make install                                            create .venv from requirements.txt"
 	@echo "recipes: $$(ls recipes | tr '\n' ' ')"
@@ -28,9 +37,21 @@ install: $(VENV)/.installed
 check-recipe:
 	@test -f $(RECIPE_DIR)/train.py || { echo "error: unknown RECIPE '$(RECIPE)'; recipes: $$(ls recipes | tr '\n' ' ')" >&2; exit 2; }
 
-train: install check-recipe
-	$(VENV)/bin/accelerate launch --config_file $(RECIPE_DIR)/accelerate.yaml \
-		$(RECIPE_DIR)/train.py --config $(RECIPE_DIR)/config.yaml $(ARGS)
+check-variant:
+	@test -z "$(VARIANT)" || test -f $(RECIPE_DIR)/variants/$(VARIANT).yaml || { echo "error: recipe $(RECIPE) has no VARIANT '$(VARIANT)'; variants: $$(ls $(RECIPE_DIR)/variants 2>/dev/null | sed 's/\.yaml//' | tr '\n' ' ')" >&2; exit 2; }
+
+# A GPU recipe on a machine without the GPUs stops here with one line (pointing to `make smoke`), not deep inside.
+train: install check-recipe check-variant
+	@$(PY) -m dpo_recipes.smoke check-device $(ACCELERATE_CONFIG) --recipe $(RECIPE) $(LAUNCH_ARGS)
+	$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_ARGS) \
+		$(RECIPE_DIR)/train.py $(CONFIG_ARGS) $(ARGS)
+
+# The recipe through its own launcher on CPU: tiny model of its family, bundled data, 3 steps, result reloaded.
+smoke: install check-recipe check-variant
+	$(PY) -m dpo_recipes.smoke run $(RECIPE_DIR) --out $(SMOKE_OUT) $(if $(VARIANT),--variant $(VARIANT))
+
+new-recipe: install
+	$(PY) scripts/new_recipe.py $(NAME) $(FROM)
 
 # The data audit alone: the recipe's data through its tokenizer, written to output_dir/data_audit.json.
 audit: install check-recipe

@@ -79,7 +79,7 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
         write_json(output_dir / "eval_metrics.json", eval_metrics)
-        write_json(output_dir / "launch.json", launch_record(trainer.accelerator))
+        write_json(output_dir / "launch.json", launch_record(trainer))
         plot_log_history(trainer.state.log_history, output_dir / "plots")
         write_manifest(
             output_dir,
@@ -93,13 +93,21 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
     return eval_metrics
 
 
-def launch_record(accelerator) -> dict:
+def launch_record(trainer) -> dict:
     """How the run was launched, as the processes saw it (`make smoke` checks it against the recipe's launcher)."""
+    accelerator = trainer.accelerator
     plugin = accelerator.state.deepspeed_plugin
+    zero = plugin.deepspeed_config.get("zero_optimization", {}) if plugin is not None else {}
+    optimizer = trainer.optimizer
+    while getattr(optimizer, "optimizer", None) not in (None, optimizer):  # accelerate / DeepSpeed wrappers
+        optimizer = optimizer.optimizer
     return {
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type).split(".")[-1],
         "mixed_precision": str(accelerator.mixed_precision),
         "device": accelerator.device.type,
         "zero_stage": plugin.zero_stage if plugin is not None else None,
+        "offload_optimizer": zero.get("offload_optimizer", {}).get("device"),
+        "offload_param": zero.get("offload_param", {}).get("device"),
+        "optimizer": type(optimizer).__name__,
     }
