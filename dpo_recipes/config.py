@@ -219,6 +219,8 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
         theirs = [t for t in args.loss_type if t not in LOSS_TYPES]
         raise UserError(f"config: loss_type mixes this project's losses {ours} with TRL-only losses {theirs}; "
                         "combine losses from one group")
+    if args.padding_free and not ours:
+        raise UserError(f"config: padding_free is implemented for loss_type {list(LOSS_TYPES)}, not {args.loss_type}")
     if args.beta <= 0:
         raise UserError(f"config: beta must be > 0, got {args.beta}")
     if not 0.0 <= args.label_smoothing < 0.5:

@@ -8,27 +8,41 @@ and TRL's metric names. Any other TRL loss type goes to TRL unchanged.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
 from trl import DPOTrainer
+from accelerate.utils import is_peft_model
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference
+from trl.trainer.utils import use_adapter
 
-from .resilience import TrainingStopped, any_rank
 from .losses import LOSS_TYPES, MADPO_DEFAULTS, madpo_weights, preference_loss
+from .packing import SEQUENCE_IDS, pack_sequences, packed_sequence_logps
+from .resilience import TrainingStopped, any_rank
 
 MARGIN_COLUMN = "reward_margin"  # r(x, y_w) - r(x, y_l), for madpo; see margins.py
 ROW_ID_COLUMN = "row_id"  # the pair's row in the training data, named when a batch goes non-finite
 _REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
+_MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "completion_mask", SEQUENCE_IDS)
 
 
 @dataclass
 class PreferenceCollator(DataCollatorForPreference):
-    """TRL's preference collator, also carrying the per-pair reward margin that madpo needs."""
+    """TRL's preference collator, also carrying the per-pair reward margin that madpo needs. With padding_free, the
+    padded batch TRL builds (and truncates) is unpadded and packed into rows (packing.py)."""
+
+    padding_free: bool = False
 
     def torch_call(self, examples):
         batch = super().torch_call(examples)
+        if self.padding_free:
+            keep = batch.pop("attention_mask").bool()
+            ids = [row[m].tolist() for row, m in zip(batch["input_ids"], keep)]
+            completion = [row[m].tolist() for row, m in zip(batch["completion_mask"], keep)]
+            batch.update(pack_sequences(ids, completion, self.max_length, self.pad_token_id))
         if MARGIN_COLUMN in examples[0]:
             batch[MARGIN_COLUMN] = torch.tensor([float(e[MARGIN_COLUMN]) for e in examples])
         if ROW_ID_COLUMN in examples[0]:
@@ -70,12 +84,16 @@ class PreferenceTrainer(DPOTrainer):
                 max_length=config.max_length,
                 truncation_mode=config.truncation_mode,
                 pad_to_multiple_of=config.pad_to_multiple_of,
+                padding_free=config.padding_free,
             )
+        # TRL 1.16 warns and turns padding_free off; we implement it (packing.py), so hide it from TRL's __init__.
+        padding_free, config.padding_free = config.padding_free, False
         train_dataset = kwargs.get("train_dataset")
         if train_dataset is not None and ROW_ID_COLUMN not in train_dataset.column_names:
             kwargs["train_dataset"] = train_dataset.add_column(ROW_ID_COLUMN, list(range(len(train_dataset))))
         self._batch_row_ids = None
         super().__init__(*args, processing_class=processing_class, data_collator=data_collator, **kwargs)
+        config.padding_free = self.padding_free = padding_free
         self.use_registry = all(t in LOSS_TYPES for t in self.loss_types)
         self.loss_knobs = {"ipo_normalize": config.ipo_normalize}
         self.loss_knobs.update({k: getattr(config, k) for k in MADPO_DEFAULTS})
@@ -117,9 +135,12 @@ class PreferenceTrainer(DPOTrainer):
     def pair_logps(self, model, inputs):
         """The policy's summed completion log-probs (chosen, rejected), the completion lengths (chosen, rejected) and
         the forward's outputs (for the MoE router loss). One forward through TRL's fused LM head, as TRL does it."""
+        router = {"output_router_logits": True} if self.aux_loss_enabled else {}
+        if SEQUENCE_IDS in inputs:  # padding-free batch
+            logps, lengths, outputs = packed_sequence_logps(model, inputs, **router)
+            return logps.chunk(2), lengths.chunk(2), outputs
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        router = {"output_router_logits": True} if self.aux_loss_enabled else {}
         outputs = model(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
@@ -132,6 +153,19 @@ class PreferenceTrainer(DPOTrainer):
         logps = per_token.sum(dim=1)
         return logps.chunk(2), completion_mask.sum(dim=1).chunk(2), outputs
 
+    def compute_ref_log_probs(self, model, inputs):
+        """Reference log-probs (chosen, rejected); TRL's own for padded batches, the same recipe for packed ones."""
+        if SEQUENCE_IDS not in inputs:
+            return super().compute_ref_log_probs(model, inputs)
+        adapter = contextlib.nullcontext()
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapter = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        no_checkpointing = disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
+        with torch.no_grad(), no_checkpointing, adapter, self.accelerator.autocast():
+            logps, _, _ = packed_sequence_logps(model, inputs)
+        return logps.chunk(2)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.use_registry:
             inputs = {k: v for k, v in inputs.items() if k != MARGIN_COLUMN}  # TRL would hand it to the model
@@ -143,7 +177,7 @@ class PreferenceTrainer(DPOTrainer):
         else:
             # The frozen reference: the base model with the adapter off (PEFT), else TRL's separate ref_model.
             reference = model if self.ref_model is None else self.ref_model
-            model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "completion_mask")}
+            model_inputs = {k: v for k, v in inputs.items() if k in _MODEL_KEYS}
             ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(reference, model_inputs)
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
@@ -170,7 +204,8 @@ class PreferenceTrainer(DPOTrainer):
         self._log_pair_metrics(mode, inputs, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
         if return_outputs:  # Trainer.prediction_step wants logits; the fused head does not build them
             with torch.no_grad():
-                outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+                mask_or_positions = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
+                outputs = model(input_ids=inputs["input_ids"], use_cache=False, **mask_or_positions)
             return loss, outputs
         return loss
 
@@ -187,7 +222,8 @@ class PreferenceTrainer(DPOTrainer):
         metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
         metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
         if mode == "train":
-            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
+            real_tokens = (inputs[SEQUENCE_IDS] >= 0) if SEQUENCE_IDS in inputs else inputs["attention_mask"]
+            self._total_train_tokens += gather(real_tokens.sum()).sum().item() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
         if "madpo" in self.loss_types and MARGIN_COLUMN in inputs:
             knobs = {k: self.loss_knobs[k] for k in MADPO_DEFAULTS}

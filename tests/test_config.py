@@ -52,6 +52,7 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
         (["--use_peft", "false", "--load_in_4bit", "true"], "load_in_4bit (QLoRA) needs use_peft"),
         (["--beta", "0"], "beta must be > 0"),
         (["--loss_type", "cdpo", "hinge"], "mixes this project's losses"),
+        (["--loss_type", "hinge", "--padding_free", "true"], "padding_free is implemented for loss_type"),
     ],
 )
 def test_combinations_that_cannot_work(args, message):
