@@ -51,7 +51,7 @@ smoke: install check-recipe check-variant
 	$(PY) -m dpo_recipes.smoke run $(RECIPE_DIR) --out $(SMOKE_OUT) $(if $(VARIANT),--variant $(VARIANT))
 
 new-recipe: install
-	$(PY) scripts/new_recipe.py $(NAME) $(FROM)
+	$(PY) scripts/new_recipe.py "$(NAME)" "$(FROM)"
 
 # The data audit alone: the recipe's data through its tokenizer, written to output_dir/data_audit.json.
 audit: install check-recipe

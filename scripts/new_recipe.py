@@ -1,0 +1,85 @@
+"""Copy a recipe as the template of a new one: `make new-recipe NAME=<new> FROM=<existing>`.
+
+Everything is copied (config, variants, train.py, README, versions.txt; the accelerate.yaml link stays a relative
+link to the same launcher config). What names the old recipe is renamed, and each rename is printed:
+`output_dir` and `hub_model_id` in the configs, the README's title. Nothing existing is overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from dpo_recipes.errors import UserError, exit_on_user_error  # noqa: E402
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+RENAMED_KEYS = ("output_dir", "hub_model_id")
+
+
+def rename_keys(text: str, old: str, new: str) -> tuple[str, list[str]]:
+    """Rename `old` to `new` in the values of RENAMED_KEYS (YAML lines `key: value`); output_dir always moves."""
+    changes = []
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)(" + "|".join(RENAMED_KEYS) + r")(\s*:\s*)(\S[^#\n]*?)(\s*(#.*)?)$", line.rstrip("\n"))
+        if not match:
+            continue
+        indent, key, sep, value, tail = match.group(1), match.group(2), match.group(3), match.group(4), match.group(5)
+        renamed = value.replace(old, new)
+        if renamed == value and key == "output_dir":
+            renamed = f"outputs/{new}"  # never share an output folder with the template
+        if renamed != value:
+            lines[i] = f"{indent}{key}{sep}{renamed}{tail or ''}\n"
+            changes.append(f"{key}: {value} -> {renamed}")
+    return "".join(lines), changes
+
+
+def copy_recipe(recipes: Path, name: str, source: str) -> list[str]:
+    if not name or not NAME_RE.match(name):
+        raise UserError(f"NAME: {name!r} is not a recipe name (lower-case letters, digits, '.', '_', '-')")
+    src, dst = recipes / source, recipes / name
+    if not source or not (src / "config.yaml").is_file():
+        known = sorted(p.name for p in recipes.iterdir() if (p / "config.yaml").is_file())
+        raise UserError(f"FROM: no recipe {source!r}; recipes: {' '.join(known)}")
+    if dst.exists():
+        raise UserError(f"{dst}: already exists; choose another NAME (nothing was changed)")
+
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    changes = []
+    for config in [dst / "config.yaml", *sorted((dst / "variants").glob("*.yaml"))]:
+        text, changed = rename_keys(config.read_text(), source, name)
+        config.write_text(text)
+        changes += [f"{config.relative_to(recipes.parent)}: {c}" for c in changed]
+    readme = dst / "README.md"
+    if readme.is_file():
+        lines = readme.read_text().splitlines(keepends=True)
+        if lines and lines[0].startswith("# "):
+            lines[0] = f"# {name} (copied from {source}: update this README)\n"
+            readme.write_text("".join(lines))
+            changes.append(f"{readme.relative_to(recipes.parent)}: title -> {name}")
+    link = dst / "accelerate.yaml"
+    if link.is_symlink() and not link.exists():  # a relative link from another depth: point it at the same file
+        target = (src / os.readlink(src / "accelerate.yaml")).resolve()
+        link.unlink()
+        link.symlink_to(os.path.relpath(target, dst))
+    return changes
+
+
+@exit_on_user_error
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        raise UserError("usage: make new-recipe NAME=<new> FROM=<existing>")
+    name, source = argv
+    for change in copy_recipe(REPO_ROOT / "recipes", name, source):
+        print(f"renamed {change}")
+    print(f"created recipes/{name} from recipes/{source}; check it on CPU: make smoke RECIPE={name}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,164 @@
+"""Every recipe folder, checked as files and then run on the real stack (`make smoke`) through its own launcher.
+
+Recipes are discovered from recipes/*/: a new folder is tested without touching this file.
+"""
+
+import json
+import math
+import os
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO, run
+from dpo_recipes.config import parse_config
+from dpo_recipes.reporting import version_drift
+from dpo_recipes.smoke import SMOKE_MAX_PROCESSES, SMOKE_STEPS, cpu_launcher_config, deepspeed_json
+
+RECIPES = sorted(p.name for p in (REPO / "recipes").iterdir() if (p / "train.py").is_file())
+VARIANTS = [(r, v.stem) for r in RECIPES for v in sorted((REPO / "recipes" / r / "variants").glob("*.yaml"))]
+GPU_RECIPES = [r for r in RECIPES if not yaml.safe_load((REPO / "recipes" / r / "accelerate.yaml").read_text())
+               .get("use_cpu", False)]
+CPU = ["--use_cpu", "true"]  # parse GPU recipes on any machine (transformers refuses bf16 without a GPU otherwise)
+LAUNCHERS = sorted(p.name for p in (REPO / "accelerate_configs").glob("*.yaml"))
+
+
+def launcher(recipe: str) -> dict:
+    return yaml.safe_load((REPO / "recipes" / recipe / "accelerate.yaml").read_text())
+
+
+def config(recipe: str) -> dict:
+    return yaml.safe_load((REPO / "recipes" / recipe / "config.yaml").read_text())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files (fast)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_folder_is_complete(recipe):
+    folder = REPO / "recipes" / recipe
+    link = folder / "accelerate.yaml"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link)), "accelerate.yaml: a relative symlink"
+    assert link.resolve().parent == REPO / "accelerate_configs"
+    assert "from dpo_recipes.run import main" in (folder / "train.py").read_text()
+    cfg = config(recipe)
+    assert cfg["tiny_model"] in ("llama", "qwen2", "mistral"), "make smoke needs tiny_model"
+    assert recipe in cfg["output_dir"], "output_dir names the recipe"
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "demo-cpu"])
+def test_recipe_docs_and_pins(recipe):
+    folder = REPO / "recipes" / recipe
+    readme = (folder / "README.md").read_text()
+    assert f"make train RECIPE={recipe}" in readme and f"make smoke RECIPE={recipe}" in readme
+    for section in ("## Hardware", "## Memory", "## Expected metrics"):
+        assert section in readme, section
+    assert (folder / "versions.txt").is_file()
+    assert version_drift(folder) == [], "versions.txt must match the stack the smoke test validates"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_config_parses(recipe):
+    # use_cpu: bf16 on a machine without a GPU is refused by transformers unless the run is declared CPU-only.
+    script, train, model = parse_config(["--config", str(REPO / "recipes" / recipe / "config.yaml"), *CPU])
+    assert train.output_dir and model.model_name_or_path or script.tiny_model
+    if model.load_in_4bit:
+        assert model.use_peft and model.bnb_4bit_quant_type == "nf4" and model.use_bnb_nested_quant
+        assert model.dtype == "bfloat16", "QLoRA computes in bf16"
+    if deepspeed_json(launcher(recipe)) is not None:
+        assert train.bf16, "DeepSpeed's bf16 'auto' follows the recipe's bf16"
+
+
+@pytest.mark.parametrize("recipe, variant", VARIANTS)
+def test_variant_layers_over_recipe(recipe, variant):
+    folder = REPO / "recipes" / recipe
+    _, train, _ = parse_config(["--config", str(folder / "config.yaml"), "--config", str(folder / "variants" /
+                                f"{variant}.yaml"), *CPU])
+    assert train.loss_type == [variant]
+    assert train.output_dir == config(recipe)["output_dir"], "a variant changes the loss, not the rest"
+
+
+def test_every_gpu_recipe_has_the_four_loss_variants():
+    for recipe in GPU_RECIPES:
+        assert {v for r, v in VARIANTS if r == recipe} == {"ipo", "cdpo", "rdpo", "madpo"}, recipe
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_launcher_configs(name):
+    cfg = yaml.safe_load((REPO / "accelerate_configs" / name).read_text())
+    ds = deepspeed_json(cfg)
+    if ds is not None:
+        # Training arguments stay the single source of truth: DeepSpeed reads them through "auto".
+        for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+            assert ds[key] == "auto", key
+        assert ds["bf16"]["enabled"] == "auto"
+        assert "mixed_precision" not in cfg, "precision comes from the JSON's 'auto' (the recipe's bf16)"
+        if ds["zero_optimization"]["stage"] == 3:
+            assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    cpu = cpu_launcher_config(cfg)
+    assert cpu["use_cpu"] is True and "mixed_precision" not in cpu
+    assert cpu["num_processes"] == min(int(cfg["num_processes"]), SMOKE_MAX_PROCESSES)
+    assert cpu["distributed_type"] != "MULTI_GPU"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without GPUs")
+@pytest.mark.parametrize("recipe", GPU_RECIPES[:1] + GPU_RECIPES[-1:])
+def test_gpu_recipe_without_gpu_stops_at_once(recipe):
+    proc = run(["make", "--no-print-directory", "train", f"RECIPE={recipe}"], check=False, timeout=120)
+    assert proc.returncode == 2
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert ours == [f"error: recipe {recipe} trains on {launcher(recipe)['num_processes']} CUDA GPU(s) "
+                    f"(recipes/{recipe}/accelerate.yaml) and this machine has none; to check the recipe on CPU run: "
+                    f"make smoke RECIPE={recipe}"]
+    assert "Traceback" not in proc.stderr and "accelerate launch" not in proc.stdout
+
+
+def test_unknown_variant_is_one_line():
+    proc = run(["make", "--no-print-directory", "smoke", "RECIPE=qwen2.5-0.5b", "VARIANT=nope"], check=False)
+    assert proc.returncode == 2
+    assert "error: recipe qwen2.5-0.5b has no VARIANT 'nope'; variants: cdpo ipo madpo rdpo" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The real stack (slow): each recipe through its own launcher on CPU, result reloaded and checked
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_smoke(recipe, tmp_path):
+    out = tmp_path / "smoke"
+    proc = run(["make", "--no-print-directory", "smoke", f"RECIPE={recipe}", f"SMOKE_OUT={out}"], timeout=600)
+    assert f"smoke {recipe}: OK" in proc.stdout
+    report = json.loads((out / "smoke_report.json").read_text())
+    cfg, launch, wanted = config(recipe), report["launch"], launcher(recipe)
+    ds = deepspeed_json(wanted)
+
+    # It ran through the recipe's own launcher: process count, DeepSpeed stage, offload, precision, as the ranks saw it.
+    assert launch["device"] == "cpu"
+    assert launch["num_processes"] == min(int(wanted["num_processes"]), SMOKE_MAX_PROCESSES)
+    assert launch["distributed_type"] == {"NO": "NO", "MULTI_GPU": "MULTI_CPU"}.get(wanted["distributed_type"],
+                                                                                     wanted["distributed_type"])
+    assert launch["zero_stage"] == (ds["zero_optimization"]["stage"] if ds else None)
+    offload = (ds or {}).get("zero_optimization", {}).get("offload_optimizer", {}).get("device")
+    assert launch["offload_optimizer"] == offload
+    if offload == "cpu" and "optimizer" in ds:
+        assert launch["optimizer"] == "DeepSpeedCPUAdam"
+    assert launch["mixed_precision"] == ("bf16" if cfg.get("bf16") else "no")
+
+    # It trained: SMOKE_STEPS finite losses, and the saved result, reloaded, moves the log-probs.
+    assert len(report["losses"]) == SMOKE_STEPS and all(math.isfinite(v) for v in report["losses"])
+    assert report["max_logprob_change"] > 1e-4
+    if cfg.get("use_peft"):
+        assert report["result"] == "adapter"
+        assert report["lora_modules"] == sorted(cfg["lora_target_modules"])
+        assert report["base_quantized_4bit"] == bool(cfg.get("load_in_4bit"))
+    else:
+        assert report["result"] == "full"
+        assert report["saved_dtype"] == ("bfloat16" if ds else cfg.get("dtype", "float32"))
+
+
+def test_smoke_cli_rejects_a_folder_that_is_not_a_recipe(tmp_path):
+    proc = run([sys.executable, "-m", "dpo_recipes.smoke", "run", str(tmp_path)], check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path}: not a recipe folder (no train.py)"
