@@ -39,7 +39,7 @@ def test_wrong_yaml_type(tmp_path):
 
 def test_yaml_scientific_notation_is_a_float(tmp_path):
     ok = tmp_path / "c.yaml"
-    ok.write_text("tiny_model: llama\nlearning_rate: 5e-7\nuse_cpu: true\nbf16: false\n")
+    ok.write_text("tiny_model: llama\ndataset_name: data/demo\nlearning_rate: 5e-7\nuse_cpu: true\nbf16: false\n")
     _, train, _ = parse_config(["--config", str(ok)])
     assert train.learning_rate == 5e-7
 
