@@ -83,6 +83,32 @@ class ScriptArguments:
         metadata={"help": "Replace whatever output_dir holds. Without it a finished run, or another config's run, "
                   "stops with an error, and an unfinished run of the same config resumes."},
     )
+    # The held-out evaluation report written at the end of a run (docs/evaluation.md); `make eval` rewrites it.
+    eval_report: bool = field(
+        default=True,
+        metadata={"help": "Write eval_report.md/.json (held-out rewards, log-probs, KL to the reference, generations) "
+                  "at the end of the run."},
+    )
+    eval_report_pairs: int | None = field(
+        default=64, metadata={"help": "Held-out pairs scored by policy and reference for the report (null: all)."}
+    )
+    eval_report_prompts: int = field(
+        default=8, metadata={"help": "Held-out prompts for the KL estimate, the win-rate and the generations."}
+    )
+    eval_report_samples: int = field(
+        default=4, metadata={"help": "Completions sampled from the policy per prompt for the KL estimate."}
+    )
+    eval_report_max_new_tokens: int = field(
+        default=32, metadata={"help": "Longest completion generated for the KL estimate, win-rate and examples."}
+    )
+    eval_report_examples: int = field(
+        default=3, metadata={"help": "Prompts shown with the policy's and the reference's greedy replies side by side."}
+    )
+    judge_model: str | None = field(
+        default=None,
+        metadata={"help": "A reward model (AutoModelForSequenceClassification, one output) that scores the policy's "
+                  "and the reference's greedy replies: the report then gives the policy's win-rate."},
+    )
 
 
 @dataclass
@@ -91,6 +117,11 @@ class PreferenceConfig(DPOConfig):
         default=True,
         metadata={"help": "ipo: divide each side's log-ratio by its completion length (TRL's form); false gives "
                   "the paper's summed form."},
+    )
+    ref_logps_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "precompute_ref_log_probs: where reference log-probs are cached (default .cache/ref_logps "
+                  "in the repository, or $DPO_RECIPES_CACHE/ref_logps)."},
     )
     madpo_c_max: float = field(default=2.0, metadata={"help": "madpo: c_max of the adaptive scale."})
     madpo_c_min: float | None = field(default=None, metadata={"help": "madpo: c_min (default 1/c_max)."})
@@ -241,6 +272,7 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     if not 0.0 < script_args.eval_fraction < 1.0:
         raise UserError(f"config: eval_fraction must be in (0, 1), got {script_args.eval_fraction}")
     check_data_args(script_args)
+    validate_report_args(script_args)
     if model_args.model_name_or_path is None and script_args.tiny_model is None:
         raise UserError("config: set model_name_or_path (a hub id or local directory) or tiny_model")
     if model_args.load_in_4bit and not model_args.use_peft:
@@ -256,3 +288,16 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     if ours and (args.ld_alpha is not None or args.f_divergence_type != "reverse_kl" or args.use_weighting):
         raise UserError(f"config: ld_alpha, f_divergence_type and use_weighting are TRL-only options and are not "
                         f"applied by loss_type {ours}")
+
+
+def validate_report_args(script_args: ScriptArguments) -> None:
+    """The evaluation report's settings (also checked by `make eval`, which can change them)."""
+    for key in ("eval_report_pairs", "eval_report_prompts", "eval_report_samples", "eval_report_max_new_tokens",
+                "eval_report_examples"):
+        value = getattr(script_args, key)
+        smallest = 0 if key == "eval_report_examples" else 1
+        if value is not None and value < smallest:
+            raise UserError(f"config: {key} must be an integer >= {smallest}, got {value}")
+    if script_args.eval_report_examples > script_args.eval_report_prompts:
+        raise UserError(f"config: eval_report_examples ({script_args.eval_report_examples}) cannot exceed "
+                        f"eval_report_prompts ({script_args.eval_report_prompts})")

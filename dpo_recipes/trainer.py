@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import torch
 from datasets import Dataset
 from trl import DPOTrainer
-from accelerate.utils import is_peft_model
+from accelerate.utils import broadcast_object_list, is_peft_model
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import use_adapter
 
 from .losses import LOSS_TYPES, MADPO_DEFAULTS, madpo_weights, preference_loss
+from . import ref_cache
 from .packing import SEQUENCE_IDS, pack_sequences, packed_sequence_logps
 from .resilience import TrainingStopped, any_rank
 
@@ -92,6 +93,7 @@ class PreferenceTrainer(DPOTrainer):
         if train_dataset is not None and ROW_ID_COLUMN not in train_dataset.column_names:
             kwargs["train_dataset"] = train_dataset.add_column(ROW_ID_COLUMN, list(range(len(train_dataset))))
         self._batch_row_ids = None
+        self._ref_weights_hash, self.ref_cache_hits = None, []  # datasets whose reference log-probs came from disk
         super().__init__(*args, processing_class=processing_class, data_collator=data_collator, **kwargs)
         config.padding_free = self.padding_free = padding_free
         self.use_registry = all(t in LOSS_TYPES for t in self.loss_types)
@@ -152,6 +154,35 @@ class PreferenceTrainer(DPOTrainer):
         per_token = outputs.log_probs[:, -(completion_mask.size(1) - 1) :]
         logps = per_token.sum(dim=1)
         return logps.chunk(2), completion_mask.sum(dim=1).chunk(2), outputs
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        """TRL's one reference pass over the data, behind an on-disk cache keyed on everything the values depend on
+        (ref_cache.py). A hit skips the reference forward entirely."""
+        if self._ref_weights_hash is None:
+            reference = self.ref_model if self.ref_model is not None else self.model
+            peft_config = getattr(self.model, "peft_config", {})
+            adapters_disabled = self.ref_model is None and is_peft_model(self.model) and "ref" not in peft_config
+            digest = [ref_cache.reference_weights_hash(reference, adapters_disabled)]
+            broadcast_object_list(digest, from_process=0)
+            self._ref_weights_hash = digest[0]
+        key = ref_cache.cache_key(
+            weights=self._ref_weights_hash,
+            tokenizer=ref_cache.tokenizer_hash(self._tokenizer),
+            data_fingerprint=ref_cache.token_ids_hash(dataset),
+            args=self.args,
+            attn_implementation=self.model.config._attn_implementation,
+        )
+        cache_dir = self.args.ref_logps_cache_dir or ref_cache.DEFAULT_CACHE_DIR
+        cached = ref_cache.load(cache_dir, key)
+        if cached is not None:
+            self.ref_cache_hits.append(name)
+            return dataset.add_column("ref_chosen_logps", cached[0]).add_column("ref_rejected_logps", cached[1])
+        dataset._fingerprint = key  # so that TRL's own cache cannot serve values computed for another max_length
+        with_ref = super()._precompute_ref_logps(dataset, name, batch_size)
+        if self.accelerator.is_main_process:
+            ref_cache.save(cache_dir, key, with_ref["ref_chosen_logps"], with_ref["ref_rejected_logps"])
+        self.accelerator.wait_for_everyone()
+        return with_ref
 
     def compute_ref_log_probs(self, model, inputs):
         """Reference log-probs (chosen, rejected); TRL's own for padded batches, the same recipe for packed ones."""
