@@ -1,6 +1,6 @@
 """The training path every recipe runs, top to bottom:
 
-    config -> tokenizer -> data and its audit -> model and adapter -> trainer and loss -> outputs
+    config -> tokenizer -> data and its audit -> model and adapter -> trainer and loss -> outputs -> report
 
 Each step's logic lives in its own module (config.py, data.py, modeling.py, trainer.py + losses.py, reporting.py);
 this file only puts them in order. A recipe's train.py calls `main(recipe_dir)`.
@@ -11,9 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from accelerate import PartialState
+
 from .config import parse_config
 from .audit import audit_data
 from .errors import exit_on_user_error
+from .evaluation import finish_run_outputs, release_training_memory
 from .margins import add_reward_margins
 from .modeling import load_model, load_tokenizer, resolve_model_path
 from .reporting import plot_log_history, warn_version_drift, write_json, write_manifest
@@ -90,6 +93,15 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
             recipe_dir=recipe_dir,
         )
     mark_run_complete(output_dir, trainer.state.global_step)
+
+    # 7. Evaluation report, model card and (only when asked) the hub push: from the saved files, on the main
+    # process, once the training state is freed; the other processes wait (docs/evaluation.md).
+    is_main = trainer.is_world_process_zero()
+    del model
+    release_training_memory(trainer)
+    if is_main:
+        finish_run_outputs(output_dir, script_args, training_args.to_dict(), model_args, eval_dataset)
+    PartialState().wait_for_everyone()
     return eval_metrics
 
 
