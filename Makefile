@@ -14,13 +14,17 @@ ACCELERATE_CONFIG ?= $(RECIPE_DIR)/accelerate.yaml
 LAUNCH_ARGS ?=
 SMOKE_OUT ?= outputs/smoke/$(RECIPE)
 
-.PHONY: help install train audit test check-recipe check-variant smoke new-recipe
+.PHONY: help install train audit test check-recipe check-variant smoke new-recipe eval plots merge estimate check-run
 
 help:
 	@echo "make train [RECIPE=<name>] [ARGS='--key value ...']   train a recipe (default: demo-cpu, CPU, no downloads)"
 	@echo "make audit [RECIPE=<name>] [ARGS='--key value ...']   check a recipe's data (no model load): data_audit.json"
 	@echo "make smoke RECIPE=<name> [VARIANT=<loss>]               run a recipe on CPU with a tiny model, check its result"
 	@echo "make new-recipe NAME=<new> FROM=<existing>              copy a recipe as a template"
+	@echo "make eval RUN=<dir> [ARGS='--judge_model <rm> ...']     (re)write a finished run's evaluation report and card"
+	@echo "make plots RUN=<dir>                                    training curves (PNG) of a run into <dir>/plots"
+	@echo "make merge RUN=<dir> OUT=<dir> [ARGS=...]               merge a LoRA/QLoRA run into standalone weights"
+	@echo "make estimate RECIPE=<name> [GPUS=n GPU_MEM=GiB]        predicted memory per GPU and whether it fits"
 	@echo "make test                                               run the whole test suite"
 	@echo "make install                                            create .venv from requirements.txt"
 	@echo "recipes: $$(ls recipes | tr '\n' ' ')"
@@ -56,6 +60,25 @@ new-recipe: install
 # The data audit alone: the recipe's data through its tokenizer, written to output_dir/data_audit.json.
 audit: install check-recipe
 	$(PY) -m dpo_recipes.audit --config $(RECIPE_DIR)/config.yaml $(ARGS)
+
+# After a run (docs/evaluation.md): the evaluation report again (other settings, a judge), plots, a merged export.
+check-run:
+	@test -n "$(RUN)" || { echo "error: set RUN=<run folder> (a training run's output_dir)" >&2; exit 2; }
+
+eval: install check-run
+	$(PY) -m dpo_recipes.evaluation $(RUN) $(ARGS)
+
+plots: install check-run
+	$(PY) -m dpo_recipes.reporting plots $(RUN)
+
+merge: install check-run
+	@test -n "$(OUT)" || { echo "error: make merge needs OUT=<new folder for the merged model>" >&2; exit 2; }
+	$(PY) -m dpo_recipes.merge $(RUN) $(OUT) $(ARGS)
+
+# Before a run: predicted memory per GPU (GPUS / GPU_MEM override the launcher's processes and 24/40/80 GiB).
+estimate: install
+	@$(PY) -m dpo_recipes.estimate $(RECIPE) $(if $(GPUS),--gpus $(GPUS)) $(if $(GPU_MEM),--gpu_mem $(GPU_MEM)) \
+		$(if $(VARIANT),--variant $(VARIANT))
 
 test: install
 	$(PY) -m pytest tests

@@ -124,6 +124,27 @@ def write_manifest(output_dir, *, script_args, training_args, model_args, datase
     return manifest
 
 
+def plot_series(log_history: list[dict]) -> dict[str, tuple[str, dict[str, list[tuple[int, float]]]]]:
+    """What each plot draws: {file: (title, {metric: [(step, value), ...]})}, finite numbers only; a point logged
+    twice at the same step (the final evaluation repeats the last in-training one) is drawn once."""
+    out = {}
+    for filename, title, series in PLOTS:
+        lines = {}
+        for train_key, eval_key in series:
+            for key in (train_key, eval_key):
+                points = []
+                for e in log_history:
+                    value = e.get(key) if key else None
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                        if (e["step"], value) not in points:
+                            points.append((e["step"], value))
+                if points:
+                    lines[key] = points
+        if lines:
+            out[filename] = (title, lines)
+    return out
+
+
 def plot_log_history(log_history: list[dict], out_dir: str | Path) -> list[Path]:
     """PNG plots of the logged metrics against the step; returns the files written."""
     import matplotlib
@@ -134,22 +155,55 @@ def plot_log_history(log_history: list[dict], out_dir: str | Path) -> list[Path]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for filename, title, series in PLOTS:
+    for filename, (title, lines) in plot_series(log_history).items():
         fig, ax = plt.subplots(figsize=(6, 4))
-        drawn = False
-        for train_key, eval_key in series:
-            for key, style in ((train_key, "-"), (eval_key, "o--")):
-                points = [(e["step"], e[key]) for e in log_history if key and key in e and math.isfinite(e[key])]
-                if points:
-                    ax.plot(*zip(*points), style, label=key, markersize=4)
-                    drawn = True
-        if drawn:
-            ax.set_title(title)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-            ax.legend()
-            fig.tight_layout()
-            fig.savefig(out_dir / filename, dpi=100)
-            written.append(out_dir / filename)
+        for key, points in lines.items():
+            ax.plot(*zip(*points), "o--" if key.startswith("eval_") else "-", label=key, markersize=4)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / filename, dpi=100)
+        written.append(out_dir / filename)
         plt.close(fig)
     return written
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """`make plots RUN=<dir>`: plots/ of a run folder from its trainer_state.json, or, for a run still going or
+    interrupted, from its latest checkpoint's."""
+    from .errors import UserError
+
+    run_dir = Path(run_dir)
+    state = run_dir / "trainer_state.json"
+    if not state.is_file():
+        checkpoints = sorted(run_dir.glob("checkpoint-*/trainer_state.json"),
+                             key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1)
+        if not checkpoints:
+            raise UserError(f"{run_dir}: no trainer_state.json (in the folder or a checkpoint-N/ in it)")
+        state = checkpoints[-1]
+        print(f"{run_dir}: no final trainer_state.json; plotting {state}", file=sys.stderr)
+    try:
+        history = json.loads(state.read_text())["log_history"]
+    except (ValueError, KeyError):
+        raise UserError(f"{state}: not a trainer state (no log_history)") from None
+    written = plot_log_history(history, run_dir / "plots")
+    if not written:
+        raise UserError(f"{state}: no logged metrics to plot (log_history has no loss, rewards or learning rate)")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .errors import exit_on_user_error
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "plots":
+        print("usage: python -m dpo_recipes.reporting plots RUN_DIR", file=sys.stderr)
+        sys.exit(2)
+    for path in exit_on_user_error(plot_run)(argv[1]):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
