@@ -17,7 +17,7 @@ import math
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl.data_utils import is_conversational
@@ -89,6 +89,8 @@ def load_reward_model(path: str, trust_remote_code: bool = False, device=None):
 def score_pairs(model, tokenizer, dataset: Dataset, batch_size: int = 8) -> list[float]:
     """r(x, y_w) - r(x, y_l) for every row of `dataset`, each sequence scored once on its own (right padding, the
     model reads its last non-pad token), batched by length so little is padded."""
+    if len(dataset) == 0:  # a process with no share of the rows
+        return []
     sequences = [render_ids(tokenizer, row, side) for side in ("chosen", "rejected") for row in dataset]
     pad_id = model.config.pad_token_id
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
@@ -118,19 +120,20 @@ def add_reward_margins(script_args, training_args, train_dataset: Dataset, eval_
             if dataset is not None and MARGIN_COLUMN in dataset.column_names:
                 raise UserError(f"{name} ({split}): already has a '{MARGIN_COLUMN}' column and reward_model_name_or_path "
                                 f"is set; remove one of the two so no margins are overwritten")
-        # One process scores, the others receive the margins: every process then trains on the same numbers.
+        # Every process scores its share of the rows and all of them receive every margin: the same numbers everywhere.
         state = PartialState()
-        margins = [None]
-        if state.is_main_process:
-            model, tokenizer = load_reward_model(rm_path, training_args.trust_remote_code, state.device)
-            batch_size = training_args.per_device_eval_batch_size
-            margins = [{split: score_pairs(model, tokenizer, ds, batch_size) for split, ds in splits.items()
-                        if ds is not None}]
-            del model
-        if state.num_processes > 1:
-            margins = broadcast_object_list(margins, from_process=0)
-        splits = {split: ds if ds is None else ds.add_column(MARGIN_COLUMN, margins[0][split])
-                  for split, ds in splits.items()}
+        model, tokenizer = load_reward_model(rm_path, training_args.trust_remote_code, state.device)
+        for split, dataset in splits.items():
+            if dataset is None:
+                continue
+            with state.split_between_processes(list(range(len(dataset)))) as rows:
+                scored = score_pairs(model, tokenizer, dataset.select(rows), training_args.per_device_eval_batch_size)
+            margins = [0.0] * len(dataset)
+            for row, margin in gather_object([(rows, scored)]):
+                for i, m in zip(row, margin):
+                    margins[i] = m
+            splits[split] = dataset.add_column(MARGIN_COLUMN, margins)
+        del model  # free the reward model before the policy loads
     else:
         for split, dataset in splits.items():
             if dataset is None or MARGIN_COLUMN in dataset.column_names:

@@ -4,6 +4,7 @@ margin sources (score columns, a margin column) and the errors when there is non
 
 import json
 import math
+import socket
 import sys
 
 import pytest
@@ -94,10 +95,10 @@ def test_margins_are_the_reward_models_score_differences(reward_model, mini_demo
 def test_madpo_trains_with_the_reward_models_margins(reward_model, mini_demo, tmp_path):
     out = tmp_path / "madpo"
     run([sys.executable, "recipes/demo-cpu/train.py", "--config", DEMO, "--dataset_name", str(mini_demo),
-         "--loss_type", "madpo", "--reward_model_name_or_path", str(reward_model), "--max_steps", "3",
+         "--loss_type", "madpo", "--reward_model_name_or_path", str(reward_model), "--max_steps", "2",
          "--output_dir", str(out), *FAST], timeout=600)
     logs = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
-    assert [e["step"] for e in logs] == [1, 2, 3]
+    assert [e["step"] for e in logs] == [1, 2]
     assert all(math.isfinite(e["loss"]) and "madpo/weight_mean" in e for e in logs)
     # Step 1 runs with policy == reference (h = 0): loss = mean w(m) * ln 2 over the batch, and w is not all 1
     first = logs[0]
@@ -108,6 +109,42 @@ def test_madpo_trains_with_the_reward_models_margins(reward_model, mini_demo, tm
     adapter = load_file(out / "adapter_model.safetensors")
     assert any(v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k)
     assert "eval_madpo/weight_mean" in json.loads((out / "eval_metrics.json").read_text())
+
+
+SCORE_SCRIPT = """
+import json, sys
+from accelerate import PartialState
+from dpo_recipes.config import parse_config
+from dpo_recipes.data import load_preference_splits
+from dpo_recipes.margins import add_reward_margins
+state = PartialState()
+s, t, _ = parse_config(["--config", sys.argv[1], "--loss_type", "madpo", "--dataset_name", sys.argv[2],
+                        "--reward_model_name_or_path", sys.argv[3], "--per_device_eval_batch_size", "4"])
+train, held_out = add_reward_margins(s, t, *load_preference_splits(s, seed=0))
+with open(f"{sys.argv[4]}.{state.process_index}.json", "w") as f:
+    json.dump({"world": state.num_processes, "margins": [*train["reward_margin"], *held_out["reward_margin"]]}, f)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_scoring_and_agree(reward_model, mini_demo, tmp_path, venv_bin):
+    script = tmp_path / "score.py"
+    script.write_text(SCORE_SCRIPT)
+    args = [DEMO, str(mini_demo), str(reward_model)]
+    with socket.socket() as free:  # a port no other test is using
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
+    run([str(venv_bin / "torchrun"), "--nproc_per_node", "2", "--master_port", port, str(script), *args,
+         str(tmp_path / "two")], env={"PYTHONPATH": str(REPO)})
+    rank0, rank1 = (json.loads((tmp_path / f"two.{rank}.json").read_text()) for rank in (0, 1))
+    assert rank0["world"] == 2
+    assert rank0["margins"] == rank1["margins"]  # every process trains on the same numbers
+    script_args, training_args, _ = madpo_args("--dataset_name", str(mini_demo),
+                                                "--reward_model_name_or_path", str(reward_model))
+    single = add_reward_margins(script_args, training_args, *load_preference_splits(script_args, seed=0))
+    expected = [*single[0][MARGIN_COLUMN], *single[1][MARGIN_COLUMN]]
+    assert len(expected) == 64
+    assert rank0["margins"] == pytest.approx(expected, abs=1e-5)  # each row's margin lands in its own place
 
 
 # --- the other margin sources, and the errors -------------------------------------------------------------------
