@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from accelerate import PartialState
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from .config import parse_config
 from .audit import audit_data
@@ -99,6 +100,8 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
     is_main = trainer.is_world_process_zero()
     del model
     release_training_memory(trainer)
+    # The report loads ordinary models: drop ZeRO-3's process-wide config, or from_pretrained would refuse them.
+    unset_hf_deepspeed_config()
     if is_main:
         finish_run_outputs(output_dir, script_args, training_args.to_dict(), model_args, eval_dataset)
     PartialState().wait_for_everyone()
