@@ -124,9 +124,10 @@ def main(n_train: int = 2000, n_test: int = 200, seed: int = 1234) -> None:
     out = Path(__file__).parent / "demo"
     out.mkdir(exist_ok=True)
     for name, n, pool in (("train", n_train, train_topics), ("test", n_test, test_topics)):
-        with open(out / f"{name}.jsonl", "w") as f:
-            for _ in range(n):
-                f.write(json.dumps(make_pair(rng, rng.choice(pool))) + "\n")
+        lines: dict[str, None] = {}  # unique pairs, in the order drawn
+        while len(lines) < n:
+            lines.setdefault(json.dumps(make_pair(rng, rng.choice(pool))))
+        (out / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines))
 
 
 if __name__ == "__main__":

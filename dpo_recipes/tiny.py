@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -112,13 +113,15 @@ def build_model(family: str, tokenizer, hidden_size: int = 64, num_layers: int =
 def build_tiny(family: str, out: str | Path, hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> Path:
     """Write a tiny model and tokenizer to `out` (reused when already there with the same settings)."""
     out = Path(out)
-    spec = {"family": family, "hidden_size": hidden_size, "num_layers": num_layers, "seed": seed}
+    corpus = default_corpus()
+    spec = {"family": family, "hidden_size": hidden_size, "num_layers": num_layers, "seed": seed,
+            "corpus_sha256": hashlib.sha256("".join(corpus).encode()).hexdigest()}  # new data, new tokenizer
     stamp = out / "tiny_spec.json"
     if stamp.exists() and json.loads(stamp.read_text()) == spec:
         return out
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny model family {family!r}; choose one of {sorted(FAMILIES)}")
-    tokenizer = build_tokenizer(family)
+    tokenizer = build_tokenizer(family, corpus=corpus)
     model = build_model(family, tokenizer, hidden_size, num_layers, seed)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
