@@ -36,10 +36,11 @@ def command_line_keys(argv: list[str]) -> set[str]:
 
 
 def keys_set_by_user(argv: list[str]) -> set[str]:
-    """Config keys set in the YAML given by --config or on the command line."""
+    """Config keys set in the YAML files given by --config (one or several) or on the command line."""
     keys = command_line_keys(argv)
-    if "--config" in argv and argv.index("--config") + 1 < len(argv):
-        keys |= set(read_yaml(argv[argv.index("--config") + 1]))
+    for i, token in enumerate(argv[:-1]):
+        if token == "--config":
+            keys |= set(read_yaml(argv[i + 1]))
     return keys
 
 
