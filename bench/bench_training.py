@@ -1,0 +1,179 @@
+"""Training benchmarks (CPU): overhead over plain TRL, padding-free vs padded, the reference cache, scaling.
+
+    python bench/bench_training.py [--quick]        # writes bench/results/training.json
+
+Every comparison is measured side by side in one run: the configurations of a comparison alternate (A B A B ...)
+and each number is the median over repeats, because this machine is shared and noisy. Each measurement runs in its
+own process, so that peak memory (max RSS) belongs to that configuration alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+WORK = REPO / "bench" / "tmp"
+RESULTS = REPO / "bench" / "results" / "training.json"
+# A Llama-architecture model large enough that compute dominates on a CPU: 8 layers, hidden 512 (about 20M params).
+MODEL = {"family": "llama", "hidden_size": 512, "num_layers": 8}
+
+
+def skewed_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Preference pairs whose lengths follow UltraFeedback's shape: log-normal, long right tail (prompt median about
+    60 words, responses about 150 words with a tail past 600). Text is drawn from the bundled HH sample."""
+    import gzip
+
+    words = []
+    with gzip.open(REPO / "data/hh-rlhf/harmless-base-test.jsonl.gz", "rt") as f:
+        for line in f:
+            words += json.loads(line)["chosen"].split()
+    rng = random.Random(seed)
+
+    def text(median, sigma, cap):
+        k = min(cap, max(3, int(rng.lognormvariate(math.log(median), sigma))))
+        start = rng.randrange(len(words) - k)
+        return " ".join(words[start : start + k])
+
+    return [
+        {"prompt": text(60, 0.7, 400), "chosen": " " + text(150, 0.8, 700), "rejected": " " + text(130, 0.8, 700)}
+        for _ in range(n)
+    ]
+
+
+def measure(config: dict) -> dict:
+    """One training measurement in this process: tokens/s over the timed steps, time per step, peak RSS."""
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import DPOTrainer
+
+    from dpo_recipes.config import parse_config
+    from dpo_recipes.modeling import load_model, load_tokenizer
+    from dpo_recipes.tiny import build_tiny
+    from dpo_recipes.trainer import PreferenceTrainer
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    model_dir = build_tiny(out=WORK / "bench-llama", **MODEL)
+    out = WORK / f"run-{os.getpid()}"
+    args = ["--config", str(REPO / "recipes/demo-cpu/config.yaml"), "--model_name_or_path", str(model_dir),
+            "--output_dir", str(out), "--overwrite_output_dir", "true", "--eval_strategy", "no",
+            "--save_strategy", "no", "--logging_steps", "1000", "--report_to", "none", "--learning_rate", "1e-4",
+            "--max_steps", str(config["warmup"] + config["steps"]), "--max_length", str(config["max_length"]),
+            "--per_device_train_batch_size", str(config["batch_size"]), "--dataset_num_proc", "1",
+            "--padding_free", str(config.get("padding_free", False)).lower(),
+            "--precompute_ref_log_probs", str(config.get("precompute", False)).lower(),
+            "--ref_logps_cache_dir", str(WORK / "ref_cache")]
+    _, train_args, model_args = parse_config(args)
+    tokenizer = load_tokenizer(str(model_dir), model_args, False, None)
+    model, peft_config = load_model(str(model_dir), model_args, False)
+    data = Dataset.from_list(skewed_pairs(config["rows"]))
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.marks = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.marks.append((time.perf_counter(), trainer._total_train_tokens))
+
+    trainer_cls = DPOTrainer if config["trainer"] == "trl" else PreferenceTrainer
+    started = time.perf_counter()
+    trainer = trainer_cls(model=model, args=train_args, train_dataset=data, processing_class=tokenizer,
+                          peft_config=peft_config, callbacks=[clock := Clock()])
+    setup_seconds = time.perf_counter() - started
+    trainer.train()
+    (t0, n0), (t1, n1) = clock.marks[config["warmup"] - 1], clock.marks[-1]
+    return {
+        "tokens_per_second": (n1 - n0) / (t1 - t0),
+        "seconds_per_step": (t1 - t0) / config["steps"],
+        "setup_seconds": setup_seconds,  # includes the reference pass when precompute misses the cache
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "ref_cache_hits": getattr(trainer, "ref_cache_hits", None),
+    }
+
+
+def run_one(config: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(config)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark run failed: {config}\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def side_by_side(configs: dict[str, dict], repeats: int) -> dict:
+    """Alternate the configurations `repeats` times; medians of each metric."""
+    samples = {name: [] for name in configs}
+    for r in range(repeats):
+        for name, config in configs.items():
+            samples[name].append(run_one(config))
+            print(f"  [{r + 1}/{repeats}] {name}: {samples[name][-1]['tokens_per_second']:.0f} tok/s", flush=True)
+    summary = {}
+    for name, runs in samples.items():
+        summary[name] = {key: statistics.median(run[key] for run in runs)
+                         for key in ("tokens_per_second", "seconds_per_step", "setup_seconds", "peak_rss_mb")}
+        summary[name]["repeats"] = len(runs)
+        summary[name]["config"] = configs[name]
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke check, not results)")
+    parser.add_argument("--only", nargs="*", help="overhead padding_free ref_cache scaling")
+    a = parser.parse_args()
+    if a.one:
+        print(json.dumps(measure(json.loads(a.one))))
+        return
+    repeats, steps = (1, 2) if a.quick else (3, 6)
+    base = {"rows": 256, "warmup": 2, "steps": steps, "max_length": 512, "batch_size": 4, "trainer": "ours"}
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() and a.only else {}
+    results["machine"] = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                          "threads": int(os.environ.get("BENCH_THREADS", "2"))}
+    results["model"] = MODEL
+    todo = a.only or ["overhead", "padding_free", "ref_cache", "scaling"]
+
+    if "overhead" in todo:
+        print("overhead: project path vs plain TRL DPOTrainer", flush=True)
+        r = side_by_side({"trl": {**base, "trainer": "trl"}, "ours": base}, repeats)
+        r["ours_over_trl"] = r["ours"]["tokens_per_second"] / r["trl"]["tokens_per_second"]
+        results["overhead"] = r
+    if "padding_free" in todo:
+        print("padding_free: packed rows vs padding, length-skewed data", flush=True)
+        r = side_by_side({"padded": base, "padding_free": {**base, "padding_free": True}}, repeats)
+        r["speedup"] = r["padding_free"]["tokens_per_second"] / r["padded"]["tokens_per_second"]
+        r["peak_rss_ratio"] = r["padding_free"]["peak_rss_mb"] / r["padded"]["peak_rss_mb"]
+        results["padding_free"] = r
+    if "ref_cache" in todo:
+        print("ref_cache: one epoch, reference on the fly vs cached reference log-probs", flush=True)
+        epoch = {**base, "rows": 64, "warmup": 1, "steps": 64 // base["batch_size"] - 1}
+        run_one({**epoch, "precompute": True, "steps": 1})  # fill the cache once
+        r = side_by_side({"on_the_fly": epoch, "cached": {**epoch, "precompute": True}}, repeats)
+        for name in ("on_the_fly", "cached"):
+            r[name]["epoch_seconds"] = r[name]["seconds_per_step"] * (64 // base["batch_size"]) + r[name]["setup_seconds"]
+        r["epoch_speedup"] = r["on_the_fly"]["epoch_seconds"] / r["cached"]["epoch_seconds"]
+        r["step_speedup"] = r["on_the_fly"]["seconds_per_step"] / r["cached"]["seconds_per_step"]
+        results["ref_cache"] = r
+    if "scaling" in todo:
+        print("scaling: time per step and peak memory against max_length and batch size", flush=True)
+        grid = {f"len{n}_bs{b}": {**base, "max_length": n, "batch_size": b, "steps": max(2, steps // 2)}
+                for n, b in ((128, 4), (256, 4), (512, 4), (512, 2), (512, 8))}
+        results["scaling"] = side_by_side(grid, 1 if a.quick else 2)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {RESULTS.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
