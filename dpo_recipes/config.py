@@ -273,6 +273,7 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
         raise UserError(f"config: eval_fraction must be in (0, 1), got {script_args.eval_fraction}")
     check_data_args(script_args)
     validate_report_args(script_args)
+    check_report_to(args.report_to)
     if model_args.model_name_or_path is None and script_args.tiny_model is None:
         raise UserError("config: set model_name_or_path (a hub id or local directory) or tiny_model")
     if model_args.load_in_4bit and not model_args.use_peft:
@@ -301,3 +302,18 @@ def validate_report_args(script_args: ScriptArguments) -> None:
     if script_args.eval_report_examples > script_args.eval_report_prompts:
         raise UserError(f"config: eval_report_examples ({script_args.eval_report_examples}) cannot exceed "
                         f"eval_report_prompts ({script_args.eval_report_prompts})")
+
+
+# report_to integration -> the package it needs (transformers only finds out at Trainer start, after the model loads).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow",
+                    "comet_ml": "comet_ml", "clearml": "clearml", "swanlab": "swanlab", "dvclive": "dvclive"}
+
+
+def check_report_to(report_to) -> None:
+    import importlib.util
+
+    for name in report_to or []:
+        package = TRACKER_PACKAGES.get(name)
+        if package and importlib.util.find_spec(package) is None:
+            raise UserError(f"config: report_to {name} needs the {package} package, which is not installed "
+                            f"(pip install {package}; requirements.txt has tensorboard)")

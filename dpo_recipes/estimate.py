@@ -104,7 +104,9 @@ BUILTIN = {
     "Qwen/Qwen2.5-7B": Architecture(28, 3584, 18944, 28, 4, 152064, False, qkv_bias=True),
     "Qwen/Qwen2.5-0.5B": Architecture(24, 896, 4864, 14, 2, 151936, True, qkv_bias=True),
     "mistralai/Mistral-7B-v0.1": Architecture(32, 4096, 14336, 32, 8, 32000, False),
-    # LLaMA 65B (Touvron et al. 2023, table 2): for checking against the QLoRA paper's 48 GB figure.
+    # LLaMA 33B and 65B (Touvron et al. 2023, table 2; MLP width 2/3 x 4 x hidden rounded up to 256): for checking
+    # against the QLoRA figures (33B on one 24 GB GPU, 65B on one 48 GB GPU).
+    "huggyllama/llama-30b": Architecture(60, 6656, 17920, 52, 52, 32000, False),
     "huggyllama/llama-65b": Architecture(80, 8192, 22016, 64, 64, 32000, False),
 }
 ALIASES = {
@@ -220,19 +222,35 @@ def _optimizer_bytes(optim: str, param_bytes: int) -> int:
 
 
 def layer_activation_bytes(s: Setup) -> float:
-    """Bytes kept for the backward pass per token and decoder layer (without checkpointing)."""
+    """Bytes autograd keeps per token and decoder layer for the backward pass (no checkpointing). The terms follow
+    the tensors PyTorch saves in a Llama / Qwen2 / Mistral layer (counted with saved-tensor hooks in
+    tests/test_estimate.py)."""
     a, f, arch = s.act_bytes, 4, s.arch
     h, kv, q, i = arch.hidden, arch.kv_dim, arch.q_dim, arch.intermediate
-    norms = 2 * (f + a) * h  # two RMSNorms: the fp32 copy of the input, the output the projections read
-    attention = a * (2 * q + 2 * kv)  # q, k, v after RoPE and the attention output (o_proj's input)
+    full_ft = not s.use_peft
+    # Two RMSNorms: the fp32 copy of the input and the output the projections read; a full fine-tune also keeps
+    # the normalised input for the norm weight's gradient. Autocast over fp32 weights keeps the fp32 outputs too.
+    norms = 2 * (f + a) * h + (2 * a * h if full_ft else 0)
+    if s.weight_bytes == 4 and a == 2:
+        norms += 2 * f * h + (2 * (f - a) * h if full_ft else 0)
+    attention = a * (2 * q + 2 * kv)  # q, k, v after RoPE and the attention output
     mlp = 4 * a * i  # gate, up, act(gate), act(gate) * up (down_proj's input)
-    extra = 0.0
-    if s.use_peft and s.lora_dropout > 0:  # dropout copies the input of every adapted projection
-        shapes = arch.linear_shapes()
-        extra += a * sum(shapes[t][0] for t in s.lora_targets)
-    if s.eager_attention:  # scores and probabilities, one row of max_length per head
-        extra += 2 * a * arch.heads * s.max_length
-    return norms + attention + mlp + extra
+    lora = 0.0
+    if s.use_peft:
+        shapes, lb = arch.linear_shapes(), s.adapter_bytes()
+        if lb != a:  # the adapter casts its input to its own dtype: one copy per distinct input
+            inputs = {"attn_in": ("q_proj", "k_proj", "v_proj"), "o_in": ("o_proj",), "mlp_in": ("gate_proj", "up_proj"),
+                      "down_in": ("down_proj",)}
+            lora += lb * sum(shapes[names[0]][0] for names in inputs.values() if set(names) & set(s.lora_targets))
+        if s.lora_dropout > 0:  # each adapted projection drops out its own copy of the input, with a 1-byte mask
+            lora += sum(shapes[t][0] for t in s.lora_targets) * (lb + 1)
+    eager = a * arch.heads * s.max_length if s.eager_attention else 0  # attention probabilities
+    return norms + attention + mlp + lora + eager
+
+
+def outside_layers_bytes(s: Setup) -> float:
+    """Per token outside the decoder layers: the final norm (fp32 input copy and output) and the LM head's input."""
+    return (4 + 2 * s.act_bytes) * s.arch.hidden + 16
 
 
 def estimate(s: Setup) -> dict:
@@ -259,7 +277,7 @@ def estimate(s: Setup) -> dict:
         pb = s.adapter_bytes() if s.use_peft else s.weight_bytes
         opt = _optimizer_bytes(s.optim, pb)
         if s.use_peft:
-            rows.append((f"LoRA ({trainable / 1e6:.1f}M params): weights + gradients + AdamW, {2 * pb + opt} B/param",
+            rows.append((f"LoRA ({_count(trainable)} params): weights + gradients + AdamW, {2 * pb + opt} B/param",
                          trainable * (2 * pb + opt)))
         else:
             rows.append((f"gradients + AdamW ({pb + opt} B/param)", trainable * (pb + opt)))
@@ -294,7 +312,7 @@ def estimate(s: Setup) -> dict:
     # Activations and working buffers
     per_layer = layer_activation_bytes(s)
     t = s.tokens
-    outside = t * (s.act_bytes * arch.hidden * 3 + 4 * arch.hidden)  # embeddings, final norm, LM head input
+    outside = t * outside_layers_bytes(s)
     full = arch.layers * t * per_layer + t * per_layer + outside
     checkpointed = arch.layers * t * s.act_bytes * arch.hidden + 2 * t * per_layer + outside
     head_tokens = min(t, LM_HEAD_TOKENS)
@@ -396,6 +414,9 @@ def recipe_setup(recipe: str, variant: str | None = None, gpus: int | None = Non
         offload_param = (zero.get("offload_param") or {}).get("device") in ("cpu", "nvme")
     nodes = int(launcher.get("num_machines", 1) or 1)
     processes = int(launcher.get("num_processes", 1) or 1)
+    if gpus:  # GPUS=n: as many machines as it takes at the launcher's GPUs per machine
+        per_node = max(1, processes // nodes)
+        nodes = -(-gpus // per_node)
     arch, source = find_architecture(config.get("model_name_or_path"), config.get("tiny_model"))
     targets = config.get("lora_target_modules")
     if targets in (None, []):
@@ -421,38 +442,42 @@ def recipe_setup(recipe: str, variant: str | None = None, gpus: int | None = Non
     return setup, {"recipe": recipe, "variant": variant, "model": model, "source": source}
 
 
-def _gib(x: float) -> str:
-    return f"{x / GiB:8.2f}"
-
-
 def format_estimate(setup: Setup, result: dict, about: dict, gpu_mem: float | None) -> str:
     s = setup
     method = ("QLoRA" if s.load_in_4bit else "LoRA") if s.use_peft else "full fine-tune"
-    dist = f"DeepSpeed ZeRO-{s.zero_stage}" + (" + offload" if s.offload_optimizer else "") if s.zero_stage is not None \
-        else ("DDP" if s.gpus > 1 else "single process")
-    where = "GPU" if s.on_gpu else "process (CPU)"
+    dist = (f"DeepSpeed ZeRO-{s.zero_stage}" + (" + offload" if s.offload_optimizer else "")
+            if s.zero_stage is not None else ("DDP" if s.gpus > 1 else "single process"))
+    total = result["total"]["checkpointed" if s.gradient_checkpointing else "full"]
+    unit, scale = ("GiB", GiB) if total >= GiB else ("MiB", 1024**2)
+    where = "GPU" if s.on_gpu else "process"
     lines = [
         f"{about['recipe']}{' + ' + about['variant'] if about['variant'] else ''}: {about['model']} "
-        f"({result['params']['total'] / 1e9:.2f}B params; architecture from {about['source']})",
-        f"{method}, {s.gpus} {'GPU' if s.gpus == 1 else 'GPUs'} ({dist}), {s.dtype}, micro-batch {s.micro_batch} pairs x "
-        f"{s.sequences_per_item} x {s.max_length} tokens = {result['tokens']} tokens, optim {s.optim}",
+        f"({_count(result['params']['total'])} params; architecture from {about['source']})",
+        f"{method}, {s.gpus} {where}{'' if s.gpus == 1 else 'es' if not s.on_gpu else 's'} ({dist}), {s.dtype}, "
+        f"micro-batch {s.micro_batch} "
+        f"pairs x {s.sequences_per_item} x {s.max_length} tokens = {result['tokens']} tokens, optim {s.optim}",
         "",
-        f"{'component':62s} {'GiB per ' + where}",
+        f"  {'per ' + where + ('' if s.on_gpu else ' (CPU RAM)'):60s} {unit:>8s}",
     ]
     for label, value in result["rows"]:
-        lines.append(f"  {label:60s} {_gib(value)}")
-    for key, label in (("checkpointed", "with gradient checkpointing"), ("full", "without gradient checkpointing")):
-        used = " (the recipe's setting)" if s.gradient_checkpointing == (key == "checkpointed") else ""
-        lines.append(f"  {'activations ' + label + used:60s} {_gib(result['activations'][key])}")
-    for key, label in (("checkpointed", "total, gradient checkpointing on"), ("full", "total, gradient checkpointing off")):
-        lines.append(f"  {label:60s} {_gib(result['total'][key])}")
+        lines.append(f"  {label:60s} {value / scale:8.2f}")
+    recipe_gc = "checkpointed" if s.gradient_checkpointing else "full"
+    for key, label in (("checkpointed", "gradient checkpointing on"), ("full", "gradient checkpointing off")):
+        mark = "  <- recipe" if key == recipe_gc else ""
+        lines.append(f"  {'activations, ' + label:60s} {result['activations'][key] / scale:8.2f}")
+        lines.append(f"  {'TOTAL, ' + label:60s} {result['total'][key] / scale:8.2f}{mark}")
     for label, value in result["host"]:
-        lines.append(f"  {'CPU RAM per machine: ' + label:60s} {_gib(value)}")
-    total = result["total"]["checkpointed" if s.gradient_checkpointing else "full"]
+        lines.append(f"  {'CPU RAM per machine: ' + label:60s} {value / scale:8.2f}")
+    if not s.on_gpu and not gpu_mem:
+        return "\n".join(lines + ["", f"a CPU recipe: {total / GiB:.2f} GiB of RAM per process (no GPU)"])
     sizes = [gpu_mem] if gpu_mem else list(COMMON_GPUS)
-    verdicts = [f"{g:g} GiB: {fit_verdict(total, g * GiB)}" for g in sizes]
-    lines += ["", f"fits (recipe's setting, {total / GiB:.1f} GiB): " + "; ".join(verdicts)]
+    lines += ["", f"fits ({total / GiB:.1f} GiB with the recipe's setting): "
+              + "; ".join(f"{g:g} GiB {fit_verdict(total, g * GiB)}" for g in sizes)]
     return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.3g}M"
 
 
 def fit_verdict(total: float, capacity: float) -> str:
