@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import DEFECTS, PreferenceData, load_preference_data
-from .errors import exit_on_user_error
+from .errors import UserError, exit_on_user_error
 
 AUDIT_FILE = "data_audit.json"
 
@@ -35,7 +35,8 @@ def length_stats(values: np.ndarray) -> dict:
 def split_stats(lengths: dict, max_length: int | None) -> dict:
     """Token statistics of one final split: lengths, truncation at max_length, length bias."""
     prompt, chosen, rejected = lengths["prompt"], lengths["chosen"], lengths["rejected"]
-    stats = {"tokens": {side: length_stats(lengths[side]) for side in ("prompt", "chosen", "rejected")}}
+    # "lengths", not "tokens": reporting.write_json redacts every key that contains "token".
+    stats = {"lengths": {side: length_stats(lengths[side]) for side in ("prompt", "chosen", "rejected")}}
     # Length bias: DPO is known to reward length; a high share here means the data alone can teach it.
     stats["chosen_longer_share"] = round(float((chosen > rejected).mean()), 4) if len(chosen) else None
     stats["rejected_longer_share"] = round(float((rejected > chosen).mean()), 4) if len(chosen) else None
@@ -90,16 +91,16 @@ def format_table(report: dict) -> str:
                 lines.append(f"  first {reason}: {where}")
     splits = report["splits"]
     rows = [("", "train", "eval"), ("pairs", *(str(splits[s]["rows"]) for s in ("train", "eval")))]
-    if "tokens" in splits["train"]:
+    if "lengths" in splits["train"]:
         for side in ("prompt", "chosen", "rejected"):
-            rows.append((f"{side} tokens", *(" / ".join(_num(splits[s]["tokens"][side][k]) for k in
+            rows.append((f"{side} tokens", *(" / ".join(_num(splits[s]["lengths"][side][k]) for k in
                                                         ("mean", "p50", "p95", "max")) for s in ("train", "eval"))))
         rows.append(("chosen longer", *(_pct(splits[s]["chosen_longer_share"]) for s in ("train", "eval"))))
         if "truncated" in splits["train"]:
             rows.append((f"truncated at {report['settings']['max_length']}",
                          *(str(splits[s]["truncated"]["pairs"]) for s in ("train", "eval"))))
     for name, train, eval_ in rows:
-        lines.append(f"{name:<18}{train:>24}{eval_:>24}")
+        lines.append(f"{name:<18}{train:>26}{eval_:>26}")
     lines.append("(tokens: mean / p50 / p95 / max; truncated: pairs that lose tokens to max_length)")
     if report["eval_pairs_in_train"]:
         lines.append(f"warning: {report['eval_pairs_in_train']} eval pairs also appear in train")
@@ -151,7 +152,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     script_args, training_args, model_args = parse_config(argv)
     model_path = resolve_model_path(model_args, script_args.tiny_model)
-    tokenizer = load_tokenizer(model_path, model_args, training_args.trust_remote_code, script_args.chat_template_path)
+    try:
+        tokenizer = load_tokenizer(model_path, model_args, training_args.trust_remote_code,
+                                   script_args.chat_template_path)
+    except OSError as err:  # not a directory, not on the hub, or offline
+        raise UserError(f"{model_path}: cannot load the tokenizer: {str(err).splitlines()[0]}") from None
     _, _, report = audit_data(script_args, training_args, tokenizer)
     return report
 

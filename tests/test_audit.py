@@ -2,6 +2,8 @@
 tokenization, the chat-template rules, and `make audit`."""
 
 import json
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -116,7 +118,7 @@ def test_token_statistics_match_trls_own_tokenization(audited, tiny_llama, tmp_p
         assert len(ds) == stats["rows"]  # TRL's silent prompt filter found nothing left to drop
         lengths = {side: np.array([len(ids) for ids in ds[f"{side}_ids"]]) for side in ("prompt", "chosen", "rejected")}
         for side, values in lengths.items():
-            assert stats["tokens"][side] == {"mean": round(float(values.mean()), 2),
+            assert stats["lengths"][side] == {"mean": round(float(values.mean()), 2),
                                              "p50": float(np.percentile(values, 50)),
                                              "p95": float(np.percentile(values, 95)), "max": int(values.max())}
         longer = lengths["chosen"] > lengths["rejected"]
@@ -155,14 +157,14 @@ def test_audit_file_and_table(audited, crafted):
     _, _, report, _, out = audited
     saved = json.loads((out / AUDIT_FILE).read_text())
     assert saved["dropped"] == report["dropped"]
-    assert saved["splits"]["train"]["rows"] == report["splits"]["train"]["rows"]
+    assert saved["splits"] == json.loads(json.dumps(report["splits"]))  # nothing redacted or lost on the way
     assert saved["settings"]["max_length"] == MAX_LENGTH and saved["settings"]["stop_on"] == []
     table = format_table(report).splitlines()
     dropped = ", ".join(f"{reason} {n}" for reason, n in expected.items())
     assert f"rows read 35, kept 21, dropped 14: {dropped}" in table
     assert f"  first identical_pair: {path}: line 30: field 'rejected' is identical to chosen" in table
     train, eval_ = report["splits"]["train"], report["splits"]["eval"]
-    assert f"{'pairs':<18}{train['rows']:>24}{eval_['rows']:>24}" in table
+    assert f"{'pairs':<18}{train['rows']:>26}{eval_['rows']:>26}" in table
 
 
 def test_stop_on_turns_a_counted_defect_into_an_error(crafted, tokenizer, tmp_path):
@@ -242,3 +244,58 @@ def test_audit_entry_point_exits_2_on_bad_data(tmp_path):
     assert proc.returncode == 2
     expected = f"error: {bad}: line 2: not valid JSON (Expecting value at column {len(broken) + 1})"
     assert proc.stderr.strip().splitlines()[-1] == expected
+
+
+def test_held_out_pairs_seen_in_training_are_reported_not_dropped(tmp_path):
+    from dpo_recipes.audit import build_report, format_table
+    from dpo_recipes.config import ScriptArguments
+    from dpo_recipes.data import load_preference_data
+
+    rows = [good(i) for i in range(10)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [rows[2], rows[7], good(50)]))
+    report = build_report(load_preference_data(ScriptArguments(dataset_name=str(tmp_path)), seed=0))
+    assert report["eval_pairs_in_train"] == 2 and report["splits"]["eval"]["rows"] == 3
+    assert "warning: 2 eval pairs also appear in train" in format_table(report).splitlines()
+
+
+def test_scores_missing_from_one_source_are_left_out_with_a_warning(tmp_path):
+    from dpo_recipes.audit import build_report, format_table
+    from dpo_recipes.config import ScriptArguments
+    from dpo_recipes.data import load_preference_data
+
+    scored = [{**good(i), "score_chosen": 5, "score_rejected": 1} for i in range(20)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scored))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(good(i)) + "\n" for i in range(20, 40)))
+    mixture = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    data = load_preference_data(ScriptArguments(dataset_mixture=mixture), seed=0)
+    assert data.extra_columns == [] and set(data.train.column_names) == {"prompt", "chosen", "rejected"}
+    report = build_report(data)
+    assert report["settings"]["columns_left_out"] == ["score_chosen", "score_rejected"]
+    assert "warning: columns score_chosen, score_rejected left out: not every source has them" in format_table(report)
+
+
+@pytest.mark.slow
+def test_every_training_run_audits_its_data_before_the_model_loads(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(  # one stream, unbuffered, so the order of the lines is the order of the events
+        [sys.executable, "recipes/demo-cpu/train.py", "--config", DEMO, "--max_steps", "1", "--eval_steps", "1",
+         "--save_steps", "1", "--logging_steps", "1", "--output_dir", str(out)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    report = json.loads((out / AUDIT_FILE).read_text())
+    assert report["kept"] == report["splits"]["train"]["rows"] + report["splits"]["eval"]["rows"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["datasets"]["train"]["rows"] == report["splits"]["train"]["rows"]  # trained on what was audited
+    assert proc.stdout.index(f"data audit -> {out / AUDIT_FILE}") < proc.stdout.index("Loading weights")
+
+
+def test_audit_entry_point_names_a_tokenizer_it_cannot_load(tmp_path):
+    missing = tmp_path / "no-model"
+    proc = run([sys.executable, "-m", "dpo_recipes.audit", "--config", DEMO, "--model_name_or_path", str(missing),
+                "--output_dir", str(tmp_path / "out")], check=False, env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {missing}: cannot load the tokenizer: ")
+    assert "Traceback" not in proc.stderr
