@@ -8,7 +8,7 @@ gradient checkpointing. It changes only what a CPU without downloads needs, and 
   built locally, instead of the hub model;
 - data: the first rows of the bundled data/demo instead of the hub dataset;
 - length: 3 optimizer steps with micro-batch 2 and at most 2 accumulation steps, evaluation once at the end, and
-  an end-of-run report on 2 prompts with 8-token generations;
+  an end-of-run report on 16 pairs and 1 prompt with 8-token generations;
 - learning_rate: 1e-3, so that 3 steps move a random model's weights by more than bf16 rounding (the recipe's
   5e-7 would leave bf16 weights bit-identical, and the check below would prove nothing);
 - launcher: the same accelerate config with `use_cpu: true`, at most 2 processes on one machine (so ZeRO still
@@ -177,7 +177,7 @@ def smoke_overrides(config: dict, model_dir: Path, data_dir: Path, run_dir: Path
         "use_cpu": "true",
         # The end-of-run report still runs (its model loading is part of every run), on a few short generations.
         "eval_report_pairs": 16,
-        "eval_report_prompts": 2,
+        "eval_report_prompts": 1,
         "eval_report_samples": 2,
         "eval_report_max_new_tokens": 8,
         "eval_report_examples": 1,

@@ -104,7 +104,7 @@ def test_launcher_configs(name):
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without GPUs")
-@pytest.mark.parametrize("recipe", GPU_RECIPES[:1] + GPU_RECIPES[-1:])
+@pytest.mark.parametrize("recipe", GPU_RECIPES)
 def test_gpu_recipe_without_gpu_stops_at_once(recipe):
     proc = run(["make", "--no-print-directory", "train", f"RECIPE={recipe}"], check=False, timeout=120)
     assert proc.returncode == 2
