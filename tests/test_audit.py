@@ -132,7 +132,7 @@ def test_token_statistics_match_trls_own_tokenization(audited, tiny_llama, tmp_p
     assert report["splits"]["train"]["truncated"]["pairs"] + report["splits"]["eval"]["truncated"]["pairs"] == 1
 
 
-def test_trl_would_silently_drop_exactly_the_prompts_the_audit_counts(crafted, tiny_llama, tmp_path):
+def test_trl_would_silently_drop_exactly_the_prompts_the_audit_counts(crafted, audited, tiny_llama, tmp_path):
     """Without the data layer, TRL's _prepare_dataset drops the long prompts with no word: the audit counts them."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -147,7 +147,8 @@ def test_trl_would_silently_drop_exactly_the_prompts_the_audit_counts(crafted, t
         train_dataset=raw,
         processing_class=AutoTokenizer.from_pretrained(tiny_llama),
     )
-    assert len(raw) - len(trainer.train_dataset) == expected["prompt_too_long"] == 2
+    report = audited[2]
+    assert len(raw) - len(trainer.train_dataset) == report["dropped"]["prompt_too_long"] == 2
 
 
 def test_audit_file_and_table(audited, crafted):
