@@ -469,10 +469,9 @@ def evaluate(models: RunModels, eval_dataset, settings: ReportSettings) -> dict:
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
     policy_text = [decode(c) for c in greedy_policy]
     reference_text = [decode(c) for c in greedy_reference]
-    report["examples"] = [
-        {"prompt": prompt_text(row["prompt"]), "policy": p, "reference": r}
-        for row, p, r in list(zip(rows, policy_text, reference_text))[: settings.examples]
-    ]
+    # Every prompt's greedy replies (the win-rate's inputs); the Markdown shows the first `examples`.
+    report["generations"] = [{"prompt": prompt_text(row["prompt"]), "policy": p, "reference": r}
+                             for row, p, r in zip(rows, policy_text, reference_text)]
 
     # 3. Win-rate, when a judge is given.
     if settings.judge_model:
@@ -541,9 +540,11 @@ def format_markdown(report: dict) -> str:
             f"(95% Wilson interval [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}], ties counted half). Mean reward: "
             f"policy {w['mean_reward']['policy']:.3f}, reference {w['mean_reward']['reference']:.3f}.",
         ]
-    if report["examples"]:
-        lines += ["", f"## Generations (greedy, at most {s['max_new_tokens']} new tokens)"]
-        for i, ex in enumerate(report["examples"], 1):
+    examples = report["generations"][: s["examples"]]
+    if examples:
+        lines += ["", f"## Generations (greedy, at most {s['max_new_tokens']} new tokens; all "
+                  f"{len(report['generations'])} in {REPORT_JSON})"]
+        for i, ex in enumerate(examples, 1):
             lines += ["", f"### Prompt {i}", "", "```text", ex["prompt"], "```", "",
                       "| policy | reference |", "|---|---|",
                       f"| {_cell(ex['policy'])} | {_cell(ex['reference'])} |"]

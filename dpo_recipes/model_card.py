@@ -176,9 +176,17 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, r
     """Upload a run folder or merged export to the Hub (checkpoints and temporary files left out); returns the
     commit URL. The token comes from the environment (HF_TOKEN) or `hf auth login`."""
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .errors import UserError
 
     api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
-                             commit_message=commit_message, ignore_patterns=["checkpoint-*", "*.tmp"])
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
+                                 commit_message=commit_message, ignore_patterns=["checkpoint-*", "*.tmp"])
+    except (OSError, HfHubHTTPError) as err:  # no network, offline mode, no or wrong token, no write access
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"push to the Hub repository {repo_id!r} failed: {first} ({folder} is complete and kept; "
+                        "push it again with huggingface_hub's upload_folder or `hf upload`)") from None
     return str(getattr(info, "commit_url", info))
