@@ -26,9 +26,12 @@ def resolve_model_path(model_args: ModelConfig, tiny_model: str | None) -> str:
 
 
 def load_tokenizer(path: str, model_args: ModelConfig, trust_remote_code: bool, chat_template_path: str | None):
-    tokenizer = AutoTokenizer.from_pretrained(
-        path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:  # not found, offline, no access: say which and why, in one line
+        raise UserError(f"{path}: cannot load the tokenizer: {str(err).strip().splitlines()[0]}") from None
     if chat_template_path:
         template = Path(chat_template_path)
         if not template.is_file():
@@ -45,13 +48,16 @@ def load_model(path: str, model_args: ModelConfig, trust_remote_code: bool):
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None:
         quantization_config.bnb_4bit_compute_dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        revision=model_args.model_revision,
-        dtype=dtype,
-        attn_implementation=model_args.attn_implementation,
-        quantization_config=quantization_config,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,  # never unpickle .bin weights
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            revision=model_args.model_revision,
+            dtype=dtype,
+            attn_implementation=model_args.attn_implementation,
+            quantization_config=quantization_config,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,  # never unpickle .bin weights
+        )
+    except OSError as err:  # not found, offline, no safetensors weights: one line
+        raise UserError(f"{path}: cannot load the model: {str(err).strip().splitlines()[0]}") from None
     return model, get_peft_config(model_args)

@@ -165,3 +165,20 @@ def test_non_finite_loss_stops_naming_step_and_rows(tmp_path):
     assert re.search(r"^.*error: non-finite (loss|gradient) at step \d+ ", errors[0]), errors[0]
     assert "training rows [" in errors[0] or "gradient" in errors[0]
     assert "the last complete checkpoint" in errors[0]
+
+
+def test_audit_alone_then_train_into_the_same_output_dir(tmp_path):
+    out = tmp_path / "run"
+    run(["make", "--no-print-directory", "audit", f"ARGS=--output_dir {out}"])
+    assert (out / "data_audit.json").is_file()
+    run([sys.executable, "recipes/demo-cpu/train.py", "--config", "recipes/demo-cpu/config.yaml", *BASE,
+         "--max_steps", "1", "--output_dir", str(out)])
+    assert (out / "run_complete.json").is_file()
+
+
+def test_missing_model_is_one_line(tmp_path):
+    proc = run([sys.executable, "recipes/demo-cpu/train.py", "--config", "recipes/demo-cpu/config.yaml",
+                "--model_name_or_path", str(tmp_path / "no-such-model"), "--output_dir", str(tmp_path / "o")],
+               check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"error: {tmp_path / 'no-such-model'}: cannot load the tokenizer" in proc.stderr
