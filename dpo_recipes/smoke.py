@@ -9,8 +9,8 @@ gradient checkpointing. It changes only what a CPU without downloads needs, and 
 - data: the first rows of the bundled data/demo instead of the hub dataset;
 - length: 3 optimizer steps with micro-batch 2 and at most 2 accumulation steps, evaluation once at the end, and
   an end-of-run report on 16 pairs and 1 prompt with 8-token generations;
-- learning_rate: 1e-3, so that 3 steps move a random model's weights by more than bf16 rounding (the recipe's
-  5e-7 would leave bf16 weights bit-identical, and the check below would prove nothing);
+- learning_rate: 1e-3, so that 3 steps move a random model's weights by more than bf16 rounding (at the recipe's
+  5e-7 the saved bf16 weights would barely differ from the initial ones, and the check below would prove little);
 - launcher: the same accelerate config with `use_cpu: true`, at most 2 processes on one machine (so ZeRO still
   shards across ranks over gloo), DDP as MULTI_CPU, a free port, and no `mixed_precision` key (bf16 comes from the
   recipe's `bf16: true`: CPU autocast without DeepSpeed, DeepSpeed's bf16 engine with it).
