@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from .audit import AUDIT_FILE
 from .errors import UserError
 
 RUN_CONFIG = "run_config.json"  # the resolved config of the run that owns this output_dir
@@ -99,6 +98,8 @@ def prepare_output_dir(output_dir: str | Path, run_config: dict, overwrite: bool
     output_dir = Path(output_dir)
     run_config = json.loads(json.dumps(run_config, default=str))
     config_file = output_dir / RUN_CONFIG
+    from .audit import AUDIT_FILE  # imported here: audit -> data -> trainer -> resilience
+
     # `make audit` alone writes data_audit.json into output_dir: that is the start of this run, not another run.
     has_content = output_dir.is_dir() and any(p.name != AUDIT_FILE for p in output_dir.iterdir())
     if has_content and overwrite:
