@@ -49,6 +49,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, dtype: str | None = None
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     script_args, training, model_args = read_run_config(run_dir)
+    dtype_name = merge_dtype(json.loads((run_dir / "run_config.json").read_text())["model"], dtype)
     if not (run_dir / "adapter_config.json").is_file():
         if (run_dir / "config.json").is_file():
             raise UserError(f"{run_dir}: holds a full fine-tune (config.json, no adapter): nothing to merge; "
@@ -61,8 +62,6 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, dtype: str | None = None
             raise UserError(f"{out_dir}: is not empty; choose a new OUT or pass --overwrite")
         shutil.rmtree(out_dir)
 
-    model_dict = json.loads((run_dir / "run_config.json").read_text())["model"]
-    dtype_name = merge_dtype(model_dict, dtype)
     base_path = resolve_model_path(model_args, script_args.tiny_model)
     base = AutoModelForCausalLM.from_pretrained(
         base_path,
