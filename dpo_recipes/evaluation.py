@@ -304,7 +304,14 @@ def generate(model, tokenizer, prompt_ids: list[int], max_new_tokens: int, sampl
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids], device=device)
     torch.manual_seed(seed)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # top_k=0 / min_p=0 ("off") are reported as invalid flags; they are meant
+    try:
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     eos = _eos_ids(config)
     completions = []
     for row in out[:, len(prompt_ids) :].tolist():

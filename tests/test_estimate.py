@@ -63,6 +63,7 @@ CASES = {  # Setup fields, what autograd runs
     "LoRA fp32": dict(use_peft=True),
     "LoRA fp32, dropout 0.1": dict(use_peft=True, lora_dropout=0.1),
     "LoRA on bf16 base (fp32 adapters)": dict(use_peft=True, dtype="bfloat16", mixed_precision=True),
+    "LoRA on bf16 base (bf16 adapters)": dict(use_peft=True, dtype="bfloat16", mixed_precision=True, lora_bytes=2),
     "full fp32, gradient checkpointing": dict(gradient_checkpointing=True),
 }
 
@@ -79,7 +80,8 @@ def saved_bytes(arch, model_type, case, batch, seq=64):
     add_fused_lm_head(model)  # as the trainer does: no (tokens x vocab) logits
     if case.get("use_peft"):
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=case.get("lora_dropout", 0.0),
-                                                 target_modules=list(ALL_LINEAR)))
+                                                 target_modules=list(ALL_LINEAR)),
+                               autocast_adapter_dtype=case.get("lora_bytes") != 2)  # TRL's QLoRA / ZeRO-3 choice
     if case.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
