@@ -69,7 +69,7 @@ def redact(value):
     """Replace any secret from the environment, and token-like fields, wherever they appear."""
     secrets = [os.environ[k] for k in SECRET_ENV if os.environ.get(k)]
     if isinstance(value, dict):
-        return {k: ("<redacted>" if re.search(r"token|api_key|secret|password", k, re.I) and v else redact(v))
+        return {k: ("<redacted>" if re.search(r"(^|_)token$|api_key|secret|password", k, re.I) and v else redact(v))
                 for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]

@@ -38,3 +38,13 @@ def test_secrets_never_reach_outputs(tmp_path):
     assert secret not in proc.stdout + proc.stderr and key not in proc.stdout + proc.stderr
     # Weights are safetensors only.
     assert not [p for p in written if p.suffix in (".bin", ".pt", ".pth") and "adapter" in p.name]
+
+
+def test_redact_hides_secrets_but_keeps_token_counts(monkeypatch):
+    from dpo_recipes.reporting import redact
+
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnop")
+    out = redact({"hub_token": "x", "token": "y", "wandb_api_key": "z", "num_tokens": 123, "eval_num_tokens": 9.0,
+                  "note": "uses hf_abcdefghijklmnop here", "nested": [{"hub_token": "w"}]})
+    assert out == {"hub_token": "<redacted>", "token": "<redacted>", "wandb_api_key": "<redacted>", "num_tokens": 123,
+                   "eval_num_tokens": 9.0, "note": "uses <redacted> here", "nested": [{"hub_token": "<redacted>"}]}
