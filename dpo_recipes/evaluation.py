@@ -300,15 +300,15 @@ def _eos_ids(config) -> set[int]:
 def generate(model, tokenizer, prompt_ids: list[int], max_new_tokens: int, sample: bool, n: int = 1,
              seed: int = 0) -> list[list[int]]:
     """`n` completions of the prompt, each cut after its first EOS token (which is kept)."""
-    config = _generation_config(tokenizer, model, max_new_tokens, sample, n)
-    device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids], device=device)
-    torch.manual_seed(seed)
     from transformers.utils import logging as hf_logging
 
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids], device=device)
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # top_k=0 / min_p=0 ("off") are reported as invalid flags; they are meant
+    hf_logging.set_verbosity_error()  # transformers calls top_k=0 / min_p=0 invalid flags; here they mean "off"
     try:
+        config = _generation_config(tokenizer, model, max_new_tokens, sample, n)
+        torch.manual_seed(seed)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
     finally:
         hf_logging.set_verbosity(verbosity)
