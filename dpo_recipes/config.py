@@ -302,6 +302,10 @@ def validate_report_args(script_args: ScriptArguments) -> None:
     if script_args.eval_report_examples > script_args.eval_report_prompts:
         raise UserError(f"config: eval_report_examples ({script_args.eval_report_examples}) cannot exceed "
                         f"eval_report_prompts ({script_args.eval_report_prompts})")
+    judge = script_args.judge_model
+    # A local judge that is not there stops now, not after training; "org/name" may be a hub id.
+    if judge and not Path(judge).exists() and (judge.startswith((".", "/", "~")) or judge.count("/") > 1):
+        raise UserError(f"config: judge_model {judge!r} not found (a reward model folder or a hub id)")
 
 
 # report_to integration -> the package it needs (transformers only finds out at Trainer start, after the model loads).

@@ -331,3 +331,17 @@ def test_make_estimate_prints_a_table_and_refuses_a_bad_recipe():
     assert len(errors) == 1 and "unknown recipe 'no-such-recipe'" in errors[0] and "Traceback" not in bad.stderr
     assert "make: ***" in bad.stderr  # make's own report of the exit code 2; nothing else besides the one line
     assert len([line for line in bad.stderr.splitlines() if line.strip()]) == 2
+
+
+def test_architecture_comes_from_a_local_config_json(tiny_llama, tmp_path):
+    """A model folder on this machine is read from its config.json; a model found nowhere is one clear error."""
+    from dpo_recipes.errors import UserError
+    from dpo_recipes.estimate import find_architecture
+
+    config = json.loads((tiny_llama / "config.json").read_text())
+    arch, source = find_architecture(str(tiny_llama), None)
+    assert source == str(tiny_llama / "config.json")
+    assert (arch.layers, arch.hidden, arch.intermediate, arch.vocab) == (
+        config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"], config["vocab_size"])
+    with pytest.raises(UserError, match="no config.json for 'someone/unknown-model' on this machine"):
+        find_architecture("someone/unknown-model", None)

@@ -309,3 +309,25 @@ def test_full_fine_tune_report_uses_the_initial_model_as_reference(tmp_path):
     assert report["pairs"]["reward_margin"]["mean"] == pytest.approx(metrics["eval_rewards/margins"], abs=1e-4)
     assert report["pairs"]["reward_accuracy"]["mean"] == pytest.approx(metrics["eval_rewards/accuracies"], abs=1e-6)
     assert "the initial model" in (out / "eval_report.md").read_text()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--report_to", "wandb"], "report_to wandb needs the wandb package"),
+    (["--report_to", "trackio"], "report_to trackio needs the trackio package"),
+    (["--judge_model", "./no/such/reward-model"], "judge_model './no/such/reward-model' not found"),
+    (["--eval_report_examples", "9"], "eval_report_examples (9) cannot exceed eval_report_prompts (8)"),
+])
+def test_report_and_logging_settings_are_checked_before_training(argv, message):
+    """Settings that would only fail at the end of a run (or at the trainer's start, after the model has loaded)
+    stop at the config, in one line. (wandb and trackio are not installed here.)"""
+    import importlib.util
+
+    from dpo_recipes.config import parse_config
+    from dpo_recipes.errors import UserError
+
+    package = argv[1] if argv[0] == "--report_to" else None
+    if package and importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed")
+    with pytest.raises(UserError) as err:
+        parse_config(["--config", str(REPO / "recipes/demo-cpu/config.yaml"), *argv])
+    assert message in str(err.value) and "\n" not in str(err.value)
