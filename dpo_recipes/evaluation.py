@@ -110,7 +110,7 @@ def _load_causal_lm(path: str, model_args, trust_remote_code: bool, quantize: bo
         quantization_config.bnb_4bit_compute_dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
     model = AutoModelForCausalLM.from_pretrained(
         path,
-        revision=model_args.model_revision if quantize or path == model_args.model_name_or_path else None,
+        revision=model_args.model_revision if path == model_args.model_name_or_path else None,
         dtype=dtype,
         attn_implementation=model_args.attn_implementation,
         quantization_config=quantization_config,
@@ -465,7 +465,6 @@ def evaluate(models: RunModels, eval_dataset, settings: ReportSettings) -> dict:
     for i, ids in enumerate(tqdm(prompt_ids, desc="generations", leave=False)):
         samples = generate(models.policy, tokenizer, ids, settings.max_new_tokens, sample=True, n=settings.samples,
                            seed=settings.seed + i)
-        samples = [s for s in samples if s]  # an empty completion has no token to score
         pol_kl += completion_token_logps(models.policy, ids, samples, pad)
         greedy_policy.append(generate(models.policy, tokenizer, ids, settings.max_new_tokens, sample=False)[0])
         with models.reference_model() as reference:
