@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from datasets import Dataset, DatasetDict, Features, Json, List, Value, concatenate_datasets, load_dataset
+from trl.data_utils import common_prefix_length
 
 from .errors import UserError
 from .trainer import MARGIN_COLUMN
@@ -540,20 +541,11 @@ def _token_lengths_batch(batch: dict, tokenizer, conversational: bool) -> dict:
                 for side in ("chosen", "rejected")}
     for j, i in enumerate(valid):
         # The completion starts where prompt and prompt+completion tokens diverge (TRL's common-prefix rule).
-        prompt_len = min(_common_prefix(prompt_ids[j], full[side][j]) for side in ("chosen", "rejected"))
+        prompt_len = min(common_prefix_length(prompt_ids[j], full[side][j]) for side in ("chosen", "rejected"))
         lengths["_prompt_len"][i] = prompt_len
         lengths["_chosen_len"][i] = len(full["chosen"][j]) - prompt_len
         lengths["_rejected_len"][i] = len(full["rejected"][j]) - prompt_len
     return lengths
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def add_token_lengths(ds: Dataset, tokenizer, conversational: bool, label: str, num_proc: int | None) -> Dataset:

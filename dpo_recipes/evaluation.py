@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from trl.data_utils import common_prefix_length
 
 from .errors import UserError, exit_on_user_error
 
@@ -160,15 +161,6 @@ def _ids(tokenizer, value, **kwargs) -> list[int]:
     return list(tokenizer(text=value)["input_ids"])
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def tokenize_pair(tokenizer, example: dict) -> dict:
     """prompt_ids, chosen_ids and rejected_ids as TRL's DPOTrainer builds them (the completion starts where the
     rendered prompt and the rendered prompt + completion diverge; text completions get the EOS token)."""
@@ -184,7 +176,7 @@ def tokenize_pair(tokenizer, example: dict) -> dict:
         rejected = rejected if rejected.endswith(eos) else rejected + eos
         prompt_ids = _ids(tokenizer, prompt)
         chosen_full, rejected_full = _ids(tokenizer, prompt + chosen), _ids(tokenizer, prompt + rejected)
-    n = min(_common_prefix(prompt_ids, chosen_full), _common_prefix(prompt_ids, rejected_full))
+    n = min(common_prefix_length(prompt_ids, chosen_full), common_prefix_length(prompt_ids, rejected_full))
     return {"prompt_ids": prompt_ids[:n], "chosen_ids": chosen_full[n:], "rejected_ids": rejected_full[n:]}
 
 

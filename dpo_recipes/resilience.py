@@ -29,7 +29,9 @@ RUN_COMPLETE = "run_complete.json"  # written after the final save and evaluatio
 CHECKPOINT_COMPLETE = "checkpoint_complete.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Keys that may change between an interrupted run and its resumption without changing the result.
-RESUME_TOLERANT_KEYS = {"overwrite_output_dir", "report_to", "logging_dir", "disable_tqdm", "run_name"}
+RESUME_TOLERANT_KEYS = {"overwrite_output_dir", "report_to", "logging_dir", "disable_tqdm", "run_name", "judge_model",
+                        "eval_report", "eval_report_pairs", "eval_report_prompts", "eval_report_samples",
+                        "eval_report_max_new_tokens", "eval_report_examples"}  # the end-of-run report only
 
 
 class TrainingStopped(UserError):
