@@ -14,7 +14,7 @@ ACCELERATE_CONFIG ?= $(RECIPE_DIR)/accelerate.yaml
 LAUNCH_ARGS ?=
 SMOKE_OUT ?= outputs/smoke/$(RECIPE)
 
-.PHONY: help install train audit test check-recipe check-variant smoke new-recipe eval plots merge estimate check-run
+.PHONY: help install train audit test bench bench-gpu noise-bench check-recipe check-variant smoke new-recipe eval plots merge estimate check-run
 
 help:
 	@echo "make train [RECIPE=<name>] [ARGS='--key value ...']   train a recipe (default: demo-cpu, CPU, no downloads)"
@@ -26,6 +26,9 @@ help:
 	@echo "make merge RUN=<dir> OUT=<dir> [ARGS=...]               merge a LoRA/QLoRA run into standalone weights"
 	@echo "make estimate RECIPE=<name> [GPUS=n GPU_MEM=GiB]        predicted memory per GPU and whether it fits"
 	@echo "make test                                               run the whole test suite"
+	@echo "make bench                                              CPU benchmarks into bench/results/ (about 40 min)"
+	@echo "make bench-gpu                                          GPU benchmark of real recipes (needs a CUDA GPU)"
+	@echo "make noise-bench                                        label-noise robustness of the loss variants (CPU)"
 	@echo "make install                                            create .venv from requirements.txt"
 	@echo "recipes: $$(ls recipes | tr '\n' ' ')"
 
@@ -82,3 +85,14 @@ estimate: install
 
 test: install
 	$(PY) -m pytest tests
+
+# Benchmarks (docs in README "Performance"); results are committed under bench/results/.
+bench: install
+	$(PY) bench/bench_data.py
+	$(PY) bench/bench_training.py
+
+bench-gpu: install
+	$(PY) bench/bench_gpu.py
+
+noise-bench: install
+	OMP_NUM_THREADS=1 TQDM_DISABLE=1 $(PY) bench/noise_bench.py $(ARGS)

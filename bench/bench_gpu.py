@@ -1,0 +1,122 @@
+"""GPU benchmark: tokens per second, peak memory and model FLOPs utilisation of real recipes, with randomly
+initialised weights of the real architecture (no download, no licence needed).
+
+    python bench/bench_gpu.py [--recipes llama3-qlora qwen2.5-0.5b] [--steps 10]   # writes bench/results/gpu.json
+
+For each recipe it writes a random model of the recipe's architecture (dpo_recipes.estimate's table) in bf16 to
+bench/tmp, then trains through the recipe's own config (QLoRA loads it in 4-bit as the recipe does) on
+length-skewed synthetic pairs (bench_training.skewed_pairs), with the tiny tokenizer of the recipe's family (token
+ids stay below its 1,024 entries; the model's full vocabulary is still computed by the LM head). MFU counts
+8 x parameters FLOPs per real token (policy forward and backward: 6N, reference forward: 2N) over the GPU's dense
+bf16 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+WORK = REPO / "bench" / "tmp" / "gpu"
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10G": 125.0, "4090": 165.0}
+
+
+def random_model(recipe: str) -> Path:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from dpo_recipes.config import read_yaml
+    from dpo_recipes.estimate import ALIASES, BUILTIN
+    from dpo_recipes.tiny import FAMILIES, build_tokenizer
+
+    config = read_yaml(REPO / "recipes" / recipe / "config.yaml")
+    name = config["model_name_or_path"]
+    arch = BUILTIN[ALIASES.get(name, name)]
+    family = config["tiny_model"]
+    out = WORK / recipe
+    if (out / "config.json").is_file():
+        return out
+    tokenizer = build_tokenizer(family)
+    model_config = AutoConfig.for_model(
+        FAMILIES[family][0], vocab_size=arch.vocab, hidden_size=arch.hidden, intermediate_size=arch.intermediate,
+        num_hidden_layers=arch.layers, num_attention_heads=arch.heads, num_key_value_heads=arch.kv_heads,
+        tie_word_embeddings=arch.tied_embeddings, max_position_embeddings=8192,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(model_config, dtype=torch.bfloat16)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def measure(recipe: str, steps: int, warmup: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from bench_training import skewed_pairs
+    from dpo_recipes.config import parse_config
+    from dpo_recipes.modeling import load_model, load_tokenizer
+    from dpo_recipes.trainer import PreferenceTrainer
+
+    model_dir = random_model(recipe)
+    _, args, model_args = parse_config([
+        "--config", str(REPO / "recipes" / recipe / "config.yaml"), "--model_name_or_path", str(model_dir),
+        "--output_dir", str(WORK / f"run-{recipe}"), "--overwrite_output_dir", "true", "--eval_strategy", "no",
+        "--save_strategy", "no", "--report_to", "none", "--max_steps", str(warmup + steps), "--logging_steps", "1000",
+        "--eval_report", "false"])
+    tokenizer = load_tokenizer(str(model_dir), model_args, False, None)
+    model, peft_config = load_model(str(model_dir), model_args, False)
+    n_params = sum(p.numel() for p in model.parameters())
+    data = Dataset.from_list(skewed_pairs(64 * args.per_device_train_batch_size * args.gradient_accumulation_steps))
+
+    class Clock(TrainerCallback):
+        marks = []
+
+        def on_step_end(self, a, state, control, **kwargs):
+            torch.cuda.synchronize()
+            self.marks.append((time.perf_counter(), trainer._total_train_tokens))
+
+    torch.cuda.reset_peak_memory_stats()
+    trainer = PreferenceTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                                peft_config=peft_config, callbacks=[clock := Clock()])
+    trainer.train()
+    (t0, n0), (t1, n1) = clock.marks[warmup - 1], clock.marks[-1]
+    tokens_per_second = (n1 - n0) / (t1 - t0)
+    device = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device), None)
+    return {
+        "recipe": recipe, "device": device, "parameters": n_params, "tokens_per_second": tokens_per_second,
+        "seconds_per_step": (t1 - t0) / steps, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "mfu": 8 * n_params * tokens_per_second / (peak * 1e12) if peak else None,
+        "max_length": args.max_length, "micro_batch_pairs": args.per_device_train_batch_size,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", nargs="+", default=["llama3-qlora", "qwen2.5-0.5b"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    a = parser.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        print("error: bench/bench_gpu.py needs a CUDA GPU; on CPU run: make bench", file=sys.stderr)
+        sys.exit(2)
+    results = [measure(recipe, a.steps, a.warmup) for recipe in a.recipes]
+    out = REPO / "bench" / "results" / "gpu.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    for r in results:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The label-noise benchmark: flips exactly the asked fraction, keeps the held-out split clean, and its quick mode
+runs every part (noisy data, reward model, variants, summary, plot)."""
+
+import json
+import math
+import sys
+
+import pytest
+
+from conftest import REPO, run
+
+sys.path.insert(0, str(REPO / "bench"))
+import noise_bench  # noqa: E402
+
+
+def test_flips_exactly_the_fraction_by_seed_and_keeps_held_out_clean(tmp_path, monkeypatch):
+    monkeypatch.setattr(noise_bench, "WORK", tmp_path)
+    clean = [json.loads(x) for x in (REPO / "data/demo/train.jsonl").read_text().splitlines()[:200]]
+    folder = noise_bench.write_noisy_split(0.3, seed=5, n_train=200)
+    noisy = [json.loads(x) for x in (folder / "train.jsonl").read_text().splitlines()]
+    flipped = [i for i, (a, b) in enumerate(zip(clean, noisy)) if a != b]
+    assert len(flipped) == 60
+    for i in flipped:
+        assert noisy[i]["chosen"] == clean[i]["rejected"] and noisy[i]["rejected"] == clean[i]["chosen"]
+    again = noise_bench.write_noisy_split(0.3, seed=5, n_train=200)
+    assert (again / "train.jsonl").read_text() == (folder / "train.jsonl").read_text()
+    other = noise_bench.write_noisy_split(0.3, seed=6, n_train=200)
+    assert (other / "train.jsonl").read_text() != (folder / "train.jsonl").read_text()
+    assert (folder / "test.jsonl").read_text() == (REPO / "data/demo/test.jsonl").read_text()
+
+
+def test_calibration_by_hand():
+    beta = 0.5
+    margins = [4.0, -2.0, 0.0]  # p = s(2), s(-1), s(0)
+    p = [1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(1.0)), 0.5]
+    got = noise_bench.calibration(margins, beta)
+    assert got["accuracy"] == pytest.approx(1 / 3)
+    assert got["brier"] == pytest.approx(sum((1 - x) ** 2 for x in p) / 3)
+    assert got["mean_margin"] == pytest.approx(beta * (4.0 - 2.0 + 0.0) / 3)
+    # confidences s(2)=0.881 (correct, bin 0.85-0.90), s(1)=0.731 (wrong, bin 0.70-0.75), 0.5 (wrong, bin 0.50-0.55)
+    assert got["ece"] == pytest.approx((abs(1 - p[0]) + abs(0 - (1 - p[1])) + abs(0 - 0.5)) / 3)
+
+
+def test_variant_arguments():
+    assert noise_bench.variant_args("dpo", 0.2) == ["--loss_type", "sigmoid"]
+    assert noise_bench.variant_args("cdpo@true", 0.2) == ["--loss_type", "cdpo", "--label_smoothing", "0.2"]
+    assert noise_bench.variant_args("rdpo@0.1", 0.3) == ["--loss_type", "rdpo", "--label_smoothing", "0.1"]
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_every_part(tmp_path):
+    run([sys.executable, "bench/noise_bench.py", "--quick", "--out", str(tmp_path)],
+        env={"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+    result = json.loads((tmp_path / "noise.json").read_text())
+    assert result["meta"]["rates"] == [0.0, 0.4]
+    assert set(result["summary"]) == {"dpo", "cdpo@true", "madpo"}
+    for variant in result["summary"].values():
+        for rate in ("0.0", "0.4"):
+            assert 0.0 <= variant[rate]["accuracy"]["mean"] <= 1.0
+            assert 0.0 <= variant[rate]["brier"]["mean"] <= 1.0
+    assert set(result["overconfidence"]) == {"dpo", "cdpo@true", "madpo"}
+    assert all(len(history) >= 1 for history in result["overconfidence"].values())
+    assert (tmp_path / "noise.png").stat().st_size > 10_000
+    assert "| dpo |" in (tmp_path / "noise.md").read_text()
