@@ -31,3 +31,12 @@ def tiny_llama(tmp_path_factory):
 @pytest.fixture(scope="session")
 def venv_bin():
     return Path(sys.executable).parent
+
+
+def demo_subset(folder, train_rows, test_rows):
+    """A dataset folder with the first rows of each bundled demo split (the same pairs every time)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", train_rows), ("test", test_rows)):
+        lines = (REPO / f"data/demo/{name}.jsonl").read_text().splitlines()[:rows]
+        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, run
+from conftest import REPO, demo_subset, run
 
 ENV = {"OMP_NUM_THREADS": "1"}
 TOLERANCE = 1e-5  # largest |logit difference| allowed between the merged model and the adapter model, in float32
@@ -24,11 +24,7 @@ def train(out, data, *extra):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("merge")
-    data = root / "data"
-    data.mkdir()
-    for name, rows in (("train", 16), ("test", 8)):
-        lines = (REPO / f"data/demo/{name}.jsonl").read_text().splitlines()[:rows]
-        (data / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    data = demo_subset(root / "data", 16, 8)
     return {
         "lora": train(root / "lora", data),
         "qlora": train(root / "qlora", data, "--load_in_4bit", "true", "--use_bnb_nested_quant", "true"),

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run
+from conftest import REPO, demo_subset, run
 from dpo_recipes.reporting import PLOTS, plot_series
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -17,11 +17,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def real_state(tmp_path_factory):
     """trainer_state.json of a real demo run: 4 logged training steps, 2 evaluations, the final evaluation."""
     root = tmp_path_factory.mktemp("plots")
-    data = root / "data"
-    data.mkdir()
-    for name, rows in (("train", 16), ("test", 8)):
-        lines = (REPO / f"data/demo/{name}.jsonl").read_text().splitlines()[:rows]
-        (data / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    data = demo_subset(root / "data", 16, 8)
     out = root / "run"
     run([sys.executable, "recipes/demo-cpu/train.py", "--config", "recipes/demo-cpu/config.yaml", "--dataset_name",
          str(data), "--output_dir", str(out), "--max_steps", "4", "--per_device_train_batch_size", "4",
