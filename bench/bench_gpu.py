@@ -75,7 +75,8 @@ def measure(recipe: str, steps: int, warmup: int) -> dict:
     tokenizer = load_tokenizer(str(model_dir), model_args, False, None)
     model, peft_config = load_model(str(model_dir), model_args, False)
     n_params = sum(p.numel() for p in model.parameters())
-    data = Dataset.from_list(skewed_pairs(64 * args.per_device_train_batch_size * args.gradient_accumulation_steps))
+    data = Dataset.from_list(skewed_pairs(64 * args.per_device_train_batch_size * args.gradient_accumulation_steps,
+                                          tokenizer, scale=1.0))
 
     class Clock(TrainerCallback):
         marks = []

@@ -1,6 +1,6 @@
 """Label-noise robustness: DPO against cDPO, rDPO, IPO and MADPO on preference data with flipped labels.
 
-    python bench/noise_bench.py            # full run (about 25 minutes on a 2-core CPU): bench/results/noise.*
+    python bench/noise_bench.py            # full run, two runs at a time (--jobs): bench/results/noise.*
     python bench/noise_bench.py --quick    # a few seconds per run, for the tests (results to --out)
 
 For each flip rate eps, a fixed fraction of the training pairs has chosen and rejected swapped (which pairs: by
@@ -10,6 +10,8 @@ reward model trained on the same noisy pairs scores the margins. On the clean he
 accuracy, the mean implicit reward margin, and the calibration of the implicit preference probability
 p = sigmoid(beta * h) against the clean labels (Brier score and expected calibration error, 10 bins).
 A second experiment trains each variant longer on noise-free data and records the reward margin against steps.
+Runs that are the same training (cDPO and rDPO with eps 0 are DPO; the mis-set eps equals the true one at 0.1) are
+trained once and reported under each name.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
+import os
 import random
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +46,14 @@ def variant_args(variant: str, rate: float) -> list[str]:
     if eps:
         args += ["--label_smoothing", str(rate if eps == "true" else float(eps))]
     return args
+
+
+def training_key(variant: str, rate: float, seed: int, steps: int) -> tuple:
+    """Equal keys are the same training, run once: cDPO and rDPO with eps 0 are DPO (tests/test_losses.py)."""
+    args = variant_args(variant, rate)
+    if args[1] in ("cdpo", "rdpo") and float(args[3]) == 0.0:
+        args = variant_args("dpo", rate)
+    return (*args, rate, seed, steps)
 
 
 def write_noisy_split(rate: float, seed: int, n_train: int) -> Path:
@@ -131,7 +144,7 @@ def train_variant(data_dir: Path, variant: str, rate: float, seed: int, steps: i
     extra = variant_args(variant, rate)
     if variant == "madpo":
         extra += ["--reward_model_name_or_path", str(reward_model)]
-    out = WORK / "runs" / f"{variant}-eps{rate}-seed{seed}"
+    out = WORK / "runs" / f"{variant}-eps{rate}-seed{seed}-steps{steps}"
     script, training, model_args = parse_config(config_args(data_dir, out, steps, seed, extra))
     path = resolve_model_path(model_args, script.tiny_model)
     tokenizer = load_tokenizer(path, model_args, False, None)
@@ -206,36 +219,60 @@ def plot(summary: dict, rates, overconfidence: dict, out: Path) -> list[Path]:
     return [path]
 
 
+def machine() -> str:
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()}-core CPU, {memory_gb:.0f} GB, no GPU"
+
+
+def run_all(calls: list[tuple], jobs: int) -> list:
+    """Each (function, *args) of `calls`, `jobs` at a time in fresh processes (one thread each); results in order."""
+    if jobs == 1:
+        return [fn(*args) for fn, *args in calls]
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, *args) for fn, *args in calls]
+        return [future.result() for future in futures]
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two flip rates, three variants, one seed, few steps")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs trained at a time")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     a = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per run; --jobs runs share the cores
     started = time.time()
     if a.quick:
         rates, seeds, variants, steps, long_steps, n_train, rm_steps = (0.0, 0.4), (0,), ("dpo", "cdpo@true", "madpo"), 2, 4, 64, 2
     else:
         rates, seeds, variants, steps, long_steps, n_train, rm_steps = FLIP_RATES, SEEDS, VARIANTS, 64, 300, 512, 64
+
+    # MADPO's reward models first (one per noisy split), then every distinct training run; the long runs go first so
+    # that they do not finish last on their own.
+    splits = {(rate, seed): write_noisy_split(rate, seed, n_train) for rate in rates for seed in seeds}
+    reward_models = dict(zip(splits, run_all([(train_reward_model, d, seed, rm_steps) for (_, seed), d in splits.items()],
+                                             a.jobs))) if "madpo" in variants else {}
+    wanted = [(variant, 0.0, 0, long_steps) for variant in variants]  # overconfidence, on the clean split
+    wanted += [(variant, rate, seed, steps) for rate in rates for seed in seeds for variant in variants]
+
+    distinct = {}  # the same training under two names is run once
+    for variant, rate, seed, n_steps in wanted:
+        distinct.setdefault(training_key(variant, rate, seed, n_steps), (
+            train_variant, splits[(rate, seed)], variant, rate, seed, n_steps, reward_models.get((rate, seed))))
+    results = dict(zip(distinct, run_all(list(distinct.values()), a.jobs)))
+
     runs = []
-    for rate in rates:
-        for seed in seeds:
-            data_dir = write_noisy_split(rate, seed, n_train)
-            reward_model = train_reward_model(data_dir, seed, rm_steps) if "madpo" in variants else None
-            for variant in variants:
-                result = train_variant(data_dir, variant, rate, seed, steps, reward_model)
-                runs.append({"variant": variant, "rate": rate, "seed": seed, **result})
-                print(f"eps={rate} seed={seed} {variant}: accuracy {result['accuracy']:.3f} "
-                      f"margin {result['mean_margin']:.3f} brier {result['brier']:.3f}", flush=True)
-    overconfidence = {}
-    clean = write_noisy_split(0.0, 0, n_train)
-    clean_rm = train_reward_model(clean, 0, rm_steps) if "madpo" in variants else None
-    for variant in variants:
-        overconfidence[variant] = train_variant(clean, variant, 0.0, 0, long_steps, clean_rm)["train_margins"]
+    for variant, rate, seed, n_steps in wanted[len(variants):]:
+        result = results[training_key(variant, rate, seed, n_steps)]
+        runs.append({"variant": variant, "rate": rate, "seed": seed, **result})
+        print(f"eps={rate} seed={seed} {variant}: accuracy {result['accuracy']:.3f} "
+              f"margin {result['mean_margin']:.3f} brier {result['brier']:.3f}", flush=True)
+    overconfidence = {v: results[training_key(v, rate, seed, n)]["train_margins"] for v, rate, seed, n in wanted[:len(variants)]}
     summary = summarise(runs)
     meta = {"steps": steps, "long_steps": long_steps, "n_train": n_train, "seeds": len(seeds),
             "rates": list(rates), "variants": list(variants), "mis_set_eps": MIS_SET_EPS,
-            "command": "make noise-bench" + (" (quick)" if a.quick else ""),
-            "machine": "2-core CPU, 24 GB, no GPU", "minutes": (time.time() - started) / 60}
+            "command": "make noise-bench" + (" (quick)" if a.quick else ""), "jobs": a.jobs,
+            "distinct_runs": len(distinct), "machine": machine(),
+            "minutes": (time.time() - started) / 60}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"meta": meta, "summary": summary, "runs": runs, "overconfidence": overconfidence}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
+from transformers.trainer_callback import ExportableState, TrainerCallback
 from trl import DPOTrainer
 from accelerate.utils import broadcast_object_list, is_peft_model
 from trl.models.utils import disable_gradient_checkpointing
@@ -51,6 +52,18 @@ class PreferenceCollator(DataCollatorForPreference):
         return batch
 
 
+def scored_tokens(inputs) -> torch.Tensor:
+    """For each position of the fused head's per-token outputs ([rows, width - 1]: position t scores token t + 1),
+    the index of the sequence whose completion token it scores, or -1. Padded batches: one sequence per row (chosen
+    rows first); packed batches: read from sequence_ids."""
+    completion = inputs["completion_mask"][:, 1:] != 0
+    if SEQUENCE_IDS in inputs:  # a sequence's first token is never scored (packed_sequence_logps)
+        scored = completion & (inputs["position_ids"][:, 1:] != 0)
+        return inputs[SEQUENCE_IDS][:, 1:].masked_fill(~scored, -1)
+    rows = torch.arange(completion.size(0), device=completion.device)[:, None].expand_as(completion)
+    return rows.masked_fill(~completion, -1)
+
+
 class EpochSeededSampler(torch.utils.data.Sampler):
     """Shuffles with a permutation that depends only on (seed, epoch).
 
@@ -71,6 +84,17 @@ class EpochSeededSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.num_rows
+
+
+class TokenCount(TrainerCallback, ExportableState):
+    """Carries the `num_tokens` metric through checkpoints: TRL keeps the count on the trainer only, so a resumed run
+    would start it again at 0. Trainer saves this state in trainer_state.json; PreferenceTrainer reads it back."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"num_tokens": self.trainer._total_train_tokens}}
 
 
 class PreferenceTrainer(DPOTrainer):
@@ -95,6 +119,7 @@ class PreferenceTrainer(DPOTrainer):
         self._batch_row_ids = None
         self._ref_weights_hash, self.ref_cache_hits = None, []  # datasets whose reference log-probs came from disk
         super().__init__(*args, processing_class=processing_class, data_collator=data_collator, **kwargs)
+        self.add_callback(TokenCount(self))
         config.padding_free = self.padding_free = padding_free
         self.use_registry = all(t in LOSS_TYPES for t in self.loss_types)
         self.loss_knobs = {"ipo_normalize": config.ipo_normalize}
@@ -111,6 +136,12 @@ class PreferenceTrainer(DPOTrainer):
         super()._set_signature_columns_if_needed()
         extra = [c for c in (MARGIN_COLUMN, ROW_ID_COLUMN) if c not in self._signature_columns]
         self._signature_columns = [*self._signature_columns, *extra]
+
+    def _load_callback_state(self):
+        super()._load_callback_state()  # runs when a checkpoint is resumed
+        saved = self.state.stateful_callbacks.get(TokenCount.__name__)
+        if saved:
+            self._total_train_tokens = saved["attributes"]["num_tokens"]
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -233,12 +264,34 @@ class PreferenceTrainer(DPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
         self._log_pair_metrics(mode, inputs, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
+        self._log_token_metrics(mode, outputs, scored_tokens(inputs), num_pairs=chosen_logps.size(0))
         if return_outputs:  # Trainer.prediction_step wants logits; the fused head does not build them
             with torch.no_grad():
                 mask_or_positions = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
                 outputs = model(input_ids=inputs["input_ids"], use_cache=False, **mask_or_positions)
             return loss, outputs
         return loss
+
+    def _log_token_metrics(self, mode, outputs, scored_by, num_pairs):
+        """TRL's per-token metrics from the fused head's outputs: entropy over every scored token, mean logits of the
+        chosen and rejected completions, and top-1 accuracy on the chosen ones. `scored_by` (scored_tokens) names the
+        sequence of each scored position: chosen sequences are 0..num_pairs-1, rejected ones follow."""
+        gather = self.accelerator.gather_for_metrics
+
+        def ratio(numerator, denominator):  # summed over ranks first, as TRL does
+            numerator, denominator = gather(numerator).sum().item(), gather(denominator).sum().item()
+            return numerator / denominator if denominator > 0 else 0.0
+
+        width = scored_by.size(1)  # prompt-learning PEFT prepends virtual tokens: keep the real positions
+        entropy, mean_logits, is_top1 = (getattr(outputs, k)[:, -width:].detach()
+                                         for k in ("entropy", "mean_logits", "is_top1"))
+        scored = scored_by >= 0
+        chosen, rejected = scored & (scored_by < num_pairs), scored_by >= num_pairs
+        metrics = self._metrics[mode]
+        metrics["entropy"].append(ratio((entropy * scored).sum(), scored.sum()))
+        metrics["logits/chosen"].append(ratio(mean_logits[chosen].sum(), chosen.sum()))
+        metrics["logits/rejected"].append(ratio(mean_logits[rejected].sum(), rejected.sum()))
+        metrics["mean_token_accuracy"].append(ratio((is_top1 & chosen).sum(), chosen.sum()))
 
     def _log_pair_metrics(self, mode, inputs, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios):
         """The metrics TRL logs for DPO, under TRL's names, plus madpo's mean weight."""

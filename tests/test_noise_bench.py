@@ -47,12 +47,28 @@ def test_variant_arguments():
     assert noise_bench.variant_args("rdpo@0.1", 0.3) == ["--loss_type", "rdpo", "--label_smoothing", "0.1"]
 
 
+def test_only_identical_trainings_share_a_run():
+    key = noise_bench.training_key
+    assert key("cdpo@true", 0.0, 1, 64) == key("rdpo@true", 0.0, 1, 64) == key("dpo", 0.0, 1, 64)  # eps 0 is DPO
+    assert key("cdpo@0.1", 0.1, 1, 64) == key("cdpo@true", 0.1, 1, 64)
+    assert key("cdpo@0.1", 0.0, 1, 64) != key("dpo", 0.0, 1, 64)
+    assert key("cdpo@true", 0.2, 1, 64) != key("rdpo@true", 0.2, 1, 64)
+    assert key("dpo", 0.0, 1, 64) not in {key("dpo", 0.1, 1, 64), key("dpo", 0.0, 2, 64), key("dpo", 0.0, 1, 300)}
+    assert key("madpo", 0.2, 0, 64) != key("dpo", 0.2, 0, 64)
+
+
 @pytest.mark.slow
 def test_quick_mode_runs_every_part(tmp_path):
-    run([sys.executable, "bench/noise_bench.py", "--quick", "--out", str(tmp_path)],
+    run([sys.executable, "bench/noise_bench.py", "--quick", "--jobs", "2", "--out", str(tmp_path)],
         env={"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
     result = json.loads((tmp_path / "noise.json").read_text())
     assert result["meta"]["rates"] == [0.0, 0.4]
+    # 9 named runs in the grid and 3 long ones; cdpo@true at eps 0 is DPO's run, in both experiments
+    assert result["meta"]["distinct_runs"] == 7
+    by_name = {(r["variant"], r["rate"]): r for r in result["runs"]}
+    assert by_name[("cdpo@true", 0.0)]["brier"] == by_name[("dpo", 0.0)]["brier"]
+    assert by_name[("cdpo@true", 0.4)]["brier"] != by_name[("dpo", 0.4)]["brier"]
+    assert result["overconfidence"]["cdpo@true"] == result["overconfidence"]["dpo"]
     assert set(result["summary"]) == {"dpo", "cdpo@true", "madpo"}
     for variant in result["summary"].values():
         for rate in ("0.0", "0.4"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from datasets import load_dataset
 
-from conftest import REPO
+from conftest import REPO, TOKEN_METRICS
 from dpo_recipes.config import parse_config
 from dpo_recipes.modeling import load_model, load_tokenizer
 from dpo_recipes.packing import SEQUENCE_IDS, first_fit_decreasing, pack_sequences
@@ -58,12 +58,13 @@ def loss_and_grads(trainer, rows):
     trainer.model.train()
     trainer.model.zero_grad()
     loss = trainer.compute_loss(trainer.model, batch)
+    token_metrics = {k: trainer._metrics["train"][k][-1] for k in TOKEN_METRICS}
     loss.backward()
     grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     (chosen, rejected), _, _ = trainer.pair_logps(trainer.model, batch)
     ref_chosen, ref_rejected = trainer.compute_ref_log_probs(trainer.model, batch)
     logratios = torch.cat([chosen - ref_chosen, rejected - ref_rejected]).detach()
-    return loss.detach(), grads, torch.cat([chosen, rejected]).detach(), logratios, batch
+    return loss.detach(), grads, torch.cat([chosen, rejected]).detach(), logratios, batch, token_metrics
 
 
 @pytest.mark.parametrize("loss_type, extra", [
@@ -90,6 +91,8 @@ def test_packed_equals_padded(tiny_llama, tmp_path, loss_type, extra):
     flat = lambda grads: torch.cat([g.flatten() for g in grads.values()])  # noqa: E731
     difference = (flat(packed[1]) - flat(padded[1])).norm() / flat(padded[1]).norm()
     assert difference < 1e-4, difference
+    # TRL's per-token metrics count the same tokens in both layouts
+    assert packed[5] == pytest.approx(padded[5], rel=1e-5)
 
 
 def test_attention_does_not_cross_sequences(tiny_llama, tmp_path):

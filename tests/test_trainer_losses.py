@@ -14,7 +14,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOTrainer
 
-from conftest import REPO
+from conftest import REPO, TOKEN_METRICS
 from dpo_recipes.config import PreferenceConfig
 from dpo_recipes.errors import UserError
 from dpo_recipes.losses import madpo_weights
@@ -65,12 +65,12 @@ def make_trainer(model_dir, out, dataset, loss_type, use_peft=True, **overrides)
 
 
 def loss_grads_metrics(trainer, compute_loss, inputs):
-    """Loss, gradients of every trainable parameter and the six logged metrics of one compute_loss call."""
+    """Loss, gradients of every trainable parameter and the logged metrics of one compute_loss call."""
     trainer.model.train()
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     loss = compute_loss(trainer.model, dict(inputs))
     grads = torch.autograd.grad(loss, params)
-    metrics = {k: trainer._metrics["train"][k][-1] for k in TRL_METRICS}
+    metrics = {k: trainer._metrics["train"][k][-1] for k in TRL_METRICS + TOKEN_METRICS}
     return loss.detach(), grads, metrics
 
 
@@ -108,7 +108,36 @@ def test_same_loss_gradients_and_metrics_as_trl(tiny_llama, tmp_path, pairs, our
     assert len(our_grads) == len(trl_grads) > 0
     assert all(torch.equal(a, b) for a, b in zip(our_grads, trl_grads))
     assert any(g.abs().max() > 0 for g in our_grads)
-    assert our_metrics == trl_metrics
+    assert {k: our_metrics[k] for k in TRL_METRICS} == {k: trl_metrics[k] for k in TRL_METRICS}
+    # The token metrics are the same sums; the last division may round differently (python vs torch float32).
+    assert {k: our_metrics[k] for k in TOKEN_METRICS} == pytest.approx({k: trl_metrics[k] for k in TOKEN_METRICS},
+                                                                          rel=1e-6)
+    assert our_metrics["entropy"] > 0
+
+
+def test_token_metrics_by_hand_padded_and_packed(tiny_llama, tmp_path, pairs):
+    """Two sequences (a chosen, a rejected) scored at known positions, once padded and once packed into one row."""
+    from types import SimpleNamespace
+
+    from dpo_recipes.packing import SEQUENCE_IDS
+    from dpo_recipes.trainer import scored_tokens
+
+    trainer = make_trainer(tiny_llama, tmp_path, pairs, ["sigmoid"])
+    t = torch.tensor
+    padded = {"completion_mask": t([[0, 1, 1, 1], [0, 0, 1, 1]])}  # scores: chosen 3 tokens, rejected 2
+    per_token = t([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # position 0 of the rejected row scores a prompt token
+    padded_out = SimpleNamespace(entropy=per_token, mean_logits=per_token, is_top1=t([[True, False, True], [True] * 3]))
+    packed = {"completion_mask": t([[0, 1, 1, 1, 0, 0, 1, 1]]), "position_ids": t([[0, 1, 2, 3, 0, 1, 2, 3]]),
+              SEQUENCE_IDS: t([[0, 0, 0, 0, 1, 1, 1, 1]])}
+    per_token = t([[1.0, 2.0, 3.0, 99.0, 99.0, 5.0, 6.0]])  # 99: a sequence start and a prompt token, never scored
+    packed_out = SimpleNamespace(entropy=per_token, mean_logits=per_token,
+                                 is_top1=t([[True, False, True, True, True, True, True]]))
+    for inputs, outputs in ((padded, padded_out), (packed, packed_out)):
+        trainer._metrics["train"].clear()
+        trainer._log_token_metrics("train", outputs, scored_tokens(inputs), num_pairs=1)
+        got = {k: trainer._metrics["train"][k][-1] for k in TOKEN_METRICS}
+        assert got == pytest.approx({"entropy": 17 / 5, "logits/chosen": 2.0, "logits/rejected": 5.5,
+                                     "mean_token_accuracy": 2 / 3})
 
 
 def first_log(trainer):
@@ -147,7 +176,7 @@ def test_madpo_first_loss_is_mean_weight_times_ln2(tiny_llama, tmp_path, pairs):
     assert weights.min() < 0.2 and weights.max() > 1.2  # the margins do spread the weights
     assert log["madpo/weight_mean"] == pytest.approx(weights.mean().item(), rel=1e-6)
     assert log["loss"] == pytest.approx(weights.mean().item() * math.log(2), rel=1e-6)
-    for key in TRL_METRICS:
+    for key in TRL_METRICS + TOKEN_METRICS:
         assert key in log
     # the held-out set carries its margins through evaluation too
     metrics = trainer.evaluate()
