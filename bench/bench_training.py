@@ -30,10 +30,10 @@ RESULTS = REPO / "bench" / "results" / "training.json"
 MODEL = {"family": "llama", "hidden_size": 512, "num_layers": 8}
 
 
-# Token lengths shaped like UltraFeedback's under a Llama-3 tokenizer at the recipes' max_length of 1024: log-normal,
-# medians 100 (prompt), 230 (chosen) and 200 (rejected) tokens, long right tails, about 5% of pairs past 1024.
-# The CPU benchmark halves every length and max_length (512), which keeps the shape relative to max_length (and so
-# the padding a batch carries) while fitting this machine.
+# Token lengths shaped like UltraFeedback's under a Llama-3 tokenizer (our estimate of its shape, not measured here)
+# at the recipes' max_length of 1024: log-normal, medians 100 (prompt), 230 (chosen) and 200 (rejected) tokens, long
+# right tails. The CPU benchmark halves every length and max_length (512), which keeps the shape relative to
+# max_length (and so the padding a batch carries) while fitting this machine.
 LENGTH_MEDIANS = {"prompt": (100, 0.9), "chosen": (230, 0.75), "rejected": (200, 0.8)}  # (median tokens, sigma)
 CPU_LENGTH_SCALE = 0.5
 
