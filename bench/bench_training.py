@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 WORK = REPO / "bench" / "tmp"
 RESULTS = REPO / "bench" / "results" / "training.json"
-# A Llama-architecture model large enough that compute dominates on a CPU: 8 layers, hidden 512 (about 20M params).
+# A Llama-architecture model large enough that compute dominates on a CPU: 8 layers, hidden 512, MLP 2048, 1,024-token
+# vocabulary: 32.5M parameters.
 MODEL = {"family": "llama", "hidden_size": 512, "num_layers": 8}
 
 
