@@ -60,7 +60,8 @@ PROBE = [  # the conversation whose log-probs are compared before and after
 
 
 def read_yaml(path: Path) -> dict:
-    """A YAML mapping (an accelerate or recipe config), or one line saying what is wrong with the file."""
+    """A YAML mapping (an accelerate or recipe config), or one line saying what is wrong with the file. (config.py has
+    its own, for recipe configs; this one keeps check-device free of TRL's import time.)"""
     if not Path(path).is_file():
         raise UserError(f"{path}: file not found")
     try:
