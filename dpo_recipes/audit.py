@@ -124,7 +124,8 @@ def _pct(value) -> str:
 
 def audit_data(script_args, training_args, tokenizer, write: bool = True):
     """Prepare the data with the run's tokenizer and settings, write data_audit.json and print the table.
-    Returns (train, eval, report); `write` is False on all but the main process."""
+    Returns (data, report): data is a PreferenceData (data.train, data.eval, data.train_row_origin); `write` is
+    False on all but the main process."""
     from .reporting import write_json
 
     data = load_preference_data(
@@ -141,7 +142,7 @@ def audit_data(script_args, training_args, tokenizer, write: bool = True):
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json(output_dir / AUDIT_FILE, report)
         print(f"data audit -> {output_dir / AUDIT_FILE}\n{format_table(report)}", flush=True)
-    return data.train, data.eval, report
+    return data, report
 
 
 @exit_on_user_error
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    script_args.chat_template_path)
     except OSError as err:  # not a directory, not on the hub, or offline
         raise UserError(f"{model_path}: cannot load the tokenizer: {str(err).splitlines()[0]}") from None
-    _, _, report = audit_data(script_args, training_args, tokenizer)
+    _, report = audit_data(script_args, training_args, tokenizer)
     return report
 
 

@@ -589,6 +589,12 @@ class PreferenceData:
     lengths: dict  # split -> {"prompt": array, "chosen": array, "rejected": array} (token counts; empty w/o tokenizer)
     eval_pairs_in_train: int
     settings: dict
+    train_origins: list[tuple[dict, int]] = field(default_factory=list)  # per train row: (its source part, row)
+
+    def train_row_origin(self, index: int) -> str:
+        """Where row `index` of `train` came from: 'file: line N' (JSON Lines) or 'source: row N'."""
+        part, row = self.train_origins[index]
+        return _where(part, row)
 
 
 def _format_name(kind: str, prompt_kind: str | None, scored: bool) -> str:
@@ -736,8 +742,9 @@ def load_preference_data(
         for part in (train_part, eval_part):
             if part is not None and part["counts"].kept == 0:
                 raise UserError(f"{part['label']}: no rows left after filtering ({_dropped_text(part['counts'])})")
-        columns = [*PAIR_COLUMNS, *extra_columns, *length_columns]
+        columns = [*PAIR_COLUMNS, *extra_columns, *length_columns, "_row"]
         train_ds = train_part["ds"].select_columns(columns)
+        train_ds = train_ds.add_column("_part", [index] * len(train_ds))  # with _row: where each pair came from
         if eval_part is not None:
             eval_ds, held_out = eval_part["ds"].select_columns(columns), f"split '{eval_part['counts'].split}'"
         else:  # no held-out split: carve one from the clean rows, with the seed
@@ -747,6 +754,7 @@ def load_preference_data(
             carved = train_ds.train_test_split(test_size=script_args.eval_fraction, seed=seed)
             train_ds, eval_ds = carved["train"], carved["test"]
             held_out = f"carved {len(eval_ds)} rows ({script_args.eval_fraction:g}) with seed {seed}"
+            eval_ds = eval_ds.select_columns(columns)  # the same columns as a source's own held-out split
         trains.append(train_ds)
         evals.append(eval_ds)
         reports.append({
@@ -772,12 +780,15 @@ def load_preference_data(
         for name, ds in (("train", train), ("eval", eval_ds)):
             table = ds.select_columns(["_prompt_len", "_chosen_len", "_rejected_len"]).to_dict()
             lengths[name] = {side: np.asarray(table[f"_{side}_len"]) for side in ("prompt", "chosen", "rejected")}
+    train_parts = [next(p for p in parts if p["index"] == i and p["role"] == "train") for i in range(len(sources))]
+    origins = train.select_columns(["_part", "_row"]).to_dict()
+    train_origins = [(train_parts[i], row) for i, row in zip(origins["_part"], origins["_row"])]
     train, eval_ds = (ds.select_columns([*PAIR_COLUMNS, *extra_columns]) for ds in (train, eval_ds))
     settings = {"max_length": max_length, "truncation_mode": truncation_mode, "seed": seed,
                 "stop_on": sorted(stop_on), "eval_fraction": script_args.eval_fraction,
                 "columns_left_out": left_out}
     return PreferenceData(train, eval_ds, conversational, extra_columns, reports, lengths, eval_pairs_in_train,
-                          settings)
+                          settings, train_origins)
 
 
 def _dropped_text(counts: SplitCounts) -> str:

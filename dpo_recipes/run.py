@@ -52,9 +52,8 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
     # 3. Data: load, normalise, drop (counted) or stop on bad rows, split, mix; the audit goes to data_audit.json.
     # Before the model loads, so a data problem costs seconds. The main process fills the datasets cache first.
     with training_args.main_process_first(desc="data"):
-        train_dataset, eval_dataset, _ = audit_data(
-            script_args, training_args, tokenizer, write=training_args.process_index == 0
-        )
+        data, _ = audit_data(script_args, training_args, tokenizer, write=training_args.process_index == 0)
+    train_dataset, eval_dataset = data.train, data.eval
     if "madpo" in training_args.loss_type:  # MADPO's per-pair margins: a reward model, a margin or score columns
         train_dataset, eval_dataset = add_reward_margins(script_args, training_args, train_dataset, eval_dataset)
 
@@ -70,6 +69,7 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[stop_on_signal := StopOnSignal(), StopOnNonFinite(), MarkCompleteCheckpoints()],
+        row_origin=data.train_row_origin,  # a non-finite loss names the pairs' files and lines
     )
     trainer.train(resume_from_checkpoint=resume_from)
     if stop_on_signal.received is not None:  # the step's checkpoint is saved; the same command resumes

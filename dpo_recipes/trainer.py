@@ -98,7 +98,8 @@ class TokenCount(TrainerCallback, ExportableState):
 
 
 class PreferenceTrainer(DPOTrainer):
-    def __init__(self, *args, processing_class=None, data_collator=None, **kwargs):
+    def __init__(self, *args, processing_class=None, data_collator=None, row_origin=None, **kwargs):
+        """row_origin: optional, training row index -> where it came from ('file: line N'), for error messages."""
         config = kwargs["args"]
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if data_collator is None and tokenizer is not None:
@@ -116,7 +117,7 @@ class PreferenceTrainer(DPOTrainer):
         train_dataset = kwargs.get("train_dataset")
         if train_dataset is not None and ROW_ID_COLUMN not in train_dataset.column_names:
             kwargs["train_dataset"] = train_dataset.add_column(ROW_ID_COLUMN, list(range(len(train_dataset))))
-        self._batch_row_ids = None
+        self._batch_row_ids, self.row_origin = None, row_origin
         self._ref_weights_hash, self.ref_cache_hits = None, []  # datasets whose reference log-probs came from disk
         super().__init__(*args, processing_class=processing_class, data_collator=data_collator, **kwargs)
         self.add_callback(TokenCount(self))
@@ -160,10 +161,21 @@ class PreferenceTrainer(DPOTrainer):
         # Trainer would quietly replace a NaN loss by the running average (logging_nan_inf_filter); stop instead.
         if any_rank(not torch.isfinite(loss).all()):
             raise TrainingStopped(
-                f"non-finite loss at step {self.state.global_step + 1} (training rows {self._batch_row_ids}); "
+                f"non-finite loss at step {self.state.global_step + 1} (training rows: {self._name_rows()}); "
                 f"training stopped, the last complete checkpoint in {self.args.output_dir} is kept"
             )
         return loss
+
+    def _name_rows(self) -> str:
+        """The current batch's rows, by where they came from when row_origin is known: 'a.jsonl: lines 3, 9'."""
+        if self._batch_row_ids is None or self.row_origin is None:
+            return str(self._batch_row_ids)
+        groups: dict[str, list[int]] = {}
+        for i in self._batch_row_ids:
+            where, _, number = self.row_origin(int(i)).rpartition(" ")  # 'a.jsonl: line 3' -> 'a.jsonl: line', '3'
+            groups.setdefault(where, []).append(int(number))
+        return "; ".join(f"{where}{'s' if len(numbers) > 1 else ''} {', '.join(map(str, sorted(numbers)))}"
+                         for where, numbers in groups.items())
 
     def pair_logps(self, model, inputs):
         """The policy's summed completion log-probs (chosen, rejected), the completion lengths (chosen, rejected) and

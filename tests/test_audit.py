@@ -78,7 +78,8 @@ def audited(crafted, tokenizer, tmp_path_factory):
     path, rows, expected = crafted
     out = tmp_path_factory.mktemp("audit")
     script_args, training_args, _ = configure(path, out)
-    train, eval_, report = audit_data(script_args, training_args, tokenizer)
+    data, report = audit_data(script_args, training_args, tokenizer)
+    train, eval_ = data.train, data.eval
     return train, eval_, report, training_args, out
 
 
@@ -189,7 +190,7 @@ def test_implicit_prompt_defects_are_counted(tmp_path, tokenizer):
     path = tmp_path / "hh.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     script_args, training_args, _ = configure(path, tmp_path / "out")
-    _, _, report = audit_data(script_args, training_args, tokenizer, write=False)
+    _, report = audit_data(script_args, training_args, tokenizer, write=False)
     assert {r: n for r, n in report["dropped"].items() if n} == {"bad_transcript": 2, "prompt_mismatch": 1,
                                                                  "empty_field": 1}
     assert report["kept"] == 6

@@ -152,6 +152,21 @@ def test_mixture_with_weights_has_exact_counts_per_source(tmp_path):
     assert list(again.train["prompt"]) == prompts
 
 
+def test_every_training_row_names_where_it_came_from(tmp_path):
+    a, b = _two_sources(tmp_path)
+    lines = Path(a).read_text().splitlines()
+    Path(a).write_text("\n".join(["", *lines[:10], "", *lines[10:]]) + "\n")  # blank lines: file lines != rows
+    data = load(seed=3, dataset_mixture=[{"name": a, "weight": 1}, {"name": b, "weight": 1}])
+    lines = Path(a).read_text().splitlines()
+    for i, prompt in enumerate(data.train["prompt"]):  # shuffled across both sources
+        origin = data.train_row_origin(i)
+        if prompt.startswith("a"):
+            path, line = origin.rsplit(": line ", 1)
+            assert path == a and json.loads(lines[int(line) - 1])["prompt"] == prompt, origin
+        else:  # a folder of splits: the split's row
+            assert origin == f"{b} (split train): row {int(prompt.split()[-1]) + 1}"
+
+
 def test_mixture_weights_with_a_total_repeat_rows(tmp_path):
     a, b = _two_sources(tmp_path)
     data = load(dataset_mixture=[{"name": a, "weight": 3}, {"name": b, "weight": 1}], dataset_mixture_rows=400)

@@ -162,7 +162,8 @@ def _trainer(tmp_path, tiny_llama, **overrides):
         argv += [f"--{key}", str(value)]
     script_args, training_args, model_args = parse_config(argv)
     tokenizer = load_tokenizer(str(tiny_llama), model_args, False, None)
-    train, evals, _ = audit_data(script_args, training_args, tokenizer, write=False)
+    data, _ = audit_data(script_args, training_args, tokenizer, write=False)
+    train, evals = data.train, data.eval
     model, peft_config = load_model(str(tiny_llama), model_args, False)
     trainer = PreferenceTrainer(model=model, args=training_args, train_dataset=train.select(range(8)),
                                 eval_dataset=evals.select(range(4)), processing_class=tokenizer,
@@ -230,7 +231,8 @@ from dpo_recipes.modeling import load_model, load_tokenizer
 from dpo_recipes.trainer import PreferenceTrainer
 s, t, m = parse_config(sys.argv[1:])
 tok = load_tokenizer(m.model_name_or_path, m, False, None)
-train, ev, _ = audit_data(s, t, tok, write=False)
+data, _ = audit_data(s, t, tok, write=False)
+train, ev = data.train, data.eval
 import gc; gc.collect()
 base = peak = rss()
 done = threading.Event()
