@@ -735,9 +735,10 @@ def load_preference_data(
     eval_pairs_in_train = sum(k in train_keys for p in eval_parts for k in p["ds"]["_key"])
 
     rng = np.random.default_rng(seed)
-    trains, evals, reports = [], [], []
+    trains, evals, reports, train_parts = [], [], [], []
     for index, source in enumerate(sources):
         train_part = next(p for p in parts if p["index"] == index and p["role"] == "train")
+        train_parts.append(train_part)
         eval_part = next((p for p in parts if p["index"] == index and p["role"] == "eval"), None)
         for part in (train_part, eval_part):
             if part is not None and part["counts"].kept == 0:
@@ -780,7 +781,6 @@ def load_preference_data(
         for name, ds in (("train", train), ("eval", eval_ds)):
             table = ds.select_columns(["_prompt_len", "_chosen_len", "_rejected_len"]).to_dict()
             lengths[name] = {side: np.asarray(table[f"_{side}_len"]) for side in ("prompt", "chosen", "rejected")}
-    train_parts = [next(p for p in parts if p["index"] == i and p["role"] == "train") for i in range(len(sources))]
     origins = train.select_columns(["_part", "_row"]).to_dict()
     train_origins = [(train_parts[i], row) for i, row in zip(origins["_part"], origins["_row"])]
     train, eval_ds = (ds.select_columns([*PAIR_COLUMNS, *extra_columns]) for ds in (train, eval_ds))
