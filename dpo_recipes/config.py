@@ -275,7 +275,8 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     validate_report_args(script_args)
     check_report_to(args.report_to)
     if model_args.model_name_or_path is None and script_args.tiny_model is None:
-        raise UserError("config: set model_name_or_path (a hub id or local directory) or tiny_model")
+        raise UserError("config: set model_name_or_path (a hub id, a local directory or a project model such as "
+                        "smollm2-135m-instruct) or tiny_model")
     if model_args.load_in_4bit and not model_args.use_peft:
         raise UserError("config: load_in_4bit (QLoRA) needs use_peft: true; 4-bit weights cannot be fine-tuned fully")
     if model_args.load_in_4bit and model_args.load_in_8bit:

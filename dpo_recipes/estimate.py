@@ -41,6 +41,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError, exit_on_user_error
+from .pretrained import is_pretrained, materialise
 
 GiB = 1024**3
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -137,6 +138,8 @@ def architecture_from_config(config: dict) -> Architecture:
 def find_architecture(model_name_or_path: str | None, tiny_model: str | None) -> tuple[Architecture, str]:
     """The architecture and where it came from: a local config.json, the Hugging Face cache, the built-in table,
     or (no model_name_or_path) the tiny model the recipe builds."""
+    if is_pretrained(model_name_or_path):
+        model_name_or_path = str(materialise(model_name_or_path))
     if model_name_or_path:
         local = Path(model_name_or_path) / "config.json"
         if local.is_file():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .pretrained import PRETRAINED, is_pretrained
 from .reporting import PLOTS, redact
 
 CARD_MARK = "<!-- written by dpo-recipes: model_card.py -->"
@@ -47,8 +48,12 @@ def _fmt(value) -> str:
 
 def _base_model(manifest: dict) -> str:
     model = manifest["config"]["model"]
-    if model.get("model_name_or_path"):
-        return model["model_name_or_path"]
+    name = model.get("model_name_or_path")
+    if is_pretrained(name):
+        spec = PRETRAINED[name]
+        return f"{spec.original} ({spec.quantisation} weights dequantised to float32: {name}, dpo_recipes.pretrained)"
+    if name:
+        return name
     tiny = manifest["config"]["script"].get("tiny_model")
     return f"tiny random {tiny} model built locally (dpo_recipes.tiny)" if tiny else "unknown"
 
@@ -68,6 +73,8 @@ def build_card(run_dir: Path, merged: dict | None = None) -> str:
     losses = training.get("loss_type") or ["sigmoid"]
     hub_base = model.get("model_name_or_path") if model.get("model_name_or_path") and not Path(
         str(model.get("model_name_or_path"))).exists() else None
+    if is_pretrained(hub_base):
+        hub_base = PRETRAINED[hub_base].original
 
     front = ["---", f"library_name: {'transformers' if merged or not is_peft else 'peft'}"]
     if hub_base:

@@ -3,7 +3,6 @@ weights in safetensors only, no remote code unless the recipe turns it on."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -11,13 +10,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from .errors import UserError
-from .tiny import FAMILIES, REPO_ROOT, build_tiny
-
-CACHE_DIR = Path(os.environ.get("DPO_RECIPES_CACHE", REPO_ROOT / ".cache"))
+from .pretrained import CACHE_DIR, is_pretrained, materialise
+from .tiny import FAMILIES, build_tiny
 
 
 def resolve_model_path(model_args: ModelConfig, tiny_model: str | None) -> str:
-    """The model to load: `model_name_or_path` if given, else a tiny model of `tiny_model`'s family built locally."""
+    """The model to load: `model_name_or_path` if given (a project model such as smollm2-135m-instruct becomes its
+    local folder, dpo_recipes/pretrained.py), else a tiny model of `tiny_model`'s family built locally."""
+    if is_pretrained(model_args.model_name_or_path):
+        return str(materialise(model_args.model_name_or_path))
     if model_args.model_name_or_path:
         return model_args.model_name_or_path
     if tiny_model not in FAMILIES:
