@@ -384,7 +384,8 @@ def recipe_setup(recipe: str, variant: str | None = None, gpus: int | None = Non
     """The Setup of recipes/<recipe> (config.yaml, variant, accelerate.yaml, DeepSpeed JSON), and a description."""
     import yaml
 
-    from .config import _known_keys, _unknown, read_yaml
+    from .config import _known_keys, _custom_knobs, _unknown, read_yaml
+    from .losses import load_losses_file
 
     recipes = sorted(p.name for p in (root / "recipes").iterdir() if (p / "config.yaml").is_file())
     recipe_dir = root / "recipes" / recipe
@@ -392,7 +393,8 @@ def recipe_setup(recipe: str, variant: str | None = None, gpus: int | None = Non
         raise UserError(f"unknown recipe {recipe!r}; recipes: {', '.join(recipes)}")
     files = [recipe_dir / "config.yaml"] + ([recipe_dir / "variants" / f"{variant}.yaml"] if variant else [])
     config = _defaults()
-    known = _known_keys()
+    load_losses_file(recipe_dir / "losses.py")  # a recipe's own loss knobs are keys of its config
+    known = _known_keys() | set(_custom_knobs())
     for path in files:
         layer = read_yaml(path)
         layer.pop("env", None)

@@ -86,3 +86,10 @@ def test_make_train_trains_the_recipe_loss(recipe, tmp_path):
     for entry in logs[1:]:
         assert 0 < entry["rewards/margins"] < 0.75
         assert entry["loss"] == pytest.approx(0.75 - entry["rewards/margins"], abs=1e-5)
+
+
+def test_estimate_reads_a_recipe_with_its_own_loss(recipe):
+    from dpo_recipes.estimate import recipe_setup
+
+    setup, about = recipe_setup(recipe.name)  # before: "unknown key 'slic_delta'"
+    assert about["recipe"] == recipe.name and setup.lora_r == 16
