@@ -22,11 +22,11 @@ from trl.trainer.utils import use_adapter
 
 from .losses import LOSSES, MADPO_DEFAULTS, knob_values, madpo_weights, preference_loss
 from . import ref_cache
-from .packing import SEQUENCE_IDS, pack_sequences, packed_sequence_logps
+from .margins import check_margins
+from .names import MARGIN_COLUMN, ROW_ID_COLUMN, SEQUENCE_IDS
+from .packing import pack_sequences, packed_sequence_logps
 from .resilience import TrainingStopped, any_rank
 
-MARGIN_COLUMN = "reward_margin"  # r(x, y_w) - r(x, y_l), for madpo; see margins.py
-ROW_ID_COLUMN = "row_id"  # the pair's row in the training data, named when a batch goes non-finite
 _REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 _MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "completion_mask", SEQUENCE_IDS)
 
@@ -125,8 +125,6 @@ class PreferenceTrainer(DPOTrainer):
         self.use_registry = all(t in LOSSES for t in self.loss_types)
         self.loss_knobs = knob_values(config)
         if "madpo" in self.loss_types:  # stop at the start, not at the first batch without margins
-            from .margins import check_margins  # margins.py imports this module
-
             evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval": self.eval_dataset}
             for split, dataset in {"train": self.train_dataset, **evals}.items():
                 if isinstance(dataset, Dataset):
