@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError, exit_on_user_error
+from .names import REPO_ROOT
 
-# Only the standard library at import time (the memory estimate reads a folder's config.json through this module).
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("DPO_RECIPES_CACHE", REPO_ROOT / ".cache"))
 STAMP = "materialised.json"
 
