@@ -14,7 +14,7 @@ ACCELERATE_CONFIG ?= $(RECIPE_DIR)/accelerate.yaml
 LAUNCH_ARGS ?=
 SMOKE_OUT ?= outputs/smoke/$(RECIPE)
 
-.PHONY: help install train audit test bench bench-gpu noise-bench check-recipe check-variant smoke new-recipe eval plots merge estimate check-run
+.PHONY: help install train audit test bench bench-gpu noise-bench real-bench check-recipe check-variant smoke new-recipe eval plots merge estimate check-run
 
 help:
 	@echo "make train [RECIPE=<name>] [ARGS='--key value ...']   train a recipe (default: demo-cpu, CPU, no downloads)"
@@ -29,6 +29,7 @@ help:
 	@echo "make bench                                              CPU benchmarks into bench/results/ (about 40 min)"
 	@echo "make bench-gpu                                          GPU benchmark of real recipes (needs a CUDA GPU)"
 	@echo "make noise-bench                                        label-noise robustness of the loss variants (CPU)"
+	@echo "make real-bench [ARGS=...]                              DPO variants on SmolLM2-135M and HH data (CPU, ~1 h, resumes)"
 	@echo "make install                                            create .venv from requirements.txt"
 	@echo "recipes: $$(ls recipes | tr '\n' ' ')"
 
@@ -98,3 +99,7 @@ bench-gpu: install
 
 noise-bench: install
 	OMP_NUM_THREADS=1 TQDM_DISABLE=1 $(PY) bench/noise_bench.py $(ARGS)
+
+# The loss variants on a real model and real data (bench/real_bench.py); a rerun resumes where it stopped.
+real-bench: install
+	TQDM_DISABLE=1 $(PY) bench/real_bench.py $(ARGS)

@@ -1,0 +1,465 @@
+"""A real experiment: DPO, IPO, cDPO, rDPO and MADPO on SmolLM2-135M-Instruct and Anthropic HH harmless-base (CPU).
+
+    make real-bench                              # python bench/real_bench.py: bench/results/real.{json,md,png}
+    python bench/real_bench.py --steps 4 --eval_pairs 8 --prompts 2 --seeds 0 --out /tmp/x   # a quick look
+
+Every variant gets the same budget: the recipe recipes/smollm2-135m (LoRA on every linear layer, padding-free, one
+held-out split carved once with the recipe's seed), `--steps` optimizer steps of the recipe's batch, for each of
+`--seeds` training seeds (adapter initialisation and data order; the data split is the same for every cell).
+MADPO is the paper's two-step method: a reward model (the same base with a LoRA adapter and a score head) is trained
+first on the training split, then scores every training pair for MADPO's margins. The same reward model judges the
+win-rate. The reference (the base model: LoRA's adapters off) is the same for every cell, so its held-out log-probs,
+greedy replies and their judge scores are computed once and cached.
+
+Per cell, on the held-out split: implicit reward accuracy and margin on `--eval_pairs` pairs (per pair, so the
+intervals and the paired differences against DPO use the pairs), KL(policy || reference) from `--samples`
+completions sampled per prompt on `--prompts` prompts (k3 estimator, evaluation.py), the greedy replies on those
+prompts, their judge scores and the win-rate against the reference's replies (ties half, Wilson interval).
+
+Each cell's result is written to bench/results/real/<cell>.json when it finishes and the summary files are rewritten;
+a rerun of the same command skips finished cells and resumes an interrupted one from its last checkpoint (work
+files under bench/tmp/real/, ignored by git). `--readme` copies the Markdown summary into README.md's section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+RECIPE = REPO / "recipes" / "smollm2-135m"
+WORK = REPO / "bench" / "tmp" / "real"
+RESULTS = REPO / "bench" / "results"
+VARIANTS = {  # name -> overrides of the recipe's config
+    "dpo": ["--loss_type", "sigmoid"],
+    "ipo": ["--loss_type", "ipo"],
+    "cdpo": ["--loss_type", "cdpo", "--label_smoothing", "0.1"],
+    "rdpo": ["--loss_type", "rdpo", "--label_smoothing", "0.1"],
+    "madpo": ["--loss_type", "madpo"],
+}
+README_START, README_END = "<!-- real-bench:start -->", "<!-- real-bench:end -->"
+Z95 = 1.959963984540054
+
+
+def recipe_args(*extra: str) -> list[str]:
+    return ["--config", str(RECIPE / "config.yaml"), "--report_to", "none", "--eval_strategy", "no",
+            "--eval_report", "false", "--dataset_num_proc", "1", *extra]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared inputs: the split, the reward model, the reference
+
+
+def write_split(work: Path) -> Path:
+    """The recipe's data audit (its tokenizer, max_length, held-out fraction and seed) run once; the clean train and
+    held-out pairs written as a dataset folder every cell reads, so a training seed never changes the split."""
+    from dpo_recipes.config import parse_config
+    from dpo_recipes.data import load_preference_data
+    from dpo_recipes.modeling import load_tokenizer, resolve_model_path
+
+    folder = work / "data"
+    if (folder / "test.jsonl").is_file():
+        return folder
+    script, training, model_args = parse_config(recipe_args("--output_dir", str(work / "audit")))
+    tokenizer = load_tokenizer(resolve_model_path(model_args, None), model_args, False, None)
+    data = load_preference_data(script, seed=training.seed, tokenizer=tokenizer, max_length=training.max_length,
+                                truncation_mode=training.truncation_mode)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, ds in (("train", data.train), ("test", data.eval)):
+        with open(folder / f"{name}.jsonl.tmp", "w") as f:
+            for row in ds:
+                f.write(json.dumps({k: row[k] for k in ("prompt", "chosen", "rejected")}) + "\n")
+    (folder / "train.jsonl.tmp").rename(folder / "train.jsonl")
+    (folder / "test.jsonl.tmp").rename(folder / "test.jsonl")
+    return folder
+
+
+def data_args(data: Path) -> list[str]:
+    return ["--dataset_name", str(data), "--dataset_train_split", "train", "--dataset_test_split", "test"]
+
+
+def train_reward_model(work: Path, data: Path, steps: int) -> Path:
+    """MADPO step one (dpo_recipes.reward_model) on the training split, the recipe's model, LoRA and batch."""
+    from dpo_recipes.reward_model import main as reward_main
+
+    out = work / f"reward-model-{steps}"
+    if not (out / "model.safetensors").is_file():
+        reward_main(recipe_args(*data_args(data), "--output_dir", str(out), "--max_steps", str(steps),
+                                "--learning_rate", "1e-4", "--save_strategy", "no", "--logging_steps", "5"))
+    return out
+
+
+def load_eval_inputs(data: Path, n_pairs: int, n_prompts: int):
+    from datasets import load_dataset
+
+    from dpo_recipes.evaluation import unique_prompts
+
+    held_out = load_dataset("json", data_files=str(data / "test.jsonl"), split="train")
+    return held_out.select(range(min(n_pairs, len(held_out)))), unique_prompts(held_out, n_prompts)
+
+
+def settings_for(args):
+    from dpo_recipes.config import parse_config
+    from dpo_recipes.evaluation import ReportSettings
+
+    script, training, _ = parse_config(recipe_args("--output_dir", str(WORK / "settings")))
+    return ReportSettings(pairs=args.eval_pairs, prompts=args.prompts, samples=args.samples,
+                          max_new_tokens=args.max_new_tokens, examples=5, beta=training.beta,
+                          max_length=training.max_length, truncation_mode=training.truncation_mode,
+                          batch_size=training.per_device_eval_batch_size, seed=0)
+
+
+def greedy_replies(model, tokenizer, rows, settings) -> list[str]:
+    from dpo_recipes.evaluation import generate, generation_prompt_ids
+
+    replies = []
+    for row in rows:
+        ids = generate(model, tokenizer, generation_prompt_ids(tokenizer, row), settings.max_new_tokens, sample=False)
+        replies.append(tokenizer.decode(ids[0], skip_special_tokens=True).strip())
+    return replies
+
+
+def reference_outputs(work: Path, data: Path, judge_dir: Path, args) -> dict:
+    """The reference's held-out pair log-probs, greedy replies and their judge scores: once for every cell."""
+    import torch
+
+    from dpo_recipes.config import parse_config
+    from dpo_recipes.evaluation import _load_causal_lm, judge_scores, load_judge, pair_logps, prompt_text, tokenize_pair
+    from dpo_recipes.modeling import load_tokenizer, resolve_model_path
+
+    settings = settings_for(args)
+    key = hashlib.sha256(json.dumps([settings.__dict__, str(judge_dir),
+                                     (data / "test.jsonl").read_bytes().hex()[:4096]], default=str).encode()).hexdigest()[:16]
+    path = work / f"reference-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    torch.set_num_threads(args.threads)
+    _, _, model_args = parse_config(recipe_args())
+    base = resolve_model_path(model_args, None)
+    tokenizer = load_tokenizer(base, model_args, False, None)
+    model = _load_causal_lm(base, model_args, False, quantize=False)
+    pairs, rows = load_eval_inputs(data, args.eval_pairs, args.prompts)
+    started = time.time()
+    chosen, rejected = pair_logps(model, [tokenize_pair(tokenizer, r) for r in pairs], settings, torch.device("cpu"))
+    replies = greedy_replies(model, tokenizer, rows, settings)
+    judge, judge_tokenizer = load_judge(str(judge_dir), torch.device("cpu"))
+    scores = judge_scores(judge, judge_tokenizer, [r["prompt"] for r in rows], replies)
+    out = {"chosen": chosen.tolist(), "rejected": rejected.tolist(), "replies": replies, "scores": scores,
+           "prompts": [prompt_text(r["prompt"]) for r in rows], "seconds": time.time() - started}
+    path.write_text(json.dumps(out) + "\n")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One cell: train, then evaluate against the cached reference
+
+
+def cell_name(variant: str, seed: int, steps: int) -> str:
+    return f"{variant}-seed{seed}-steps{steps}"
+
+
+def run_cell(variant: str, seed: int, args, data: str, reward_model: str, reference: dict) -> dict:
+    import torch
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from dpo_recipes.config import parse_config
+    from dpo_recipes.data import load_preference_splits
+    from dpo_recipes.evaluation import (completion_token_logps, generate, generation_prompt_ids, judge_scores,
+                                        kl_estimates, load_judge, pair_logps, tokenize_pair, win_rate)
+    from dpo_recipes.margins import add_reward_margins
+    from dpo_recipes.modeling import load_model, load_tokenizer, resolve_model_path
+    from dpo_recipes.trainer import PreferenceTrainer
+
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    name = cell_name(variant, seed, args.steps)
+    out = WORK / "runs" / name
+    extra = [*VARIANTS[variant], *data_args(Path(data)), "--output_dir", str(out), "--seed", str(seed),
+             "--max_steps", str(args.steps), "--save_strategy", "steps", "--save_steps", str(args.save_steps),
+             "--save_total_limit", "1", "--logging_steps", "1", *args.extra]
+    if variant == "madpo":
+        extra += ["--reward_model_name_or_path", reward_model]
+    script, training, model_args = parse_config(recipe_args(*extra))
+    path = resolve_model_path(model_args, None)
+    tokenizer = load_tokenizer(path, model_args, False, None)
+    train, held_out = load_preference_splits(script, seed=training.seed, tokenizer=tokenizer,
+                                             max_length=training.max_length)
+    if variant == "madpo":
+        train, held_out = add_reward_margins(script, training, train, held_out)
+    model, peft_config = load_model(path, model_args, False)
+    trainer = PreferenceTrainer(model=model, args=training, train_dataset=train, eval_dataset=held_out,
+                                processing_class=tokenizer, peft_config=peft_config)
+    resume = get_last_checkpoint(str(out)) if out.is_dir() else None
+    trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.time() - started
+    history = [{k: e[k] for k in ("step", "loss", "rewards/accuracies", "rewards/margins") if k in e}
+               for e in trainer.state.log_history if "loss" in e]
+
+    # Held-out pairs: the policy's log-probs against the cached reference's.
+    policy = trainer.accelerator.unwrap_model(trainer.model).eval()
+    settings = settings_for(args)
+    pairs, rows = load_eval_inputs(Path(data), args.eval_pairs, args.prompts)
+    chosen, rejected = pair_logps(policy, [tokenize_pair(tokenizer, r) for r in pairs], settings, torch.device("cpu"))
+    beta = training.beta
+    margins = [beta * ((c - rc) - (r - rr)) for c, r, rc, rr in
+               zip(chosen.tolist(), rejected.tolist(), reference["chosen"], reference["rejected"])]
+
+    # Held-out prompts: KL from sampled completions, greedy replies, the judge.
+    pad = tokenizer.pad_token_id
+    pol, ref, greedy = [], [], []
+    for i, row in enumerate(rows):
+        ids = generation_prompt_ids(tokenizer, row)
+        samples = generate(policy, tokenizer, ids, settings.max_new_tokens, sample=True, n=settings.samples,
+                           seed=1000 * seed + i)
+        pol += completion_token_logps(policy, ids, samples, pad)
+        with policy.disable_adapter():
+            ref += completion_token_logps(policy, ids, samples, pad)
+        reply = generate(policy, tokenizer, ids, settings.max_new_tokens, sample=False)[0]
+        greedy.append(tokenizer.decode(reply, skip_special_tokens=True).strip())
+    kl = kl_estimates(pol, ref)
+    judge, judge_tokenizer = load_judge(reward_model, torch.device("cpu"))
+    scores = judge_scores(judge, judge_tokenizer, [r["prompt"] for r in rows], greedy)
+    wins = win_rate(scores, reference["scores"], greedy, reference["replies"])
+    return {"variant": variant, "seed": seed, "steps": args.steps, "name": name, "config": " ".join(VARIANTS[variant]),
+            "margins": margins, "correct": [m > 0 for m in margins],
+            "kl_k3_per_completion": kl["k3"]["per_completion"], "kl_k1_per_completion": kl["k1"]["per_completion"],
+            "kl_tokens": kl["tokens"], "replies": greedy, "scores": scores,
+            "win_rate": {k: wins[k] for k in ("n", "wins", "ties", "losses", "win_rate", "ci95")},
+            "train_log": history, "train_seconds": train_seconds, "seconds": time.time() - started,
+            "resumed_from": resume}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Summary: per variant over seeds and pairs; paired differences against DPO
+
+
+def mean_ci(values: list[float]) -> dict:
+    n = len(values)
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": mean, "ci95": [mean - Z95 * se, mean + Z95 * se], "n": n}
+
+
+def summarise(cells: list[dict]) -> dict:
+    """Per variant: accuracy and margin per held-out pair averaged over the seeds, with a 95% interval over pairs
+    (normal approximation); the same for the paired difference against DPO (same pairs, same seeds); k3 KL over
+    seeds; the win-rate pooled over seeds and prompts with its Wilson interval."""
+    from dpo_recipes.evaluation import wilson_interval
+
+    by_variant: dict[str, list[dict]] = {}
+    for cell in cells:
+        by_variant.setdefault(cell["variant"], []).append(cell)
+    per_pair = {}
+    for variant, group in by_variant.items():
+        seeds = sorted(c["seed"] for c in group)
+        group.sort(key=lambda c: c["seed"])
+        per_pair[variant] = {
+            "seeds": seeds,
+            "correct": [statistics.fmean(float(c["correct"][i]) for c in group) for i in range(len(group[0]["correct"]))],
+            "margin": [statistics.fmean(c["margins"][i] for c in group) for i in range(len(group[0]["margins"]))],
+        }
+    summary = {}
+    for variant, group in by_variant.items():
+        w = [c["win_rate"] for c in group]
+        n = sum(x["n"] for x in w)
+        won = sum(x["wins"] + 0.5 * x["ties"] for x in w)
+        entry = {
+            "seeds": per_pair[variant]["seeds"],
+            "reward_accuracy": mean_ci(per_pair[variant]["correct"]),
+            "reward_margin": mean_ci(per_pair[variant]["margin"]),
+            "reward_accuracy_per_seed": [statistics.fmean(map(float, c["correct"])) for c in group],
+            "kl_k3": mean_ci([c["kl_k3_per_completion"]["mean"] for c in group]),
+            "win_rate": {"n": n, "win_rate": won / n if n else float("nan"), "ci95": list(wilson_interval(won, n)),
+                         "wins": sum(x["wins"] for x in w), "ties": sum(x["ties"] for x in w),
+                         "losses": sum(x["losses"] for x in w)},
+            "minutes_per_cell": statistics.fmean(c["seconds"] for c in group) / 60,
+        }
+        dpo = per_pair.get("dpo")
+        if variant != "dpo" and dpo and dpo["seeds"] == per_pair[variant]["seeds"]:
+            entry["vs_dpo"] = {
+                "reward_accuracy": mean_ci([a - b for a, b in zip(per_pair[variant]["correct"], dpo["correct"])]),
+                "reward_margin": mean_ci([a - b for a, b in zip(per_pair[variant]["margin"], dpo["margin"])]),
+            }
+        summary[variant] = entry
+    return summary
+
+
+def _ci(stat: dict, digits: int = 3) -> str:
+    low, high = stat["ci95"]
+    return f"{stat['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def markdown(result: dict) -> str:
+    meta, summary, reference = result["meta"], result["summary"], result["reference"]
+    done = sum(len(s["seeds"]) for s in summary.values())
+    lines = [
+        f"SmolLM2-135M-Instruct (Q4_1 weights dequantised to float32), LoRA DPO variants on Anthropic HH harmless-base "
+        f"(`data/hh-rlhf`): {meta['train_pairs']} training pairs, {meta['steps']} steps of {meta['batch']} pairs per "
+        f"cell, seeds {meta['seeds']}; {done} of {meta['cells']} cells done. Held-out: {meta['eval_pairs']} pairs, "
+        f"{meta['prompts']} prompts. `{meta['command']}` on {meta['machine']}, wall time {meta['minutes']:.0f} min "
+        f"(this invocation; {meta['cell_minutes']:.0f} min of cells in all).",
+        "",
+        "Accuracy and margin: per held-out pair, averaged over seeds, mean with a 95% interval over pairs; "
+        "\"vs DPO\": the paired difference on the same pairs and seeds (an interval that excludes 0 is a difference "
+        "this run supports). KL: k3 estimate of KL(policy || reference) per completion, mean over seeds [95% interval "
+        "over seeds]. Win-rate: greedy replies judged by the reward model trained on the training split, ties half, "
+        "pooled over seeds and prompts, Wilson 95% interval (the prompts repeat across seeds, so it is optimistic).",
+        "",
+        "| variant | reward accuracy | vs DPO | reward margin | vs DPO | KL k3 | win-rate vs reference | min/cell |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, s in summary.items():
+        vs = s.get("vs_dpo")
+        w = s["win_rate"]
+        lines.append(
+            f"| {variant} | {_ci(s['reward_accuracy'])} | {_ci(vs['reward_accuracy']) if vs else ''} | "
+            f"{_ci(s['reward_margin'])} | {_ci(vs['reward_margin']) if vs else ''} | {_ci(s['kl_k3'])} | "
+            f"{w['win_rate']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}] ({w['wins']}/{w['ties']}/{w['losses']}) | "
+            f"{s['minutes_per_cell']:.1f} |")
+    first = {}
+    for cell in sorted(result["cells"], key=lambda c: c["seed"]):
+        first.setdefault(cell["variant"], cell)
+    lines += ["", f"Greedy replies (at most {meta['max_new_tokens']} new tokens) on the first five held-out prompts: "
+              "the reference, then each variant's policy (its first seed).", ""]
+    for i, prompt in enumerate(reference["prompts"][:5]):
+        lines += [f"**Prompt {i + 1}.** {_cell(prompt[-300:])}", "", "| model | reply |", "|---|---|",
+                  f"| reference | {_cell(reference['replies'][i])} |"]
+        lines += [f"| {v} | {_cell(c['replies'][i])} |" for v, c in first.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|") or "(empty)"
+
+
+def plot(result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = result["summary"]
+    names = list(summary)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, key, title in zip(axes, ("reward_accuracy", "reward_margin", "kl_k3"),
+                              ("Held-out reward accuracy", "Held-out reward margin", "KL(policy || ref), k3")):
+        means = [summary[n][key]["mean"] for n in names]
+        errs = [[m - summary[n][key]["ci95"][0] for n, m in zip(names, means)],
+                [summary[n][key]["ci95"][1] - m for n, m in zip(names, means)]]
+        ax.bar(names, means, yerr=errs, capsize=4, color="#4c72b0")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    fig.suptitle("SmolLM2-135M-Instruct on HH harmless-base: 95% intervals")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def write_readme(md: str) -> None:
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < 0:
+        raise SystemExit(f"README.md has no {README_START} ... {README_END} section")
+    readme.write_text(text[: start + len(README_START)] + "\n" + md + "\n" + text[end:])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()}-core CPU, {memory_gb:.0f} GB, no GPU"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per cell (the same for every variant)")
+    parser.add_argument("--save_steps", type=int, default=10, help="checkpoint interval (resume point)")
+    parser.add_argument("--reward_steps", type=int, default=40, help="reward model (MADPO step one, the judge)")
+    parser.add_argument("--eval_pairs", type=int, default=300)
+    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--samples", type=int, default=2, help="sampled completions per prompt for the KL")
+    parser.add_argument("--max_new_tokens", type=int, default=48)
+    parser.add_argument("--jobs", type=int, default=2, help="cells run at a time, one process each")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--readme", action="store_true", help="only copy the Markdown summary into README.md")
+    parser.add_argument("extra", nargs="*", help="further config overrides for every cell, after --")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.readme:
+        write_readme((out / "real.md").read_text())
+        return {}
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.time()
+    WORK.mkdir(parents=True, exist_ok=True)
+    cells_dir = out / "real"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+
+    data = write_split(WORK)
+    reward_model = train_reward_model(WORK, data, args.reward_steps)
+    reference = reference_outputs(WORK, data, reward_model, args)
+    todo = [(v, s) for s in args.seeds for v in args.variants]
+    cells = {}
+    for v, s in todo:
+        path = cells_dir / f"{cell_name(v, s, args.steps)}.json"
+        if path.is_file():
+            cells[(v, s)] = json.loads(path.read_text())
+    pending = [(v, s) for v, s in todo if (v, s) not in cells]
+    print(f"real bench: {len(cells)} of {len(todo)} cells done, {len(pending)} to run, {args.jobs} at a time",
+          flush=True)
+
+    def write(final: bool) -> dict:
+        done = [cells[k] for k in todo if k in cells]
+        meta = {"command": "make real-bench", "argv": sys.argv[1:] if argv is None else argv, "steps": args.steps,
+                "seeds": args.seeds, "variants": args.variants, "cells": len(todo),
+                "batch": 8, "train_pairs": sum(1 for _ in open(data / "train.jsonl")),
+                "eval_pairs": len(reference["chosen"]), "prompts": len(reference["prompts"]),
+                "samples": args.samples, "max_new_tokens": args.max_new_tokens, "reward_steps": args.reward_steps,
+                "machine": machine(), "minutes": (time.time() - started) / 60,
+                "cell_minutes": sum(c["seconds"] for c in done) / 60, "complete": final and len(done) == len(todo)}
+        result = {"meta": meta, "summary": summarise(done) if done else {}, "reference": reference, "cells": done}
+        (out / "real.json").write_text(json.dumps(result, indent=1) + "\n")
+        if done:
+            (out / "real.md").write_text(markdown(result) + "\n")
+            plot(result, out / "real.png")
+        return result
+
+    if pending:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            futures = {pool.submit(run_cell, v, s, args, str(data), str(reward_model), reference): (v, s)
+                       for v, s in pending}
+            for future in as_completed(futures):
+                v, s = futures[future]
+                cell = future.result()
+                (cells_dir / f"{cell['name']}.json").write_text(json.dumps(cell, indent=1) + "\n")
+                cells[(v, s)] = cell
+                acc = statistics.fmean(map(float, cell["correct"]))
+                print(f"{cell['name']}: held-out accuracy {acc:.3f}, win-rate {cell['win_rate']['win_rate']:.3f}, "
+                      f"{cell['seconds'] / 60:.1f} min", flush=True)
+                write(final=False)
+    result = write(final=True)
+    print(f"wrote {out / 'real.json'}, real.md, real.png ({result['meta']['minutes']:.1f} min)", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
