@@ -171,7 +171,6 @@ def cell_name(variant: str, seed: int, steps: int) -> str:
 
 def run_cell(variant: str, seed: int, args, data: str, reward_model: str, reference: dict) -> dict:
     import torch
-    from transformers.trainer_utils import get_last_checkpoint
 
     from dpo_recipes.config import parse_config
     from dpo_recipes.data import load_preference_splits
@@ -179,6 +178,7 @@ def run_cell(variant: str, seed: int, args, data: str, reward_model: str, refere
                                         kl_estimates, load_judge, pair_logps, tokenize_pair, win_rate)
     from dpo_recipes.margins import add_reward_margins
     from dpo_recipes.modeling import load_model, load_tokenizer, resolve_model_path
+    from dpo_recipes.resilience import MarkCompleteCheckpoints, complete_checkpoints
     from dpo_recipes.trainer import PreferenceTrainer
 
     torch.set_num_threads(args.threads)
@@ -199,8 +199,10 @@ def run_cell(variant: str, seed: int, args, data: str, reward_model: str, refere
         train, held_out = add_reward_margins(script, training, train, held_out)
     model, peft_config = load_model(path, model_args, False)
     trainer = PreferenceTrainer(model=model, args=training, train_dataset=train, eval_dataset=held_out,
-                                processing_class=tokenizer, peft_config=peft_config)
-    resume = get_last_checkpoint(str(out)) if out.is_dir() else None
+                                processing_class=tokenizer, peft_config=peft_config,
+                                callbacks=[MarkCompleteCheckpoints()])
+    complete, _ = complete_checkpoints(out)  # a checkpoint torn by a kill mid-save is not resumed from
+    resume = str(complete[-1]) if complete else None
     trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.time() - started
     history = [{k: e[k] for k in ("step", "loss", "rewards/accuracies", "rewards/margins") if k in e}

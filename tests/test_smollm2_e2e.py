@@ -22,14 +22,14 @@ def real_run(tmp_path_factory):
     data.mkdir()
     with gzip.open(REPO / "data/hh-rlhf/harmless-base-test.jsonl.gz", "rt") as f:
         (data / "train.jsonl").write_text("".join(line for _, line in zip(range(4), f)))
-    held_out = {"prompt": [{"role": "user", "content": QUESTION}],
-                "chosen": [{"role": "assistant", "content": ANSWER}],
-                "rejected": [{"role": "assistant", "content": "I would rather not say."}]}
+    held_out = {"chosen": f"\n\nHuman: {QUESTION}\n\nAssistant: {ANSWER}",  # the HH transcript format
+                "rejected": f"\n\nHuman: {QUESTION}\n\nAssistant: I would rather not say."}
     (data / "test.jsonl").write_text(json.dumps(held_out) + "\n")
     out = root / "run"
     args = ["--dataset_name", str(data), "--dataset_train_split", "train", "--dataset_test_split", "test",
-            "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2", "--logging_steps", "1",
-            "--save_strategy", "no", "--eval_report_pairs", "1", "--eval_report_prompts", "1",
+            "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
+            "--gradient_accumulation_steps", "1", "--logging_steps", "1", "--save_strategy", "no",
+            "--report_to", "none", "--eval_report_pairs", "1", "--eval_report_prompts", "1",
             "--eval_report_samples", "1", "--eval_report_max_new_tokens", "12", "--eval_report_examples", "1"]
     run([str(REPO / ".venv/bin/python"), "recipes/smollm2-135m/train.py", "--config",
          "recipes/smollm2-135m/config.yaml", *args], timeout=900)
