@@ -89,13 +89,19 @@ def data_args(data: Path) -> list[str]:
     return ["--dataset_name", str(data), "--dataset_train_split", "train", "--dataset_test_split", "test"]
 
 
-def train_reward_model(work: Path, data: Path, steps: int) -> Path:
-    """MADPO step one (dpo_recipes.reward_model) on the training split, the recipe's model, LoRA and batch."""
+def train_reward_model(work: Path, data: Path, steps: int, eval_pairs: int) -> Path:
+    """MADPO step one (dpo_recipes.reward_model) on the training split, the recipe's model, LoRA and batch; its
+    held-out accuracy (eval_metrics.json) on the first `eval_pairs` held-out pairs says how good a judge it is."""
     from dpo_recipes.reward_model import main as reward_main
 
     out = work / f"reward-model-{steps}"
     if not (out / "model.safetensors").is_file():
-        reward_main(recipe_args(*data_args(data), "--output_dir", str(out), "--max_steps", str(steps),
+        rm_data = work / f"data-reward-model-{eval_pairs}"
+        rm_data.mkdir(exist_ok=True)
+        (rm_data / "train.jsonl").write_text((data / "train.jsonl").read_text())
+        held_out = (data / "test.jsonl").read_text().splitlines()[:eval_pairs]
+        (rm_data / "test.jsonl").write_text("\n".join(held_out) + "\n")
+        reward_main(recipe_args(*data_args(rm_data), "--output_dir", str(out), "--max_steps", str(steps),
                                 "--learning_rate", "1e-4", "--save_strategy", "no", "--logging_steps", "5"))
     return out
 
@@ -370,8 +376,7 @@ def plot(result: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def write_readme(md: str) -> None:
-    readme = REPO / "README.md"
+def write_readme(md: str, readme: Path = REPO / "README.md") -> None:
     text = readme.read_text()
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < 0:
@@ -394,6 +399,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per cell (the same for every variant)")
     parser.add_argument("--save_steps", type=int, default=10, help="checkpoint interval (resume point)")
     parser.add_argument("--reward_steps", type=int, default=40, help="reward model (MADPO step one, the judge)")
+    parser.add_argument("--reward_eval_pairs", type=int, default=64, help="held-out pairs the reward model is scored on")
     parser.add_argument("--eval_pairs", type=int, default=300)
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--samples", type=int, default=2, help="sampled completions per prompt for the KL")
@@ -416,7 +422,7 @@ def main(argv=None) -> dict:
     cells_dir.mkdir(parents=True, exist_ok=True)
 
     data = write_split(WORK)
-    reward_model = train_reward_model(WORK, data, args.reward_steps)
+    reward_model = train_reward_model(WORK, data, args.reward_steps, args.reward_eval_pairs)
     reference = reference_outputs(WORK, data, reward_model, args)
     todo = [(v, s) for s in args.seeds for v in args.variants]
     cells = {}

@@ -1,0 +1,65 @@
+"""The real-model benchmark's summary (bench/real_bench.py): intervals over pairs, paired differences against DPO,
+the pooled Wilson win-rate, the Markdown and the README section it replaces. (Its training path is the recipe's,
+covered by tests/test_smollm2_e2e.py; a full run is `make real-bench`.)"""
+
+import math
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import real_bench  # noqa: E402
+
+
+def cell(variant, seed, correct, margins, wins=(1, 0, 1)):
+    w, t, lost = wins
+    n = w + t + lost
+    return {"variant": variant, "seed": seed, "name": f"{variant}-seed{seed}", "correct": correct, "margins": margins,
+            "kl_k3_per_completion": {"mean": 0.1 * (seed + 1)}, "replies": ["a", "b"], "seconds": 60.0,
+            "win_rate": {"n": n, "wins": w, "ties": t, "losses": lost, "win_rate": (w + t / 2) / n, "ci95": [0, 1]}}
+
+
+def test_summary_averages_seeds_per_pair_and_pairs_the_difference_with_dpo():
+    cells = [cell("dpo", 0, [True, False, True, False], [0.2, -0.1, 0.3, -0.2]),
+             cell("dpo", 1, [True, True, True, False], [0.4, 0.1, 0.1, -0.4]),
+             cell("ipo", 1, [True, True, True, True], [0.5, 0.5, 0.5, 0.5], wins=(2, 0, 0)),
+             cell("ipo", 0, [True, True, False, True], [0.3, 0.3, -0.1, 0.3], wins=(1, 1, 0))]
+    summary = real_bench.summarise(cells)
+    dpo, ipo = summary["dpo"], summary["ipo"]
+    # Per pair over seeds: dpo [1, .5, 1, 0] -> 0.625; ipo [1, 1, .5, 1] -> 0.875.
+    assert dpo["reward_accuracy"]["mean"] == pytest.approx(0.625)
+    assert ipo["reward_accuracy"]["mean"] == pytest.approx(0.875)
+    assert dpo["reward_accuracy_per_seed"] == [0.5, 0.75] and ipo["seeds"] == [0, 1]
+    diffs = [0.0, 0.5, -0.5, 1.0]
+    sd = math.sqrt(sum((d - 0.25) ** 2 for d in diffs) / 3)
+    assert ipo["vs_dpo"]["reward_accuracy"]["mean"] == pytest.approx(0.25)
+    assert ipo["vs_dpo"]["reward_accuracy"]["ci95"][1] == pytest.approx(0.25 + real_bench.Z95 * sd / 2)
+    assert "vs_dpo" not in dpo
+    # Win-rate pooled: 3 wins, 1 tie, 0 losses of 4 -> 0.875, with its Wilson interval.
+    assert ipo["win_rate"]["win_rate"] == pytest.approx(0.875) and ipo["win_rate"]["n"] == 4
+    low, high = ipo["win_rate"]["ci95"]
+    assert 0.3 < low < 0.875 < high < 1.0
+    assert ipo["kl_k3"]["mean"] == pytest.approx(0.15)
+
+
+def test_markdown_and_readme_section(tmp_path):
+    cells = [cell("dpo", 0, [True, False], [0.1, -0.1]), cell("dpo", 1, [True, True], [0.2, 0.1])]
+    meta = {"train_pairs": 100, "steps": 2, "batch": 8, "seeds": [0, 1], "cells": 10, "eval_pairs": 2, "prompts": 2,
+            "command": "make real-bench", "machine": "2-core CPU", "minutes": 3.0, "cell_minutes": 2.0,
+            "max_new_tokens": 8}
+    reference = {"prompts": ["Human: hi | there", "q2"], "replies": ["hello", "x"]}
+    md = real_bench.markdown({"meta": meta, "summary": real_bench.summarise(cells), "reference": reference,
+                              "cells": cells})
+    assert "2 of 10 cells done" in md and "| dpo | 0.750 [" in md
+    assert "Human: hi \\| there" in md  # a table cell cannot break the table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{real_bench.README_START}\nold\n{real_bench.README_END}\nrest\n")
+    real_bench.write_readme(md, readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{real_bench.README_END}\nrest\n")
+    assert "old" not in text and md in text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- real-bench:start -->"):
+        real_bench.write_readme(md, readme)
