@@ -4,10 +4,12 @@
     python bench/real_bench.py --steps 4 --eval_pairs 8 --prompts 2 --seeds 0 --out /tmp/x   # a quick look
 
 Every variant gets the same budget: the recipe recipes/smollm2-135m (LoRA on every linear layer, padding-free, one
-held-out split carved once with the recipe's seed), `--steps` optimizer steps of the recipe's batch, for each of
-`--seeds` training seeds (adapter initialisation and data order; the data split is the same for every cell).
+held-out split carved once with the recipe's seed), `--steps` optimizer steps of the recipe's batch (cosine schedule
+without warmup) on the same steps x batch training pairs (drawn once with a fixed seed, each seen once), for each of
+`--seeds` training seeds (adapter initialisation and data order). Because the training pairs are the same, the
+reference's log-probs on them are computed once (precompute_ref_log_probs, the project's reference cache).
 MADPO is the paper's two-step method: a reward model (the same base with a LoRA adapter and a score head) is trained
-first on the training split, then scores every training pair for MADPO's margins. The same reward model judges the
+first on the training split, then scores the cells' training pairs once for MADPO's margins. The same reward model judges the
 win-rate. The reference (the base model: LoRA's adapters off) is the same for every cell, so its held-out log-probs,
 greedy replies and their judge scores are computed once and cached.
 
@@ -89,6 +91,50 @@ def data_args(data: Path) -> list[str]:
     return ["--dataset_name", str(data), "--dataset_train_split", "train", "--dataset_test_split", "test"]
 
 
+def write_train_subset(data: Path, pairs: int, seed: int = 42) -> Path:
+    """The training pairs every cell sees: `pairs` of the training split (steps x batch: one epoch, no pair twice),
+    drawn with a fixed seed, beside the whole held-out split. The same pairs for every cell, so the reference's
+    log-probs are computed once (precompute_ref_log_probs, the project's reference cache) and MADPO's margins too."""
+    import random
+
+    folder = data.parent / f"data-train{pairs}"
+    if (folder / "test.jsonl").is_file():
+        return folder
+    rows = (data / "train.jsonl").read_text().splitlines()
+    chosen = sorted(random.Random(seed).sample(range(len(rows)), pairs))
+    folder.mkdir(exist_ok=True)
+    (folder / "train.jsonl").write_text("\n".join(rows[i] for i in chosen) + "\n")
+    (folder / "test.jsonl").write_text((data / "test.jsonl").read_text())
+    return folder
+
+
+def write_madpo_margins(train_data: Path, reward_model: Path) -> Path:
+    """MADPO step two's margins r(chosen) - r(rejected) from the reward model, scored once (dpo_recipes.margins) and
+    stored as the `reward_margin` column; the few held-out rows there only keep the columns alike (MADPO's held-out
+    numbers here come from the policy, not from these margins)."""
+    import torch
+    from datasets import load_dataset
+
+    from dpo_recipes.margins import load_reward_model, score_pairs
+
+    folder = train_data.parent / f"{train_data.name}-margins-{reward_model.name}"
+    if (folder / "test.jsonl").is_file():
+        return folder
+    model, tokenizer = load_reward_model(str(reward_model), device=torch.device("cpu"))
+    folder.mkdir(exist_ok=True)
+    for split, limit in (("train", None), ("test", 8)):
+        ds = load_dataset("json", data_files=str(train_data / f"{split}.jsonl"), split="train")
+        ds = ds.select(range(min(limit, len(ds)))) if limit else ds
+        margins = score_pairs(model, tokenizer, ds, batch_size=4)
+        with open(folder / f"{split}.jsonl.tmp", "w") as f:
+            for row, margin in zip(ds, margins):
+                f.write(json.dumps({**{k: row[k] for k in ("prompt", "chosen", "rejected")},
+                                    "reward_margin": margin}) + "\n")
+    (folder / "train.jsonl.tmp").rename(folder / "train.jsonl")
+    (folder / "test.jsonl.tmp").rename(folder / "test.jsonl")
+    return folder
+
+
 def train_reward_model(work: Path, data: Path, steps: int, eval_pairs: int) -> Path:
     """MADPO step one (dpo_recipes.reward_model) on the training split, the recipe's model, LoRA and batch; its
     held-out accuracy (eval_metrics.json) on the first `eval_pairs` held-out pairs says how good a judge it is."""
@@ -115,6 +161,14 @@ def load_eval_inputs(data: Path, n_pairs: int, n_prompts: int):
     return held_out.select(range(min(n_pairs, len(held_out)))), unique_prompts(held_out, n_prompts)
 
 
+def batch_size(args) -> int:
+    """Pairs per optimizer step of the cells' config (one process)."""
+    from dpo_recipes.config import parse_config
+
+    _, training, _ = parse_config(recipe_args("--output_dir", str(WORK / "settings"), *args.extra))
+    return training.per_device_train_batch_size * training.gradient_accumulation_steps
+
+
 def settings_for(args):
     from dpo_recipes.config import parse_config
     from dpo_recipes.evaluation import ReportSettings
@@ -123,7 +177,7 @@ def settings_for(args):
     return ReportSettings(pairs=args.eval_pairs, prompts=args.prompts, samples=args.samples,
                           max_new_tokens=args.max_new_tokens, examples=5, beta=training.beta,
                           max_length=training.max_length, truncation_mode=training.truncation_mode,
-                          batch_size=training.per_device_eval_batch_size, seed=0)
+                          batch_size=2, seed=0)  # pairs of 2: little padding, and batching gains little on CPU
 
 
 def greedy_replies(model, tokenizer, rows, settings) -> list[str]:
@@ -175,7 +229,8 @@ def cell_name(variant: str, seed: int, steps: int) -> str:
     return f"{variant}-seed{seed}-steps{steps}"
 
 
-def run_cell(variant: str, seed: int, args, data: str, reward_model: str, reference: dict) -> dict:
+def run_cell(variant: str, seed: int, args, data: str, train_data: str, madpo_data: str, reward_model: str,
+             reference: dict) -> dict:
     import torch
 
     from dpo_recipes.config import parse_config
@@ -191,20 +246,19 @@ def run_cell(variant: str, seed: int, args, data: str, reward_model: str, refere
     started = time.time()
     name = cell_name(variant, seed, args.steps)
     out = WORK / "runs" / name
-    extra = [*VARIANTS[variant], *data_args(Path(data)), "--output_dir", str(out), "--seed", str(seed),
+    folder = Path(madpo_data if variant == "madpo" else train_data)
+    extra = [*VARIANTS[variant], *data_args(folder), "--output_dir", str(out), "--seed", str(seed),
              "--max_steps", str(args.steps), "--save_strategy", "steps", "--save_steps", str(args.save_steps),
-             "--save_total_limit", "1", "--logging_steps", "1", *args.extra]
-    if variant == "madpo":
-        extra += ["--reward_model_name_or_path", reward_model]
+             "--save_total_limit", "1", "--logging_steps", "1", "--precompute_ref_log_probs", "true",
+             "--warmup_steps", "0", *args.extra]  # no warmup: with a few steps, a warmup step trains at lr 0
     script, training, model_args = parse_config(recipe_args(*extra))
     path = resolve_model_path(model_args, None)
     tokenizer = load_tokenizer(path, model_args, False, None)
-    train, held_out = load_preference_splits(script, seed=training.seed, tokenizer=tokenizer,
-                                             max_length=training.max_length)
-    if variant == "madpo":
-        train, held_out = add_reward_margins(script, training, train, held_out)
+    train, _ = load_preference_splits(script, seed=training.seed)
+    if variant == "madpo":  # the stored reward_margin column (write_madpo_margins)
+        train, _ = add_reward_margins(script, training, train, None)
     model, peft_config = load_model(path, model_args, False)
-    trainer = PreferenceTrainer(model=model, args=training, train_dataset=train, eval_dataset=held_out,
+    trainer = PreferenceTrainer(model=model, args=training, train_dataset=train,
                                 processing_class=tokenizer, peft_config=peft_config,
                                 callbacks=[MarkCompleteCheckpoints()])
     complete, _ = complete_checkpoints(out)  # a checkpoint torn by a kill mid-save is not resumed from
@@ -313,10 +367,13 @@ def markdown(result: dict) -> str:
     done = sum(len(s["seeds"]) for s in summary.values())
     lines = [
         f"SmolLM2-135M-Instruct (Q4_1 weights dequantised to float32), LoRA DPO variants on Anthropic HH harmless-base "
-        f"(`data/hh-rlhf`): {meta['train_pairs']} training pairs, {meta['steps']} steps of {meta['batch']} pairs per "
-        f"cell, seeds {meta['seeds']}; {done} of {meta['cells']} cells done. Held-out: {meta['eval_pairs']} pairs, "
-        f"{meta['prompts']} prompts. `{meta['command']}` on {meta['machine']}, wall time {meta['minutes']:.0f} min "
-        f"(this invocation; {meta['cell_minutes']:.0f} min of cells in all).",
+        f"(`data/hh-rlhf`): {meta['steps']} steps of {meta['batch']} pairs per cell ({meta['train_pairs']} training "
+        f"pairs drawn once with a fixed seed, each seen once), seeds {meta['seeds']}; {done} of {meta['cells']} cells "
+        f"done. Held-out: {meta['eval_pairs']} pairs, {meta['prompts']} prompts. Reward model (MADPO's margins and the "
+        f"judge): {meta['reward_steps']} steps, held-out accuracy {meta['reward_model'].get('eval_accuracy', float('nan')):.3f} "
+        f"on {meta['reward_eval_pairs']} pairs. `{meta['command']}` on {meta['machine']} shared with other jobs, wall "
+        f"time {meta['minutes']:.0f} min (this invocation; {meta['cell_minutes']:.0f} min of cell time in all, cells "
+        f"run {meta['jobs']} at a time).",
         "",
         "Accuracy and margin: per held-out pair, averaged over seeds, mean with a 95% interval over pairs; "
         "\"vs DPO\": the paired difference on the same pairs and seeds (an interval that excludes 0 is a difference "
@@ -396,14 +453,14 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per cell (the same for every variant)")
-    parser.add_argument("--save_steps", type=int, default=10, help="checkpoint interval (resume point)")
-    parser.add_argument("--reward_steps", type=int, default=40, help="reward model (MADPO step one, the judge)")
-    parser.add_argument("--reward_eval_pairs", type=int, default=64, help="held-out pairs the reward model is scored on")
-    parser.add_argument("--eval_pairs", type=int, default=300)
-    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=16, help="optimizer steps per cell (the same for every variant)")
+    parser.add_argument("--save_steps", type=int, default=4, help="checkpoint interval (resume point)")
+    parser.add_argument("--reward_steps", type=int, default=16, help="reward model (MADPO step one, the judge)")
+    parser.add_argument("--reward_eval_pairs", type=int, default=48, help="held-out pairs the reward model is scored on")
+    parser.add_argument("--eval_pairs", type=int, default=120)
+    parser.add_argument("--prompts", type=int, default=12)
     parser.add_argument("--samples", type=int, default=2, help="sampled completions per prompt for the KL")
-    parser.add_argument("--max_new_tokens", type=int, default=48)
+    parser.add_argument("--max_new_tokens", type=int, default=40)
     parser.add_argument("--jobs", type=int, default=2, help="cells run at a time, one process each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--out", default=str(RESULTS))
@@ -423,6 +480,9 @@ def main(argv=None) -> dict:
 
     data = write_split(WORK)
     reward_model = train_reward_model(WORK, data, args.reward_steps, args.reward_eval_pairs)
+    batch = batch_size(args)
+    train_data = write_train_subset(data, args.steps * batch)
+    madpo_data = write_madpo_margins(train_data, reward_model) if "madpo" in args.variants else train_data
     reference = reference_outputs(WORK, data, reward_model, args)
     todo = [(v, s) for s in args.seeds for v in args.variants]
     cells = {}
@@ -438,9 +498,11 @@ def main(argv=None) -> dict:
         done = [cells[k] for k in todo if k in cells]
         meta = {"command": "make real-bench", "argv": sys.argv[1:] if argv is None else argv, "steps": args.steps,
                 "seeds": args.seeds, "variants": args.variants, "cells": len(todo),
-                "batch": 8, "train_pairs": sum(1 for _ in open(data / "train.jsonl")),
+                "batch": batch, "train_pairs": sum(1 for _ in open(train_data / "train.jsonl")),
+                "reward_model": json.loads((reward_model / "eval_metrics.json").read_text()),
                 "eval_pairs": len(reference["chosen"]), "prompts": len(reference["prompts"]),
                 "samples": args.samples, "max_new_tokens": args.max_new_tokens, "reward_steps": args.reward_steps,
+                "reward_eval_pairs": args.reward_eval_pairs, "jobs": args.jobs,
                 "machine": machine(), "minutes": (time.time() - started) / 60,
                 "cell_minutes": sum(c["seconds"] for c in done) / 60, "complete": final and len(done) == len(todo)}
         result = {"meta": meta, "summary": summarise(done) if done else {}, "reference": reference, "cells": done}
@@ -453,7 +515,8 @@ def main(argv=None) -> dict:
     if pending:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-            futures = {pool.submit(run_cell, v, s, args, str(data), str(reward_model), reference): (v, s)
+            futures = {pool.submit(run_cell, v, s, args, str(data), str(train_data), str(madpo_data),
+                                   str(reward_model), reference): (v, s)
                        for v, s in pending}
             for future in as_completed(futures):
                 v, s = futures[future]

@@ -48,7 +48,8 @@ def test_markdown_and_readme_section(tmp_path):
     cells = [cell("dpo", 0, [True, False], [0.1, -0.1]), cell("dpo", 1, [True, True], [0.2, 0.1])]
     meta = {"train_pairs": 100, "steps": 2, "batch": 8, "seeds": [0, 1], "cells": 10, "eval_pairs": 2, "prompts": 2,
             "command": "make real-bench", "machine": "2-core CPU", "minutes": 3.0, "cell_minutes": 2.0,
-            "max_new_tokens": 8}
+            "max_new_tokens": 8, "reward_steps": 4, "reward_eval_pairs": 8, "reward_model": {"eval_accuracy": 0.6},
+            "jobs": 2}
     reference = {"prompts": ["Human: hi | there", "q2"], "replies": ["hello", "x"]}
     md = real_bench.markdown({"meta": meta, "summary": real_bench.summarise(cells), "reference": reference,
                               "cells": cells})
