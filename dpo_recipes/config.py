@@ -155,8 +155,8 @@ def _unknown(keys: list[str], where: str, known: set[str], file: bool = False) -
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f"did you mean '{close[0]}'?" if close else ""
         parts.append(f"'{key}'" + (f" ({hint})" if hint else ""))
-    noun = "key" if len(keys) == 1 else f"{len(keys)} keys"
-    message = f"{where}: unknown {noun} {', '.join(parts)}"
+    noun = "unknown key" if len(keys) == 1 else f"{len(keys)} unknown keys"
+    message = f"{where}: {noun} {', '.join(parts)}"
     if file and any(key in CHANGES for key in keys):
         message += f"; `python -m dpo_recipes.migrate {where}` writes a converted copy (docs/migrating.md)"
     return UserError(message)

@@ -26,7 +26,7 @@ class KeyChange:
             return self.hint
         when = f" in {self.changed_in}" if self.changed_in else ""
         if self.new:
-            return f"now '{self.new}'" + (f", since {self.changed_in}" if self.changed_in else "")
+            return f"now '{self.new}'" + (f", {self.changed_in}" if self.changed_in else "")
         return f"removed{when}"
 
 
@@ -39,7 +39,8 @@ KEY_CHANGES: tuple[KeyChange, ...] = (
     KeyChange("evaluation_strategy", "eval_strategy", "transformers", "transformers 4.41",
               "same values (no, steps, epoch)"),
     KeyChange("warmup_ratio", "warmup_steps", "transformers", "transformers 5.0",
-              "warmup_steps takes the fraction: a value below 1 is a fraction of the training steps"),
+              "warmup_steps takes the fraction: a value below 1 is a fraction of the training steps",
+              "now 'warmup_steps', which takes a fraction below 1, transformers 5.0"),
     KeyChange("no_cuda", "use_cpu", "transformers", None, "same meaning: train on CPU"),
     KeyChange("per_gpu_train_batch_size", "per_device_train_batch_size", "transformers", None, "same meaning"),
     KeyChange("per_gpu_eval_batch_size", "per_device_eval_batch_size", "transformers", None, "same meaning"),
