@@ -213,8 +213,10 @@ def _convert_key(change: KeyChange, value, old: dict, where: str, out_name: str,
     if new in old and key not in MERGED:
         return Step(key, "removed", value, {}, f"{new} is set too and is kept")  # the current key wins
     if key == "torch_dtype":
-        dtype = "float32" if value is None else value
-        return Step(key, "renamed" if value is not None else "converted", value, {"dtype": dtype}, change.note)
+        if value is None:
+            return Step(key, "converted", value, {"dtype": "float32"}, "null loaded float32 under transformers 4; "
+                        "transformers 5 reads null as 'auto' (the checkpoint's dtype), so float32 is written out")
+        return Step(key, "renamed", value, {"dtype": value}, "TRL's ModelConfig key since 0.23")
     if key == "warmup_ratio":
         steps = old.get("warmup_steps", 0)
         if steps:  # transformers 4 documented warmup_steps as overriding warmup_ratio

@@ -55,11 +55,11 @@ KEY_CHANGES: tuple[KeyChange, ...] = (
               "TensorBoard writes under output_dir (runs/...), or where the TENSORBOARD_LOGGING_DIR variable says"),
     # TRL ModelConfig and DPOConfig
     KeyChange("torch_dtype", "dtype", "TRL", "TRL 0.27",
-              "ModelConfig took `dtype` in TRL 0.23 and dropped `torch_dtype` in 0.27. null meant float32 under "
-              "transformers 4 but means 'auto' (the checkpoint's dtype) under transformers 5, so null becomes "
-              "float32"),
+              "TRL's ModelConfig took dtype in 0.23 and dropped torch_dtype in 0.27; a null value becomes float32 "
+              "(transformers 4 loaded float32, transformers 5 reads null as 'auto': the checkpoint's dtype)"),
     KeyChange("max_prompt_length", None, "TRL", "TRL 0.29",
-              "TRL 0.x cut every prompt to this many tokens before max_length applied. " + _TRUNCATION
+              "TRL 0.x cut prompts to their last max_prompt_length tokens (TRL 0.8, the handbook's, when prompt + "
+              "completion exceeded max_length; TRL 0.13 on, always). " + _TRUNCATION
               + "; to cap prompts, filter the data"),
     KeyChange("max_completion_length", None, "TRL", "TRL 0.29",
               "TRL 0.x cut every completion to this many tokens. " + _TRUNCATION),
