@@ -220,3 +220,21 @@ def test_converted_handbook_recipe_passes_the_audit(tmp_path, tiny_llama):
     report = audit.main(["--config", str(path), "--model_name_or_path", str(tiny_llama), "--output_dir",
                          str(tmp_path / "run"), "--dataset_num_proc", "1", *CPU])
     assert report["rows_read"] == 80 and report["splits"]["train"]["rows"] + report["splits"]["eval"]["rows"] == 80
+
+
+def test_docs_table_lists_every_change():
+    rows = {line.split("`")[1]: line for line in (REPO / "docs/migrating.md").read_text().splitlines()
+            if line.startswith("| `")}
+    assert set(rows) == set(CHANGES)
+    for key, change in CHANGES.items():
+        assert f"| {change.changed_in or '-'} |" in rows[key], key
+
+
+def test_make_migrate(tmp_path):
+    proc = run(["make", "--no-print-directory", "migrate"], check=False)
+    assert proc.returncode == 2 and "error: make migrate needs CONFIG=<old config.yaml>" in proc.stderr
+    old = tmp_path / "config_full.yaml"
+    old.write_text(legacy.HANDBOOK_ZEPHYR_FULL["text"])
+    proc = run(["make", "--no-print-directory", "migrate", f"CONFIG={old}", f"OUT={tmp_path / 'new.yaml'}"])
+    assert "8 of 31 keys changed" in proc.stdout and "passes this project's config checks" in proc.stdout
+    assert yaml.safe_load((tmp_path / "new.yaml").read_text())["warmup_steps"] == 0.1
