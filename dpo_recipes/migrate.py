@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import _known_keys, parse_config, read_yaml
+from .config import _custom_knobs, _known_keys, parse_config, read_yaml
 from .errors import UserError, exit_on_user_error
 from .renames import CHANGES, KeyChange
 
@@ -164,7 +164,7 @@ def _handbook_mixture(mixture: dict, where: str) -> list[Step]:
 
 def convert(old: dict, where: str, out_name: str = "new.yaml") -> Migration:
     """The new config for `old` (a YAML mapping read from `where`), with a step for every changed key."""
-    known = _known_keys()
+    known = _known_keys() | set(_custom_knobs())  # with the knobs of losses a recipe registers (losses.py)
     migration = Migration({}, [], [], {})
     converted: set[str] = set()  # current keys written by a conversion: the old file's own value of them is used
 
