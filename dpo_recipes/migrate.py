@@ -25,9 +25,12 @@ from .config import _custom_knobs, _known_keys, parse_config, read_yaml
 from .errors import UserError, exit_on_user_error
 from .renames import CHANGES, KeyChange
 
-# The handbook's DPOConfig defaults that differ from TRL 1.16's (alignment-handbook src/alignment/configs.py):
-# a handbook recipe that leaves them out ran with these.
-HANDBOOK_DEFAULTS = {"optim": "rmsprop", "logging_first_step": True}
+# What a handbook recipe that leaves these keys out ran with, where TRL 1.16's default differs: key -> (value, why).
+HANDBOOK_DEFAULTS = {
+    "optim": ("rmsprop", "the handbook's DPOConfig default (src/alignment/configs.py)"),
+    "logging_first_step": (True, "the handbook's DPOConfig default (src/alignment/configs.py)"),
+    "max_length": (512, "TRL 0.8's DPOTrainer default, which the handbook passed its null max_length to"),
+}
 HANDBOOK_KEYS = ("dataset_mixer", "dataset_splits", "preprocessing_num_workers")
 # Old keys whose conversion reads the current key too (the others give way when the current key is also set).
 MERGED = ("dataset_mixer", "warmup_ratio", "push_to_hub_organization", "gradient_checkpointing_use_reentrant")
@@ -198,10 +201,9 @@ def convert(old: dict, where: str, out_name: str = "new.yaml") -> Migration:
             hint = f"; did you mean '{close[0]}'?" if close else ""
             put(Step(key, "kept out", value, {}, f"not a key of this project{hint}"), f"kept out {_fmt(key, value)}")
     if any(key in old for key in HANDBOOK_KEYS):
-        for key, value in HANDBOOK_DEFAULTS.items():
+        for key, (value, why) in HANDBOOK_DEFAULTS.items():
             if key not in migration.config:
-                put(Step(key, "added", None, {key: value}, "the handbook's DPOConfig default, which the recipe "
-                         "relied on (TRL's differs)"), f"added {_fmt(key, value)}")
+                put(Step(key, "added", None, {key: value}, f"{why}; TRL 1.16's differs"), f"added {_fmt(key, value)}")
     return migration
 
 

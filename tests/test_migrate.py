@@ -89,9 +89,15 @@ def test_handbook_two_dataset_mixer_becomes_a_mixture(tmp_path):
 
 def test_handbook_hub_model_revision(tmp_path):
     migration, old, new, path = convert_file(tmp_path, legacy.HANDBOOK_ALIGN_SCAN["text"])
-    assert migration.changed()["hub_model_revision"] == "renamed"
+    assert migration.changed() == {
+        "torch_dtype": "converted", "dataset_mixer": "converted", "dataset_splits": "converted",
+        "preprocessing_num_workers": "renamed", "evaluation_strategy": "renamed", "hub_model_revision": "renamed",
+        "max_prompt_length": "removed", "warmup_ratio": "converted", "max_length": "added",
+        "logging_first_step": "added",
+    }  # no max_length: TRL 0.8's trainer used 512 (TRL 1.16: 1024)
+    assert_unchanged_keys_kept(migration, old, new)
     _, train, _ = parse_config(["--config", str(path), *CPU])
-    assert train.hub_revision == "dpo-beta-0.01" and train.loss_type == ["sigmoid"]
+    assert train.hub_revision == "dpo-beta-0.01" and train.loss_type == ["sigmoid"] and train.max_length == 512
 
 
 def test_handbook_2025_mixture(tmp_path):
@@ -164,12 +170,13 @@ def test_unknown_key_without_a_rename_suggests_the_closest():
     ({"rpo_alpha": 1.0, "generate_during_eval": True}, {"rpo_alpha": "removed", "generate_during_eval": "removed"},
      {}),
     ({"lerning_rate": 0.1}, {"lerning_rate": "kept out"}, {}),
-    ({"dataset_splits": ["train", "test"], "optim": "adamw_torch", "logging_first_step": False},
-     {"dataset_splits": "kept out"}, {"optim": "adamw_torch", "logging_first_step": False}),
+    ({"dataset_splits": ["train", "test"], "optim": "adamw_torch", "logging_first_step": False, "max_length": 64},
+     {"dataset_splits": "kept out"}, {"optim": "adamw_torch", "logging_first_step": False, "max_length": 64}),
     ({"dataset_mixer": {"a": 0.5, "b": 0}, "dataset_splits": ["train"]},
-     {"dataset_mixer": "converted", "dataset_splits": "converted", "optim": "added", "logging_first_step": "added"},
+     {"dataset_mixer": "converted", "dataset_splits": "converted", "optim": "added", "logging_first_step": "added",
+      "max_length": "added"},
      {"dataset_mixture": [{"name": "a", "split": "train", "test_split": None, "fraction": 0.5}],
-      "optim": "rmsprop", "logging_first_step": True}),
+      "optim": "rmsprop", "logging_first_step": True, "max_length": 512}),
 ])
 def test_conversions(old, changed, new):
     migration = migrate.convert(old, "old.yaml")
