@@ -1,9 +1,10 @@
 """Config keys of alignment-handbook recipes and of TRL 0.x / transformers 4 runs that this project's stack no longer
 takes, and what replaces each. config.py explains unknown keys with this table; migrate.py converts whole files.
 
-`changed_in` names the release that renamed or removed a key where its source history was checked; None means only
-that the key is absent from the pinned versions (TRL 1.16, transformers 5.24). The handbook keys are those of its
-`src/alignment/configs.py` (2024, TRL 0.8 era); the TRL 0.x script keys those of `DpoScriptArguments` in TRL 0.8.
+`changed_in` names the release (for the handbook: the commit) that renamed or removed a key where its source history
+was checked; None means only that the key is absent from the pinned versions (TRL 1.16, transformers 5.24). The
+handbook keys are those of its `src/alignment/configs.py` (2024, TRL 0.8 era); the TRL 0.x script keys those of
+`DpoScriptArguments` in TRL 0.8.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class KeyChange:
 _TRUNCATION = ("TRL 1.x cuts prompt + completion together at max_length (truncation_mode keep_start: the end of the "
                "completion goes); a prompt of max_length tokens or more is dropped, and this project's data audit "
                "counts those rows (prompt_too_long) and the pairs that lose completion tokens (truncated)")
+
+HANDBOOK_2025 = "alignment-handbook 19f0345"  # July 2025: its configs moved onto TRL's ScriptArguments and DPOConfig
 
 KEY_CHANGES: tuple[KeyChange, ...] = (
     # transformers TrainingArguments
@@ -89,30 +92,33 @@ KEY_CHANGES: tuple[KeyChange, ...] = (
     KeyChange("base_model_attribute_name", None, "TRL", "TRL 0.29", "a Liger-kernel detail"),
     KeyChange("use_liger_loss", "use_liger_kernel", "TRL", "TRL 0.28", "same switch, now transformers' key"),
     # alignment-handbook (src/alignment/configs.py)
-    KeyChange("dataset_mixer", "dataset_name", "alignment-handbook", None,
+    KeyChange("dataset_mixer", "dataset_name", "alignment-handbook", HANDBOOK_2025,
               "one source at fraction 1 becomes dataset_name; several become dataset_mixture entries with their "
               "fraction (docs/data.md)", "now 'dataset_name' or 'dataset_mixture'"),
-    KeyChange("dataset_splits", "dataset_train_split", "alignment-handbook", None,
+    KeyChange("dataset_splits", "dataset_train_split", "alignment-handbook", HANDBOOK_2025,
               "the split with 'train' in its name becomes dataset_train_split, the one with 'test' "
               "dataset_test_split", "now 'dataset_train_split' and 'dataset_test_split'"),
-    KeyChange("dataset_configs", "dataset_config", "alignment-handbook", None,
+    KeyChange("dataset_configs", "dataset_config", "alignment-handbook", HANDBOOK_2025,
               "one configuration per source, in the order of dataset_mixer"),
-    KeyChange("preprocessing_num_workers", "dataset_num_proc", "alignment-handbook", None,
+    KeyChange("preprocessing_num_workers", "dataset_num_proc", "alignment-handbook", HANDBOOK_2025,
               "processes for dataset preparation"),
-    KeyChange("use_flash_attention_2", "attn_implementation", "alignment-handbook", None,
+    KeyChange("use_flash_attention_2", "attn_implementation", "alignment-handbook", "alignment-handbook 95dc472",
               "true becomes attn_implementation: flash_attention_2 (needs the flash-attn package)"),
-    KeyChange("hub_model_revision", "hub_revision", "alignment-handbook", None, "the hub branch pushed to"),
+    KeyChange("hub_model_revision", "hub_revision", "alignment-handbook", HANDBOOK_2025, "the hub branch pushed to"),
     KeyChange("chat_template", "chat_template_path", "alignment-handbook", None,
               "the Jinja template goes into a file next to the new config; chat_template_path names it"),
-    KeyChange("auto_insert_empty_system_msg", None, "alignment-handbook", None,
+    KeyChange("auto_insert_empty_system_msg", None, "alignment-handbook", HANDBOOK_2025,
               "the handbook added an empty system turn when the chat template mentions one (its default: true); "
               "here prompts are rendered by the tokenizer's chat template as they are"),
-    KeyChange("truncation_side", None, "alignment-handbook", None, "the tokenizer's truncation side; " + _TRUNCATION),
-    KeyChange("text_column", None, "alignment-handbook", None, "continued pretraining only"),
-    KeyChange("tokenizer_name_or_path", None, "alignment-handbook", None,
+    KeyChange("truncation_side", None, "alignment-handbook", HANDBOOK_2025,
+              "the tokenizer's truncation side; " + _TRUNCATION),
+    KeyChange("text_column", None, "alignment-handbook", HANDBOOK_2025, "continued pretraining only"),
+    KeyChange("tokenizer_name_or_path", None, "alignment-handbook", HANDBOOK_2025,
               "the tokenizer is the model's; chat_template_path replaces its template"),
-    KeyChange("base_model_revision", None, "alignment-handbook", None, "model_revision picks the model's revision"),
-    KeyChange("model_code_revision", None, "alignment-handbook", None, "model_revision picks the model's revision"),
+    KeyChange("base_model_revision", None, "alignment-handbook", HANDBOOK_2025,
+              "model_revision picks the model's revision"),
+    KeyChange("model_code_revision", None, "alignment-handbook", HANDBOOK_2025,
+              "model_revision picks the model's revision"),
     # TRL 0.8 examples/scripts/dpo.py (DpoScriptArguments)
     KeyChange("sanity_check", None, "TRL 0.x dpo.py", None,
               "trained on 50 rows; here `make smoke RECIPE=<name>` or max_steps"),
