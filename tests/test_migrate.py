@@ -146,7 +146,7 @@ def test_unknown_keys_through_a_recipe_exit_2_with_one_line(tmp_path):
     proc = run([sys.executable, "recipes/llama3-qlora/train.py", "--config", str(old)], check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = proc.stderr.strip()
-    assert "\n" not in line and line.startswith(f"error: {old}: 8 unknown keys 'torch_dtype' (now 'dtype'")
+    assert "\n" not in line and line.startswith(f"error: {old}: 8 unknown keys 'torch_dtype' (now 'dtype'"), line
 
 
 def test_unknown_key_without_a_rename_suggests_the_closest():
