@@ -126,6 +126,8 @@ KEY_CHANGES: tuple[KeyChange, ...] = (
     KeyChange("gradient_checkpointing_use_reentrant", "gradient_checkpointing_kwargs", "TRL 0.x dpo.py", None,
               "becomes gradient_checkpointing_kwargs: {use_reentrant: <value>}"),
     KeyChange("config", None, "TRL 0.x dpo.py", None, "the config file's own path; pass it with --config"),
+    KeyChange("env", None, "TRL", None, "environment variables TrlParser set from the config; set them in the shell "
+              "(this project ignores the block, keeping secrets out of configs)"),
 )
 
 CHANGES: dict[str, KeyChange] = {change.old: change for change in KEY_CHANGES}

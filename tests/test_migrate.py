@@ -170,6 +170,7 @@ def test_unknown_key_without_a_rename_suggests_the_closest():
     ({"rpo_alpha": 1.0, "generate_during_eval": True}, {"rpo_alpha": "removed", "generate_during_eval": "removed"},
      {}),
     ({"lerning_rate": 0.1}, {"lerning_rate": "kept out"}, {}),
+    ({"env": {"CUDA_VISIBLE_DEVICES": "0"}}, {"env": "removed"}, {}),
     ({"dataset_splits": ["train", "test"], "optim": "adamw_torch", "logging_first_step": False, "max_length": 64},
      {"dataset_splits": "kept out"}, {"optim": "adamw_torch", "logging_first_step": False, "max_length": 64}),
     ({"dataset_mixer": {"a": 0.5, "b": 0}, "dataset_splits": ["train"]},
