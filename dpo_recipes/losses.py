@@ -112,8 +112,8 @@ def check_knobs(loss_type: str, *, beta: float, **knobs) -> None:
     if loss.check is not None:
         try:
             loss.check(**{k: knobs.get(k, default) for k, default in loss.knobs.items()})
-        except ValueError as err:
-            raise ValueError(f"{loss_type}: {err}") from None
+        except ValueError as err:  # name the loss unless the message does (madpo_tau ...)
+            raise ValueError(str(err) if str(err).startswith(loss_type) else f"{loss_type}: {err}") from None
 
 
 def preference_loss(
