@@ -22,7 +22,7 @@ from trl import DPOConfig, ModelConfig, TrlParser
 
 from .data import check_data_args
 from .errors import UserError
-from .losses import LOSS_TYPES, MADPO_DEFAULTS, check_knobs
+from .losses import check_loss_config
 
 
 @dataclass
@@ -245,28 +245,10 @@ def parse_config(argv: list[str] | None = None):
 
 def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: ModelConfig) -> None:
     """Combinations that cannot work, or would silently do nothing, stop here with one line."""
-    ours = [t for t in args.loss_type if t in LOSS_TYPES]
-    if ours and len(ours) != len(args.loss_type):
-        theirs = [t for t in args.loss_type if t not in LOSS_TYPES]
-        raise UserError(f"config: loss_type mixes this project's losses {ours} with TRL-only losses {theirs}; "
-                        "combine losses from one group")
-    if args.padding_free and not ours:
-        raise UserError(f"config: padding_free is implemented for loss_type {list(LOSS_TYPES)}, not {args.loss_type}")
-    if args.beta <= 0:
-        raise UserError(f"config: beta must be > 0, got {args.beta}")
-    if not 0.0 <= args.label_smoothing < 0.5:
-        raise UserError(f"config: label_smoothing must be in [0, 0.5), got {args.label_smoothing}")
-    from .losses import USES_LABEL_SMOOTHING
-
-    if args.label_smoothing > 0 and ours and not any(t in USES_LABEL_SMOOTHING for t in ours):
-        raise UserError(f"config: label_smoothing={args.label_smoothing} has no effect with loss_type {ours}; "
-                        f"use cdpo or rdpo, or set label_smoothing 0")
-    for loss_type in ours:  # the variants' own knobs (madpo_*), range-checked by the loss registry
-        try:
-            check_knobs(loss_type, beta=args.beta, label_smoothing=args.label_smoothing,
-                        **{k: getattr(args, k) for k in MADPO_DEFAULTS})
-        except ValueError as err:
-            raise UserError(f"config: {err}") from None
+    try:  # the loss and its knobs: the same check as PreferenceTrainer's, so both accept the same configs
+        check_loss_config(args)
+    except ValueError as err:
+        raise UserError(f"config: {err}") from None
     if script_args.reward_model_name_or_path and "madpo" not in args.loss_type:
         raise UserError(f"config: reward_model_name_or_path is only used by loss_type madpo, got {args.loss_type}")
     if not 0.0 < script_args.eval_fraction < 1.0:
@@ -286,9 +268,6 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     if args.sync_ref_model and model_args.use_peft:
         raise UserError("config: sync_ref_model is not supported with use_peft (the reference is the base model "
                         "with adapters disabled)")
-    if ours and (args.ld_alpha is not None or args.f_divergence_type != "reverse_kl" or args.use_weighting):
-        raise UserError(f"config: ld_alpha, f_divergence_type and use_weighting are TRL-only options and are not "
-                        f"applied by loss_type {ours}")
 
 
 def validate_report_args(script_args: ScriptArguments) -> None:

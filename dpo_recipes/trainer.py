@@ -1,9 +1,11 @@
-"""PreferenceTrainer: TRL's DPOTrainer with its loss taken from `dpo_recipes.losses`.
+"""PreferenceTrainer: TRL's DPOTrainer, with the losses and features TRL lacks taken from `dpo_recipes.losses`.
 
-TRL 1.x computes its losses inside one long `_compute_loss` with no hook, so for this project's loss types
-(`losses.LOSS_TYPES`) we override `compute_loss` with a short path: one policy forward through TRL's fused LM head,
-the reference log-probs from TRL's own `compute_ref_log_probs` (or the precomputed columns), then the registry's loss
-and TRL's metric names. Any other TRL loss type goes to TRL unchanged.
+A loss TRL implements (sigmoid, ipo, rdpo as TRL's robust, and every TRL-only type) goes to TRL's own `_compute_loss`
+unchanged, with all of TRL's options (ld_alpha, f_divergence_type, use_weighting). Only when a project-only feature
+needs it (cdpo, madpo, summed IPO, padding-free rows, shared prompts: `losses.project_only_features`) does
+`compute_loss` take a short path of ours: one policy forward through TRL's fused LM head, the reference log-probs from
+TRL's own `compute_ref_log_probs` (or the precomputed columns), then the registry's loss and TRL's metric names.
+`losses.check_loss_config` refuses what neither path supports, here and in config.validate alike.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import use_adapter
 
-from .losses import LOSS_TYPES, MADPO_DEFAULTS, madpo_weights, preference_loss
+from .losses import MADPO_DEFAULTS, TRL_NAMES, check_loss_config, madpo_weights, preference_loss
 from . import ref_cache
 from .packing import SEQUENCE_IDS, pack_sequences, packed_sequence_logps
 from .resilience import TrainingStopped, any_rank
@@ -101,6 +103,7 @@ class PreferenceTrainer(DPOTrainer):
     def __init__(self, *args, processing_class=None, data_collator=None, row_origin=None, **kwargs):
         """row_origin: optional, training row index -> where it came from ('file: line N'), for error messages."""
         config = kwargs["args"]
+        use_registry = check_loss_config(config)  # ValueError for what neither loss path supports
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if data_collator is None and tokenizer is not None:
             if tokenizer.pad_token is None:
@@ -114,6 +117,10 @@ class PreferenceTrainer(DPOTrainer):
             )
         # TRL 1.16 warns and turns padding_free off; we implement it (packing.py), so hide it from TRL's __init__.
         padding_free, config.padding_free = config.padding_free, False
+        # Without a project-only feature TRL computes the loss, under its names (rdpo is its robust).
+        loss_type = config.loss_type
+        if not use_registry:
+            config.loss_type = [TRL_NAMES.get(t, t) for t in loss_type]
         train_dataset = kwargs.get("train_dataset")
         if train_dataset is not None and ROW_ID_COLUMN not in train_dataset.column_names:
             kwargs["train_dataset"] = train_dataset.add_column(ROW_ID_COLUMN, list(range(len(train_dataset))))
@@ -122,7 +129,7 @@ class PreferenceTrainer(DPOTrainer):
         super().__init__(*args, processing_class=processing_class, data_collator=data_collator, **kwargs)
         self.add_callback(TokenCount(self))
         config.padding_free = self.padding_free = padding_free
-        self.use_registry = all(t in LOSS_TYPES for t in self.loss_types)
+        config.loss_type, self.use_registry = loss_type, use_registry
         self.loss_knobs = {"ipo_normalize": config.ipo_normalize}
         self.loss_knobs.update({k: getattr(config, k) for k in MADPO_DEFAULTS})
         if "madpo" in self.loss_types:  # stop at the start, not at the first batch without margins

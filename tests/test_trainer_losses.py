@@ -1,6 +1,8 @@
 """The loss registry through the real trainer: a tiny Llama with a LoRA adapter on bundled conversational data.
 
-(a) Our sigmoid / ipo / rdpo give bit-for-bit TRL's loss, gradients and metrics on the same batch and model.
+(a) Our sigmoid / ipo / rdpo give bit-for-bit TRL's loss, gradients and metrics on the same batch and model. By default
+    TRL computes these (test_loss_paths.py); ours run when a project-only feature needs them (padding-free, a cdpo or
+    madpo term in the same loss), so the comparison forces our path.
 (b) With a fresh adapter the policy is the reference (h = 0), so the first logged loss of a real training step is known
     in closed form for every variant. (c) The logged metrics keep TRL's names. (d) TRL's own loss types still work.
 """
@@ -89,7 +91,8 @@ def loss_grads_metrics(trainer, compute_loss, inputs):
 def test_same_loss_gradients_and_metrics_as_trl(tiny_llama, tmp_path, pairs, ours, trl_name, overrides):
     use_peft = overrides.pop("use_peft", True)
     trainer = make_trainer(tiny_llama, tmp_path, pairs, [ours], use_peft=use_peft, **overrides)
-    assert trainer.use_registry
+    assert not trainer.use_registry  # TRL's own loss by default; compare the project's path with it
+    trainer.use_registry = True
     torch.manual_seed(0)
     with torch.no_grad():  # move the policy away from the reference so h != 0
         for name, param in trainer.model.named_parameters():
