@@ -25,7 +25,7 @@ from trl.trainer.utils import use_adapter
 from .losses import MADPO_DEFAULTS, TRL_NAMES, check_loss_config, madpo_weights, preference_loss
 from . import ref_cache
 from .packing import SEQUENCE_IDS, pack_sequences, packed_sequence_logps
-from .resilience import TrainingStopped, any_rank
+from .resilience import TrainingStopped, any_rank, invalid_grad_norm, non_finite_gradient
 
 MARGIN_COLUMN = "reward_margin"  # r(x, y_w) - r(x, y_l), for madpo; see margins.py
 ROW_ID_COLUMN = "row_id"  # the pair's row in the training data, named when a batch goes non-finite
@@ -171,6 +171,12 @@ class PreferenceTrainer(DPOTrainer):
                 f"non-finite loss at step {self.state.global_step + 1} (training rows: {self._name_rows()}); "
                 f"training stopped, the last complete checkpoint in {self.args.output_dir} is kept"
             )
+        # DeepSpeed has just stepped inside backward and freed the gradients, so StopOnNonFinite cannot see them; its
+        # global norm is inf (ZeRO skipped the step) or not a valid norm. fp16's loss scaler skips overflows itself.
+        engine = self.accelerator.deepspeed_engine_wrapped
+        if engine is not None and self.accelerator.sync_gradients and not self.args.fp16:
+            if any_rank(invalid_grad_norm(engine.get_global_grad_norm())):
+                raise non_finite_gradient(self.state.global_step + 1, self.args.output_dir)
         return loss
 
     def _name_rows(self) -> str:
