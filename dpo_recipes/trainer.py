@@ -2,9 +2,10 @@
 
 A loss TRL implements (sigmoid, ipo, rdpo as TRL's robust, and every TRL-only type) goes to TRL's own `_compute_loss`
 unchanged, with all of TRL's options (ld_alpha, f_divergence_type, use_weighting). Only when a project-only feature
-needs it (cdpo, madpo, summed IPO, padding-free rows, shared prompts: `losses.project_only_features`) does
-`compute_loss` take a short path of ours: one policy forward through TRL's fused LM head, the reference log-probs from
-TRL's own `compute_ref_log_probs` (or the precomputed columns), then the registry's loss and TRL's metric names.
+needs it (cdpo, madpo, a recipe's own registered loss, summed IPO, padding-free rows, shared prompts:
+`losses.project_only_features`) does `compute_loss` take a short path of ours: one policy forward through TRL's fused
+LM head, the reference log-probs from TRL's own `compute_ref_log_probs` (or the precomputed columns), then the
+registry's loss and TRL's metric names.
 `losses.check_loss_config` refuses what neither path supports, here and in config.validate alike.
 """
 
@@ -22,13 +23,13 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import use_adapter
 
-from .losses import MADPO_DEFAULTS, TRL_NAMES, check_loss_config, madpo_weights, preference_loss
+from .losses import MADPO_DEFAULTS, TRL_NAMES, check_loss_config, knob_values, madpo_weights, preference_loss
 from . import ref_cache
-from .packing import SEQUENCE_IDS, pack_sequences, packed_sequence_logps
+from .margins import check_margins
+from .names import MARGIN_COLUMN, ROW_ID_COLUMN, SEQUENCE_IDS
+from .packing import pack_sequences, packed_sequence_logps
 from .resilience import TrainingStopped, any_rank, invalid_grad_norm, non_finite_gradient
 
-MARGIN_COLUMN = "reward_margin"  # r(x, y_w) - r(x, y_l), for madpo; see margins.py
-ROW_ID_COLUMN = "row_id"  # the pair's row in the training data, named when a batch goes non-finite
 _REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 _MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "completion_mask", SEQUENCE_IDS)
 
@@ -130,11 +131,8 @@ class PreferenceTrainer(DPOTrainer):
         self.add_callback(TokenCount(self))
         config.padding_free = self.padding_free = padding_free
         config.loss_type, self.use_registry = loss_type, use_registry
-        self.loss_knobs = {"ipo_normalize": config.ipo_normalize}
-        self.loss_knobs.update({k: getattr(config, k) for k in MADPO_DEFAULTS})
+        self.loss_knobs = knob_values(config)
         if "madpo" in self.loss_types:  # stop at the start, not at the first batch without margins
-            from .margins import check_margins  # margins.py imports this module
-
             evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval": self.eval_dataset}
             for split, dataset in {"train": self.train_dataset, **evals}.items():
                 if isinstance(dataset, Dataset):
@@ -173,9 +171,8 @@ class PreferenceTrainer(DPOTrainer):
             )
         # DeepSpeed has just stepped inside backward and freed the gradients, so StopOnNonFinite cannot see them; its
         # global norm is inf (ZeRO skipped the step) or not a valid norm. fp16's loss scaler skips overflows itself.
-        engine = self.accelerator.deepspeed_engine_wrapped
-        if engine is not None and self.accelerator.sync_gradients and not self.args.fp16:
-            if any_rank(invalid_grad_norm(engine.get_global_grad_norm())):
+        if self.is_deepspeed_enabled and self.accelerator.sync_gradients and not self.args.fp16:
+            if any_rank(invalid_grad_norm(self.accelerator.deepspeed_engine_wrapped.get_global_grad_norm())):
                 raise non_finite_gradient(self.state.global_step + 1, self.args.output_dir)
         return loss
 
@@ -277,7 +274,6 @@ class PreferenceTrainer(DPOTrainer):
                 chosen_logratios,
                 rejected_logratios,
                 beta=self.beta,
-                label_smoothing=self.label_smoothing,
                 chosen_lengths=chosen_lengths,
                 rejected_lengths=rejected_lengths,
                 reward_margins=margins,
