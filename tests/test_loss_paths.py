@@ -5,13 +5,15 @@ use_weighting): PreferenceTrainer must give a plain DPOTrainer's answer on the s
 supports stops in the trainer with one ValueError, and the CLI refuses exactly the same configs with the same words.
 """
 
+import sys
+
 import pytest
 import torch
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
-from conftest import REPO, TOKEN_METRICS
+from conftest import REPO, TOKEN_METRICS, run
 from dpo_recipes.config import PreferenceConfig, parse_config
 from dpo_recipes.errors import UserError
 from dpo_recipes.trainer import MARGIN_COLUMN, ROW_ID_COLUMN, PreferenceTrainer
@@ -144,3 +146,11 @@ def test_trainer_and_cli_accept_the_same_and_pick_the_same_path(tiny_llama, tmp_
     python = full_ft(PreferenceTrainer, PreferenceConfig, tiny_llama, tmp_path, pairs, **overrides)
     assert python.use_registry == ("cdpo" in overrides["loss_type"])  # only cdpo needs the project's path here
     assert python.loss_types == [{"rdpo": "robust"}.get(t, t) for t in overrides["loss_type"]] or python.use_registry
+
+
+def test_cli_refusal_is_one_line_exit_2():
+    proc = run([sys.executable, "recipes/demo-cpu/train.py", "--config", DEMO, "--loss_type", "cdpo",
+                "--label_smoothing", "0.1", "--ld_alpha", "0.5"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: config: ld_alpha is applied by TRL's loss only and cannot be combined with cdpo"]
