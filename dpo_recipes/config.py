@@ -23,6 +23,7 @@ from trl import DPOConfig, ModelConfig, TrlParser
 from .data import check_data_args
 from .errors import UserError
 from .losses import LOSSES, check_loss_config, load_losses_file
+from .renames import CHANGES
 
 
 @dataclass
@@ -194,10 +195,21 @@ def _pop_custom_knobs(argv: list[str], config: dict) -> dict:
     return {k: _check_knob_type(k, v, custom[k], "config") for k, v in knobs.items()}
 
 
-def _unknown(key: str, where: str, known: set[str]) -> UserError:
-    close = difflib.get_close_matches(key, sorted(known), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return UserError(f"{where}: unknown key '{key}'{hint}")
+def _unknown(keys: list[str], where: str, known: set[str], file: bool = False) -> UserError:
+    """One error for all unknown keys: what replaced a renamed or removed key (renames.py), else the closest key."""
+    parts = []
+    for key in keys:
+        if key in CHANGES:
+            hint = CHANGES[key].short()
+        else:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else ""
+        parts.append(f"'{key}'" + (f" ({hint})" if hint else ""))
+    noun = "unknown key" if len(keys) == 1 else f"{len(keys)} unknown keys"
+    message = f"{where}: {noun} {', '.join(parts)}"
+    if file and any(key in CHANGES for key in keys):
+        message += f"; `python -m dpo_recipes.migrate {where}` writes a converted copy (docs/migrating.md)"
+    return UserError(message)
 
 
 def _field_types() -> dict[str, typing.Any]:
@@ -269,17 +281,16 @@ def parse_config(argv: list[str] | None = None):
         load_losses_file(Path(config_path).parent / "losses.py")  # a recipe's own losses register their knobs
         known = _known_keys() | set(_custom_knobs())
         layer.pop("env", None)  # TrlParser's env block is not supported: keep secrets out of configs
-        for key in layer:
-            if key not in known:
-                raise _unknown(key, config_path, known)
+        unknown = [key for key in layer if key not in known]
+        if unknown:
+            raise _unknown(unknown, config_path, known, file=True)
         _check_yaml_types(layer, config_path)
         config.update(layer)
     known = known | set(_custom_knobs())
-    for token in argv:
-        if token.startswith("--"):
-            key = token[2:].split("=", 1)[0]
-            if key not in known and key.removeprefix("no_") not in known:  # --no_x negates a boolean x
-                raise _unknown(key, "command line", known)
+    keys = [token[2:].split("=", 1)[0] for token in argv if token.startswith("--")]
+    unknown = [key for key in keys if key not in known and key.removeprefix("no_") not in known]  # --no_x: not x
+    if unknown:
+        raise _unknown(unknown, "command line", known)
 
     knobs = _pop_custom_knobs(argv, config)
     parser = _Parser(DATACLASSES)
