@@ -22,7 +22,7 @@ from trl import DPOConfig, ModelConfig, TrlParser
 
 from .data import check_data_args
 from .errors import UserError
-from .losses import LOSSES, check_knobs, knob_values, load_losses_file, uses_label_smoothing
+from .losses import LOSSES, check_loss_config, load_losses_file
 from .renames import CHANGES
 
 
@@ -314,19 +314,6 @@ def parse_config(argv: list[str] | None = None):
 def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: ModelConfig) -> None:
     """Combinations that cannot work, or would silently do nothing, stop here with one line."""
     ours = [t for t in args.loss_type if t in LOSSES]
-    if ours and len(ours) != len(args.loss_type):
-        theirs = [t for t in args.loss_type if t not in LOSSES]
-        raise UserError(f"config: loss_type mixes this project's losses {ours} with TRL-only losses {theirs}; "
-                        "combine losses from one group")
-    if args.padding_free and not ours:
-        raise UserError(f"config: padding_free is implemented for loss_type {list(LOSSES)}, not {args.loss_type}")
-    if args.beta <= 0:
-        raise UserError(f"config: beta must be > 0, got {args.beta}")
-    if not 0.0 <= args.label_smoothing < 0.5:
-        raise UserError(f"config: label_smoothing must be in [0, 0.5), got {args.label_smoothing}")
-    if args.label_smoothing > 0 and ours and not any(uses_label_smoothing(t) for t in ours):
-        raise UserError(f"config: label_smoothing={args.label_smoothing} has no effect with loss_type {ours}; "
-                        f"use cdpo or rdpo, or set label_smoothing 0")
     custom = args.loss_knobs or {}
     if not isinstance(custom, dict):
         raise UserError(f"config: loss_knobs must be a mapping of knob: value, got {custom!r}")
@@ -338,11 +325,10 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
             raise UserError(f"config: key '{key}' is a knob of loss_type {', '.join(owners)}, which is not selected "
                             f"(loss_type {args.loss_type}); it would do nothing")
         custom[key] = _check_knob_type(key, value, _custom_knobs()[key], "config")
-    for loss_type in ours:  # each loss's own knobs, range-checked by the loss itself
-        try:
-            check_knobs(loss_type, beta=args.beta, **knob_values(args))
-        except ValueError as err:
-            raise UserError(f"config: {err}") from None
+    try:  # the loss and its knobs: the same check as PreferenceTrainer's, so both accept the same configs
+        check_loss_config(args)
+    except ValueError as err:
+        raise UserError(f"config: {err}") from None
     if script_args.reward_model_name_or_path and "madpo" not in args.loss_type:
         raise UserError(f"config: reward_model_name_or_path is only used by loss_type madpo, got {args.loss_type}")
     if not 0.0 < script_args.eval_fraction < 1.0:
@@ -362,9 +348,6 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     if args.sync_ref_model and model_args.use_peft:
         raise UserError("config: sync_ref_model is not supported with use_peft (the reference is the base model "
                         "with adapters disabled)")
-    if ours and (args.ld_alpha is not None or args.f_divergence_type != "reverse_kl" or args.use_weighting):
-        raise UserError(f"config: ld_alpha, f_divergence_type and use_weighting are TRL-only options and are not "
-                        f"applied by loss_type {ours}")
 
 
 def validate_report_args(script_args: ScriptArguments) -> None:
