@@ -50,9 +50,12 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
         (["--label_smoothing", "0.1"], "label_smoothing=0.1 has no effect with loss_type ['sigmoid']"),
         (["--loss_type", "cdpo", "--label_smoothing", "0.6"], "label_smoothing must be in [0, 0.5)"),
         (["--use_peft", "false", "--load_in_4bit", "true"], "load_in_4bit (QLoRA) needs use_peft"),
-        (["--beta", "0"], "beta must be > 0"),
-        (["--loss_type", "cdpo", "hinge"], "mixes this project's losses"),
-        (["--loss_type", "hinge", "--padding_free", "true"], "padding_free is implemented for loss_type"),
+        (["--beta", "0"], "beta must be a finite number > 0"),
+        (["--loss_type", "cdpo", "hinge"], "loss_type ['hinge'] is TRL's and cannot be combined with cdpo"),
+        (["--loss_type", "hinge", "--padding_free", "true"], "cannot be combined with padding_free"),
+        (["--loss_type", "cdpo", "--label_smoothing", "0.1", "--ld_alpha", "0.5"],
+         "ld_alpha is applied by TRL's loss only and cannot be combined with cdpo"),
+        (["--use_weighting", "true", "--padding_free", "true"], "use_weighting is applied by TRL's loss only"),
     ],
 )
 def test_combinations_that_cannot_work(args, message):
