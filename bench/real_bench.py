@@ -229,6 +229,13 @@ def cell_name(variant: str, seed: int, steps: int) -> str:
     return f"{variant}-seed{seed}-steps{steps}"
 
 
+def cell_key(variant: str, seed: int, args) -> str:
+    """Everything a cell's result depends on: a finished cell or a checkpoint is reused only under the same key."""
+    settings = [VARIANTS[variant], seed, args.steps, args.reward_steps, args.eval_pairs, args.prompts, args.samples,
+                args.max_new_tokens, args.extra]
+    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:10]
+
+
 def run_cell(variant: str, seed: int, args, data: str, train_data: str, madpo_data: str, reward_model: str,
              reference: dict) -> dict:
     import torch
@@ -245,7 +252,8 @@ def run_cell(variant: str, seed: int, args, data: str, train_data: str, madpo_da
     torch.set_num_threads(args.threads)
     started = time.time()
     name = cell_name(variant, seed, args.steps)
-    out = WORK / "runs" / name
+    key = cell_key(variant, seed, args)
+    out = WORK / "runs" / f"{name}-{key}"
     folder = Path(madpo_data if variant == "madpo" else train_data)
     extra = [*VARIANTS[variant], *data_args(folder), "--output_dir", str(out), "--seed", str(seed),
              "--max_steps", str(args.steps), "--save_strategy", "steps", "--save_steps", str(args.save_steps),
@@ -293,7 +301,8 @@ def run_cell(variant: str, seed: int, args, data: str, train_data: str, madpo_da
     judge, judge_tokenizer = load_judge(reward_model, torch.device("cpu"))
     scores = judge_scores(judge, judge_tokenizer, [r["prompt"] for r in rows], greedy)
     wins = win_rate(scores, reference["scores"], greedy, reference["replies"])
-    return {"variant": variant, "seed": seed, "steps": args.steps, "name": name, "config": " ".join(VARIANTS[variant]),
+    return {"variant": variant, "seed": seed, "steps": args.steps, "name": name, "key": key,
+            "config": " ".join(VARIANTS[variant] + args.extra),
             "margins": margins, "correct": [m > 0 for m in margins],
             "kl_k3_per_completion": kl["k3"]["per_completion"], "kl_k1_per_completion": kl["k1"]["per_completion"],
             "kl_tokens": kl["tokens"], "replies": greedy, "scores": scores,
@@ -488,8 +497,8 @@ def main(argv=None) -> dict:
     cells = {}
     for v, s in todo:
         path = cells_dir / f"{cell_name(v, s, args.steps)}.json"
-        if path.is_file():
-            cells[(v, s)] = json.loads(path.read_text())
+        if path.is_file() and json.loads(path.read_text()).get("key") == cell_key(v, s, args):
+            cells[(v, s)] = json.loads(path.read_text())  # finished with the same settings: kept
     pending = [(v, s) for v, s in todo if (v, s) not in cells]
     print(f"real bench: {len(cells)} of {len(todo)} cells done, {len(pending)} to run, {args.jobs} at a time",
           flush=True)

@@ -64,3 +64,13 @@ def test_markdown_and_readme_section(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no <!-- real-bench:start -->"):
         real_bench.write_readme(md, readme)
+
+
+def test_a_cell_is_reused_only_with_the_same_settings():
+    args = real_bench.argparse.Namespace(steps=16, reward_steps=16, eval_pairs=120, prompts=12, samples=2,
+                                         max_new_tokens=40, extra=[])
+    key = real_bench.cell_key("dpo", 0, args)
+    assert key == real_bench.cell_key("dpo", 0, real_bench.argparse.Namespace(**vars(args)))
+    assert key != real_bench.cell_key("dpo", 1, args) and key != real_bench.cell_key("ipo", 0, args)
+    for change in ({"steps": 8}, {"eval_pairs": 60}, {"extra": ["--learning_rate", "1e-3"]}):
+        assert real_bench.cell_key("dpo", 0, real_bench.argparse.Namespace(**{**vars(args), **change})) != key
