@@ -148,7 +148,7 @@ def train_reward_model(work: Path, data: Path, steps: int, eval_pairs: int) -> P
         held_out = (data / "test.jsonl").read_text().splitlines()[:eval_pairs]
         (rm_data / "test.jsonl").write_text("\n".join(held_out) + "\n")
         reward_main(recipe_args(*data_args(rm_data), "--output_dir", str(out), "--max_steps", str(steps),
-                                "--learning_rate", "1e-4", "--save_strategy", "no", "--logging_steps", "5"))
+                                "--learning_rate", "1e-3", "--save_strategy", "no", "--logging_steps", "1"))
     return out
 
 
@@ -231,8 +231,8 @@ def cell_name(variant: str, seed: int, steps: int) -> str:
 
 def cell_key(variant: str, seed: int, args) -> str:
     """Everything a cell's result depends on: a finished cell or a checkpoint is reused only under the same key."""
-    settings = [VARIANTS[variant], seed, args.steps, args.reward_steps, args.eval_pairs, args.prompts, args.samples,
-                args.max_new_tokens, args.extra]
+    settings = [VARIANTS[variant], seed, args.steps, args.learning_rate, args.reward_steps, args.eval_pairs,
+                args.prompts, args.samples, args.max_new_tokens, args.extra]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:10]
 
 
@@ -242,6 +242,7 @@ def run_cell(variant: str, seed: int, args, data: str, train_data: str, madpo_da
 
     from dpo_recipes.config import parse_config
     from dpo_recipes.data import load_preference_splits
+    from dpo_recipes.errors import UserError
     from dpo_recipes.evaluation import (completion_token_logps, generate, generation_prompt_ids, judge_scores,
                                         kl_estimates, load_judge, pair_logps, tokenize_pair, win_rate)
     from dpo_recipes.margins import add_reward_margins
@@ -258,8 +259,12 @@ def run_cell(variant: str, seed: int, args, data: str, train_data: str, madpo_da
     extra = [*VARIANTS[variant], *data_args(folder), "--output_dir", str(out), "--seed", str(seed),
              "--max_steps", str(args.steps), "--save_strategy", "steps", "--save_steps", str(args.save_steps),
              "--save_total_limit", "1", "--logging_steps", "1", "--precompute_ref_log_probs", "true",
-             "--warmup_steps", "0", *args.extra]  # no warmup: with a few steps, a warmup step trains at lr 0
-    script, training, model_args = parse_config(recipe_args(*extra))
+             "--warmup_steps", "0", "--learning_rate", str(args.learning_rate)]  # no warmup: it trains at lr 0
+    # Shared prompts (prefix_sharing) where this version of the project has them: the same values, fewer tokens.
+    try:
+        script, training, model_args = parse_config(recipe_args(*extra, "--prefix_sharing", "true", *args.extra))
+    except UserError:  # not a key here, or refused for this model / attention implementation
+        script, training, model_args = parse_config(recipe_args(*extra, *args.extra))
     path = resolve_model_path(model_args, None)
     tokenizer = load_tokenizer(path, model_args, False, None)
     train, _ = load_preference_splits(script, seed=training.seed)
@@ -307,6 +312,8 @@ def run_cell(variant: str, seed: int, args, data: str, train_data: str, madpo_da
             "kl_k3_per_completion": kl["k3"]["per_completion"], "kl_k1_per_completion": kl["k1"]["per_completion"],
             "kl_tokens": kl["tokens"], "replies": greedy, "scores": scores,
             "win_rate": {k: wins[k] for k in ("n", "wins", "ties", "losses", "win_rate", "ci95")},
+            "prefix_sharing": bool(getattr(training, "prefix_sharing", False)), "padding_free": training.padding_free,
+            "learning_rate": training.learning_rate,
             "train_log": history, "train_seconds": train_seconds, "seconds": time.time() - started,
             "resumed_from": resume}
 
@@ -341,7 +348,8 @@ def summarise(cells: list[dict]) -> dict:
             "margin": [statistics.fmean(c["margins"][i] for c in group) for i in range(len(group[0]["margins"]))],
         }
     summary = {}
-    for variant, group in by_variant.items():
+    for variant in sorted(by_variant, key=lambda v: list(VARIANTS).index(v) if v in VARIANTS else len(VARIANTS)):
+        group = by_variant[variant]
         w = [c["win_rate"] for c in group]
         n = sum(x["n"] for x in w)
         won = sum(x["wins"] + 0.5 * x["ties"] for x in w)
@@ -462,14 +470,16 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--steps", type=int, default=16, help="optimizer steps per cell (the same for every variant)")
-    parser.add_argument("--save_steps", type=int, default=4, help="checkpoint interval (resume point)")
-    parser.add_argument("--reward_steps", type=int, default=16, help="reward model (MADPO step one, the judge)")
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per cell (the same for every variant)")
+    parser.add_argument("--learning_rate", type=float, default=1e-3,
+                        help="the cells' peak learning rate (cosine, no warmup): twice the recipe's 5e-4, for a short run")
+    parser.add_argument("--save_steps", type=int, default=3, help="checkpoint interval (resume point)")
+    parser.add_argument("--reward_steps", type=int, default=12, help="reward model (MADPO step one, the judge)")
     parser.add_argument("--reward_eval_pairs", type=int, default=48, help="held-out pairs the reward model is scored on")
-    parser.add_argument("--eval_pairs", type=int, default=120)
-    parser.add_argument("--prompts", type=int, default=12)
+    parser.add_argument("--eval_pairs", type=int, default=100)
+    parser.add_argument("--prompts", type=int, default=10)
     parser.add_argument("--samples", type=int, default=2, help="sampled completions per prompt for the KL")
-    parser.add_argument("--max_new_tokens", type=int, default=40)
+    parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--jobs", type=int, default=2, help="cells run at a time, one process each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--out", default=str(RESULTS))
@@ -529,7 +539,11 @@ def main(argv=None) -> dict:
                        for v, s in pending}
             for future in as_completed(futures):
                 v, s = futures[future]
-                cell = future.result()
+                try:
+                    cell = future.result()
+                except Exception as err:  # the other cells go on; a rerun of the command retries this one
+                    print(f"{cell_name(v, s, args.steps)}: FAILED: {type(err).__name__}: {err}", flush=True)
+                    continue
                 (cells_dir / f"{cell['name']}.json").write_text(json.dumps(cell, indent=1) + "\n")
                 cells[(v, s)] = cell
                 acc = statistics.fmean(map(float, cell["correct"]))

@@ -67,7 +67,7 @@ def test_markdown_and_readme_section(tmp_path):
 
 
 def test_a_cell_is_reused_only_with_the_same_settings():
-    args = real_bench.argparse.Namespace(steps=16, reward_steps=16, eval_pairs=120, prompts=12, samples=2,
+    args = real_bench.argparse.Namespace(steps=16, learning_rate=1e-3, reward_steps=16, eval_pairs=120, prompts=12, samples=2,
                                          max_new_tokens=40, extra=[])
     key = real_bench.cell_key("dpo", 0, args)
     assert key == real_bench.cell_key("dpo", 0, real_bench.argparse.Namespace(**vars(args)))
