@@ -118,6 +118,12 @@ class PreferenceConfig(DPOConfig):
         metadata={"help": "ipo: divide each side's log-ratio by its completion length (TRL's form); false gives "
                   "the paper's summed form."},
     )
+    prefix_sharing: bool = field(
+        default=False,
+        metadata={"help": "With padding_free: each pair's prompt is computed once, as [prompt | chosen | rejected] "
+                  "with a mask that keeps the two replies apart (Wang & Hegde 2024). Same log-probs, fewer tokens. "
+                  "Needs attn_implementation sdpa or eager (flex_attention on GPU)."},
+    )
     ref_logps_cache_dir: str | None = field(
         default=None,
         metadata={"help": "precompute_ref_log_probs: where reference log-probs are cached (default .cache/ref_logps "
@@ -252,6 +258,8 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
                         "combine losses from one group")
     if args.padding_free and not ours:
         raise UserError(f"config: padding_free is implemented for loss_type {list(LOSS_TYPES)}, not {args.loss_type}")
+    if args.prefix_sharing:
+        check_prefix_sharing(args, model_args, ours)
     if args.beta <= 0:
         raise UserError(f"config: beta must be > 0, got {args.beta}")
     if not 0.0 <= args.label_smoothing < 0.5:
@@ -289,6 +297,21 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     if ours and (args.ld_alpha is not None or args.f_divergence_type != "reverse_kl" or args.use_weighting):
         raise UserError(f"config: ld_alpha, f_divergence_type and use_weighting are TRL-only options and are not "
                         f"applied by loss_type {ours}")
+
+
+# Attention implementations that read the shared-prompt layout's 4D mask (flex_attention: a BlockMask, GPU only).
+PREFIX_SHARING_ATTENTION = ("sdpa", "eager", "flex_attention")
+
+
+def check_prefix_sharing(args: PreferenceConfig, model_args: ModelConfig, ours: list[str]) -> None:
+    if not args.padding_free:
+        raise UserError("config: prefix_sharing needs padding_free: true (pairs are packed into rows)")
+    if not ours:
+        raise UserError(f"config: prefix_sharing is implemented for loss_type {list(LOSS_TYPES)}, not {args.loss_type}")
+    attention = model_args.attn_implementation or "sdpa"
+    if attention not in PREFIX_SHARING_ATTENTION:
+        raise UserError(f"config: prefix_sharing needs attn_implementation in {list(PREFIX_SHARING_ATTENTION)}, got "
+                        f"{attention!r} (it cannot take the mask that keeps chosen and rejected apart)")
 
 
 def validate_report_args(script_args: ScriptArguments) -> None:

@@ -22,13 +22,14 @@ from trl.trainer.utils import use_adapter
 
 from .losses import LOSS_TYPES, MADPO_DEFAULTS, madpo_weights, preference_loss
 from . import ref_cache
-from .packing import SEQUENCE_IDS, pack_sequences, packed_sequence_logps
+from .packing import (BRANCH_IDS, SEQUENCE_IDS, logical_token_count, model_attention_mask, pack_pairs, pack_sequences,
+                      packed_sequence_logps)
 from .resilience import TrainingStopped, any_rank
 
 MARGIN_COLUMN = "reward_margin"  # r(x, y_w) - r(x, y_l), for madpo; see margins.py
 ROW_ID_COLUMN = "row_id"  # the pair's row in the training data, named when a batch goes non-finite
 _REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
-_MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "completion_mask", SEQUENCE_IDS)
+_MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "completion_mask", SEQUENCE_IDS, BRANCH_IDS)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class PreferenceCollator(DataCollatorForPreference):
     padded batch TRL builds (and truncates) is unpadded and packed into rows (packing.py)."""
 
     padding_free: bool = False
+    prefix_sharing: bool = False
 
     def torch_call(self, examples):
         batch = super().torch_call(examples)
@@ -44,7 +46,12 @@ class PreferenceCollator(DataCollatorForPreference):
             keep = batch.pop("attention_mask").bool()
             ids = [row[m].tolist() for row, m in zip(batch["input_ids"], keep)]
             completion = [row[m].tolist() for row, m in zip(batch["completion_mask"], keep)]
-            batch.update(pack_sequences(ids, completion, self.max_length, self.pad_token_id))
+            if self.prefix_sharing:  # the kept tokens are TRL's (it truncated each sequence above)
+                pairs = len(examples)
+                batch.update(pack_pairs(ids[:pairs], ids[pairs:], completion[:pairs], completion[pairs:],
+                                        self.max_length, self.pad_token_id))
+            else:
+                batch.update(pack_sequences(ids, completion, self.max_length, self.pad_token_id))
         if MARGIN_COLUMN in examples[0]:
             batch[MARGIN_COLUMN] = torch.tensor([float(e[MARGIN_COLUMN]) for e in examples])
         if ROW_ID_COLUMN in examples[0]:
@@ -111,7 +118,12 @@ class PreferenceTrainer(DPOTrainer):
                 truncation_mode=config.truncation_mode,
                 pad_to_multiple_of=config.pad_to_multiple_of,
                 padding_free=config.padding_free,
+                prefix_sharing=config.prefix_sharing,
             )
+        if config.prefix_sharing and not config.padding_free:
+            raise ValueError("prefix_sharing needs padding_free=True (pairs are packed into rows)")
+        # The batch layout, for the reference cache's key: TRL precomputes inside __init__, while padding_free is off.
+        self.layout = {"padding_free": config.padding_free, "prefix_sharing": config.prefix_sharing}
         # TRL 1.16 warns and turns padding_free off; we implement it (packing.py), so hide it from TRL's __init__.
         padding_free, config.padding_free = config.padding_free, False
         train_dataset = kwargs.get("train_dataset")
@@ -213,6 +225,7 @@ class PreferenceTrainer(DPOTrainer):
             tokenizer=ref_cache.tokenizer_hash(self._tokenizer),
             data_fingerprint=ref_cache.token_ids_hash(dataset),
             args=self.args,
+            layout=self.layout,
             attn_implementation=self.model.config._attn_implementation,
         )
         cache_dir = self.args.ref_logps_cache_dir or ref_cache.DEFAULT_CACHE_DIR
@@ -229,8 +242,8 @@ class PreferenceTrainer(DPOTrainer):
 
     def compute_ref_log_probs(self, model, inputs):
         """Reference log-probs (chosen, rejected); TRL's own for padded batches, the same recipe for packed ones."""
-        if SEQUENCE_IDS not in inputs:
-            return super().compute_ref_log_probs(model, inputs)
+        if SEQUENCE_IDS not in inputs:  # TRL hands every other key to the model: keep only the model's inputs
+            return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k in _MODEL_KEYS})
         adapter = contextlib.nullcontext()
         if self.ref_model is None and is_peft_model(self.model):
             unwrapped = self.accelerator.unwrap_model(self.model)
@@ -280,6 +293,10 @@ class PreferenceTrainer(DPOTrainer):
         if return_outputs:  # Trainer.prediction_step wants logits; the fused head does not build them
             with torch.no_grad():
                 mask_or_positions = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
+                if BRANCH_IDS in inputs:
+                    core = self.accelerator.unwrap_model(model)
+                    mask_or_positions["attention_mask"] = model_attention_mask(
+                        inputs, core.config._attn_implementation, core.dtype)
                 outputs = model(input_ids=inputs["input_ids"], use_cache=False, **mask_or_positions)
             return loss, outputs
         return loss
@@ -318,8 +335,8 @@ class PreferenceTrainer(DPOTrainer):
         metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
         metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
         if mode == "train":
-            real_tokens = (inputs[SEQUENCE_IDS] >= 0) if SEQUENCE_IDS in inputs else inputs["attention_mask"]
-            self._total_train_tokens += gather(real_tokens.sum()).sum().item() // self._tp_size
+            real_tokens = logical_token_count(inputs) if SEQUENCE_IDS in inputs else inputs["attention_mask"].sum()
+            self._total_train_tokens += gather(real_tokens).sum().item() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
         if "madpo" in self.loss_types and MARGIN_COLUMN in inputs:
             knobs = {k: self.loss_knobs[k] for k in MADPO_DEFAULTS}
