@@ -67,18 +67,18 @@ def load_model(path: str, model_args: ModelConfig, trust_remote_code: bool):
 
 def check_shared_prompt_support(path: str, model_args: ModelConfig, trust_remote_code: bool, max_length: int | None):
     """prefix_sharing hands the model a 4D attention mask. Stop, before the weights load, when the model's forward
-    would not read it (its mask is built without transformers' create_causal_mask) or would read it wrongly (a
+    would not read it (its mask is not built by transformers' masking_utils) or would read it wrongly (a
     sliding window shorter than the sequences: a 4D mask replaces the window)."""
     try:
         config = AutoConfig.from_pretrained(path, revision=model_args.model_revision,
                                             trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot load the model config: {str(err).strip().splitlines()[0]}") from None
-    model_class = AutoModelForCausalLM._model_mapping.get(type(config))
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
     source = inspect.getsource(sys.modules[model_class.__module__]) if model_class is not None else ""
-    if "create_causal_mask(" not in source:
+    if "masking_utils import" not in source:  # create_causal_mask and kin hand a 4D mask through unchanged
         raise UserError(f"{path}: prefix_sharing needs a model whose forward takes a 4D attention mask "
-                        f"(transformers' create_causal_mask); {config.model_type} does not")
+                        f"(built by transformers' masking_utils); {config.model_type}'s does not")
     text = config.get_text_config()
     window = getattr(text, "sliding_window", None)
     uses_window = window is not None and (getattr(text, "use_sliding_window", True)
