@@ -15,8 +15,7 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
-SEQUENCE_IDS = "sequence_ids"  # per token: which of the batch's 2B sequences it belongs to (-1: row padding)
-BRANCH_IDS = "branch_ids"  # per token: 0 shared (prompt and row padding), 1 chosen branch, 2 rejected branch
+from .names import BRANCH_IDS, SEQUENCE_IDS
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
