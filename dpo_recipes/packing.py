@@ -1,10 +1,17 @@
-"""Padding-free DPO: pack a batch's chosen and rejected sequences into rows without padding.
+"""Padding-free DPO: pack a batch's chosen and rejected sequences into rows without padding; with prefix_sharing,
+each pair's prompt computed once.
 
 TRL 1.16 accepts `padding_free: true` but falls back to padding. Here it is real: each sequence keeps its own
 position_ids (starting at 0), and transformers turns position_ids that restart into a block-diagonal causal mask
 (sdpa, eager) or per-sequence lengths (flash-attention), so attention never crosses sequences. Rows are bounded
 (`max_length`, or the longest sequence if longer), because attention over one huge row would cost the square of
 the whole batch.
+
+prefix_sharing (Wang & Hegde 2024, arXiv 2410.20305) packs pairs instead of sequences, each as one segment in which
+the two replies share the prompt. Positions cannot express that layout, so the model gets a 4D mask built from
+sequence_ids and branch_ids: a boolean one for sdpa, an additive one for eager, a FlexAttention BlockMask for
+flex_attention (GPU only, not exercised by the CPU tests). The kept tokens are TRL's: the collator truncates each
+sequence as the padded path does and shares only the prompt tokens both sequences start with.
 """
 
 from __future__ import annotations
