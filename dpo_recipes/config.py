@@ -23,6 +23,7 @@ from trl import DPOConfig, ModelConfig, TrlParser
 from .data import check_data_args
 from .errors import UserError
 from .losses import LOSSES, check_knobs, knob_values, load_losses_file, uses_label_smoothing
+from .names import PREFIX_SHARING_ATTENTION
 
 
 @dataclass
@@ -362,10 +363,6 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     if ours and (args.ld_alpha is not None or args.f_divergence_type != "reverse_kl" or args.use_weighting):
         raise UserError(f"config: ld_alpha, f_divergence_type and use_weighting are TRL-only options and are not "
                         f"applied by loss_type {ours}")
-
-
-# Attention implementations that read the shared-prompt layout's 4D mask (flex_attention: a BlockMask, GPU only).
-PREFIX_SHARING_ATTENTION = ("sdpa", "eager", "flex_attention")
 
 
 def check_prefix_sharing(args: PreferenceConfig, model_args: ModelConfig, ours: list[str]) -> None:

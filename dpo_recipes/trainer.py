@@ -23,7 +23,7 @@ from trl.trainer.utils import use_adapter
 from .losses import LOSSES, MADPO_DEFAULTS, knob_values, madpo_weights, preference_loss
 from . import ref_cache
 from .margins import check_margins
-from .names import BRANCH_IDS, MARGIN_COLUMN, ROW_ID_COLUMN, SEQUENCE_IDS
+from .names import BRANCH_IDS, MARGIN_COLUMN, PREFIX_SHARING_ATTENTION, ROW_ID_COLUMN, SEQUENCE_IDS
 from .packing import logical_token_count, model_attention_mask, pack_pairs, pack_sequences, packed_sequence_logps
 from .resilience import TrainingStopped, any_rank
 
@@ -119,8 +119,16 @@ class PreferenceTrainer(DPOTrainer):
                 padding_free=config.padding_free,
                 prefix_sharing=getattr(config, "prefix_sharing", False),
             )
-        if getattr(config, "prefix_sharing", False) and not config.padding_free:
-            raise ValueError("prefix_sharing needs padding_free=True (pairs are packed into rows)")
+        if getattr(config, "prefix_sharing", False):  # the same guards as the config's, for Python users
+            if not config.padding_free:
+                raise ValueError("prefix_sharing needs padding_free=True (pairs are packed into rows)")
+            if not all(t in LOSSES for t in config.loss_type):
+                raise ValueError(f"prefix_sharing is implemented for loss_type {list(LOSSES)}, not {config.loss_type}")
+            model = kwargs.get("model", args[0] if args else None)
+            attention = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+            if attention not in PREFIX_SHARING_ATTENTION:
+                raise ValueError(f"prefix_sharing needs attn_implementation in {list(PREFIX_SHARING_ATTENTION)}, "
+                                 f"got {attention!r}")
         # The batch layout, for the reference cache's key: TRL precomputes inside __init__, while padding_free is off.
         self.layout = {"padding_free": config.padding_free, "prefix_sharing": getattr(config, "prefix_sharing", False)}
         # TRL 1.16 warns and turns padding_free off; we implement it (packing.py), so hide it from TRL's __init__.

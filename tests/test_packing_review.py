@@ -65,3 +65,27 @@ def test_padded_reference_pass_hands_the_model_only_its_inputs(tiny_llama, tmp_p
                                                                                   "completion_mask")})
     torch.testing.assert_close(chosen, plain[0])
     torch.testing.assert_close(rejected, plain[1])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"padding_free": False}, "prefix_sharing needs padding_free=True"),
+    ({"loss_type": ["hinge"]}, "prefix_sharing is implemented for loss_type"),
+    ({"attention": "flash_attention_2"}, "prefix_sharing needs attn_implementation in"),
+])
+def test_trainer_refuses_what_shared_prompts_cannot_do(tiny_llama, tmp_path, change, message):
+    """The Python API refuses what the config refuses (a script that builds PreferenceTrainer skips config.py)."""
+    from datasets import load_dataset
+
+    from conftest import REPO
+    from dpo_recipes.config import PreferenceConfig
+    from dpo_recipes.trainer import PreferenceTrainer
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    model.config._attn_implementation = change.pop("attention", "sdpa")  # flash-attention cannot load on CPU
+    settings = {"padding_free": True, "prefix_sharing": True, **change}
+    args = PreferenceConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **settings)
+    data = load_dataset("json", data_files=str(REPO / "data/demo/train.jsonl"))["train"].select(range(4))
+    with pytest.raises(ValueError, match=message):
+        PreferenceTrainer(model=model, args=args, train_dataset=data,
+                          processing_class=AutoTokenizer.from_pretrained(tiny_llama))
