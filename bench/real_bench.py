@@ -315,7 +315,7 @@ def run_cell(variant: str, seed: int, args, data: str, train_data: str, madpo_da
             "prefix_sharing": bool(getattr(training, "prefix_sharing", False)), "padding_free": training.padding_free,
             "learning_rate": training.learning_rate,
             "train_log": history, "train_seconds": train_seconds, "seconds": time.time() - started,
-            "resumed_from": resume}
+            "resumed_from": str(Path(resume).relative_to(REPO)) if resume else None}
 
 
 # ----------------------------------------------------------------------------------------------------------------
