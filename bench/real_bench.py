@@ -1,7 +1,7 @@
 """A real experiment: DPO, IPO, cDPO, rDPO and MADPO on SmolLM2-135M-Instruct and Anthropic HH harmless-base (CPU).
 
     make real-bench                              # python bench/real_bench.py: bench/results/real.{json,md,png}
-    python bench/real_bench.py --steps 4 --eval_pairs 8 --prompts 2 --seeds 0 --out /tmp/x   # a quick look
+    python bench/real_bench.py --steps 4 --eval_pairs 8 --prompts 2 --seeds 0 --out outputs/real-bench-quick   # a quick look
 
 Every variant gets the same budget: the recipe recipes/smollm2-135m (LoRA on every linear layer, padding-free, one
 held-out split carved once with the recipe's seed), `--steps` optimizer steps of the recipe's batch (cosine schedule
