@@ -53,3 +53,19 @@ def test_report_written_with_the_reference_answer(real_run):
     assert example["reference"].startswith(ANSWER)
     card = (real_run / "README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "Q4_1" in card
+
+
+def test_recipe_held_out_split_is_seeded_and_at_least_300_pairs():
+    from dpo_recipes.config import parse_config
+    from dpo_recipes.data import load_preference_data
+    from dpo_recipes.modeling import load_tokenizer, resolve_model_path
+
+    script, training, model_args = parse_config(["--config", str(REPO / "recipes/smollm2-135m/config.yaml")])
+    tokenizer = load_tokenizer(resolve_model_path(model_args, None), model_args, False, None)
+    load = lambda seed: load_preference_data(script, seed=seed, tokenizer=tokenizer,  # noqa: E731
+                                             max_length=training.max_length)
+    first, again, other = load(training.seed), load(training.seed), load(training.seed + 1)
+    assert len(first.eval) >= 300 and len(first.train) + len(first.eval) == 2273  # the audit's kept pairs
+    assert first.eval["chosen"] == again.eval["chosen"] and first.eval["chosen"] != other.eval["chosen"]
+    pairs = lambda ds: {json.dumps([c, r]) for c, r in zip(ds["chosen"], ds["rejected"])}  # noqa: E731
+    assert not pairs(first.eval) & pairs(first.train)
