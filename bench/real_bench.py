@@ -409,6 +409,7 @@ def markdown(result: dict) -> str:
             f"{_ci(s['reward_margin'])} | {_ci(vs['reward_margin']) if vs else ''} | {_ci(s['kl_k3'])} | "
             f"{w['win_rate']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}] ({w['wins']}/{w['ties']}/{w['losses']}) | "
             f"{s['minutes_per_cell']:.1f} |")
+    lines += ["", *conclusions(summary, meta)]
     first = {}
     for cell in sorted(result["cells"], key=lambda c: c["seed"]):
         first.setdefault(cell["variant"], cell)
@@ -420,6 +421,34 @@ def markdown(result: dict) -> str:
         lines += [f"| {v} | {_cell(c['replies'][i])} |" for v, c in first.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def conclusions(summary: dict, meta: dict) -> list[str]:
+    """What the intervals support, stated mechanically (the discussion around it is the reader's)."""
+    out = []
+    dpo = summary.get("dpo")
+    if dpo:
+        low, high = dpo["reward_accuracy"]["ci95"]
+        verdict = "entirely above 0.5: the target is met" if low > 0.5 else "includes 0.5: the target (entirely above 0.5) is not met"
+        out.append(f"- DPO's held-out reward accuracy {_ci(dpo['reward_accuracy'])} over {len(dpo['seeds'])} seed(s): "
+                   f"the interval {verdict}.")
+    for variant, s in summary.items():
+        vs = s.get("vs_dpo")
+        if not vs:
+            continue
+        for key, name in (("reward_accuracy", "accuracy"), ("reward_margin", "margin")):
+            low, high = vs[key]["ci95"]
+            if low > 0 or high < 0:
+                out.append(f"- {variant} vs DPO, held-out reward {name}: {_ci(vs[key])}, a difference this run supports "
+                           f"({'higher' if low > 0 else 'lower'}).")
+    if len(out) == (1 if dpo else 0):
+        out.append("- No variant differs from DPO in held-out reward accuracy or margin by more than these intervals.")
+    w = [(v, s["win_rate"]) for v, s in summary.items() if s["win_rate"]["n"]]
+    above = [v for v, x in w if x["ci95"][0] > 0.5]
+    out.append(f"- Win-rate over the reference with the whole interval above 0.5: {', '.join(above) or 'none'}.")
+    if meta["cells"] > sum(len(s["seeds"]) for s in summary.values()):
+        out.append("- Partial results: not every cell has finished.")
+    return out
 
 
 def _cell(text: str) -> str:
@@ -488,7 +517,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.readme:
-        write_readme((out / "real.md").read_text())
+        write_readme((out / "real.md").read_text() + "\n![Real-model benchmark](bench/results/real.png)")
         return {}
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -54,6 +54,7 @@ def test_markdown_and_readme_section(tmp_path):
     md = real_bench.markdown({"meta": meta, "summary": real_bench.summarise(cells), "reference": reference,
                               "cells": cells})
     assert "2 of 10 cells done" in md and "| dpo | 0.750 [" in md
+    assert "includes 0.5: the target (entirely above 0.5) is not met" in md and "Partial results" in md
     assert "Human: hi \\| there" in md  # a table cell cannot break the table
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{real_bench.README_START}\nold\n{real_bench.README_END}\nrest\n")
@@ -74,3 +75,15 @@ def test_a_cell_is_reused_only_with_the_same_settings():
     assert key != real_bench.cell_key("dpo", 1, args) and key != real_bench.cell_key("ipo", 0, args)
     for change in ({"steps": 8}, {"eval_pairs": 60}, {"extra": ["--learning_rate", "1e-3"]}):
         assert real_bench.cell_key("dpo", 0, real_bench.argparse.Namespace(**{**vars(args), **change})) != key
+
+
+def test_conclusions_follow_the_intervals():
+    n = 40
+    dpo = [cell("dpo", s, [i % 10 != 0 for i in range(n)], [0.5] * n, wins=(9, 0, 1)) for s in (0, 1)]
+    ipo = [cell("ipo", s, [i % 2 == 0 for i in range(n)], [0.5 if i % 2 == 0 else -0.5 for i in range(n)])
+           for s in (0, 1)]
+    summary = real_bench.summarise(dpo + ipo)
+    lines = real_bench.conclusions(summary, {"cells": 4})
+    assert "entirely above 0.5: the target is met" in lines[0]
+    assert any(line.startswith("- ipo vs DPO, held-out reward accuracy") and "(lower)" in line for line in lines)
+    assert lines[-1] == "- Win-rate over the reference with the whole interval above 0.5: dpo."
