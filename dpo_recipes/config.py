@@ -127,6 +127,16 @@ class PreferenceConfig(DPOConfig):
     madpo_c_min: float | None = field(default=None, metadata={"help": "madpo: c_min (default 1/c_max)."})
     madpo_lambda: float = field(default=1.0, metadata={"help": "madpo: steepness lambda."})
     madpo_tau: float = field(default=math.log(999.0), metadata={"help": "madpo: threshold tau (default ln 999)."})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated name of activation_checkpointing (transformers 5.24)."}
+    )
+
+    def __post_init__(self):
+        # TRL's default (checkpointing on) under transformers' current name: TRL sets the deprecated
+        # `gradient_checkpointing`, so every run would warn about a key the user never wrote.
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True
+        super().__post_init__()
 
 
 DATACLASSES = (ScriptArguments, PreferenceConfig, ModelConfig)
@@ -254,6 +264,10 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
         raise UserError(f"config: padding_free is implemented for loss_type {list(LOSS_TYPES)}, not {args.loss_type}")
     if args.beta <= 0:
         raise UserError(f"config: beta must be > 0, got {args.beta}")
+    if model_args.use_peft and model_args.lora_dropout > 0 and args.disable_dropout:
+        raise UserError(f"config: lora_dropout {model_args.lora_dropout} does nothing while disable_dropout is true "
+                        "(TRL sets every dropout to 0, LoRA's included); set lora_dropout: 0.0, or disable_dropout: "
+                        "false to train with dropout")
     if not 0.0 <= args.label_smoothing < 0.5:
         raise UserError(f"config: label_smoothing must be in [0, 0.5), got {args.label_smoothing}")
     from .losses import USES_LABEL_SMOOTHING

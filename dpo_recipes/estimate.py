@@ -424,14 +424,19 @@ def recipe_setup(recipe: str, variant: str | None = None, gpus: int | None = Non
     elif targets == "all-linear" or targets == ["all-linear"]:
         targets = ALL_LINEAR
     bf16 = config.get("bf16")
+    # transformers' current name, then its deprecated one, then TRL's default (on).
+    checkpointing = next((config[k] for k in ("activation_checkpointing", "gradient_checkpointing")
+                          if config.get(k) is not None), True)
+    # TRL's disable_dropout (default true) sets every dropout to p=0, LoRA's included: no masks are kept then.
+    lora_dropout = 0.0 if config.get("disable_dropout", True) else float(config.get("lora_dropout") or 0.0)
     mixed = bool(config.get("fp16")) or (bf16 if bf16 is not None else not config.get("use_cpu"))
     setup = Setup(
         arch=arch, gpus=gpus or processes, nodes=nodes,
         micro_batch=int(config["per_device_train_batch_size"]), max_length=int(config["max_length"] or 1024),
         dtype=str(config.get("dtype") or "float32"), mixed_precision=bool(mixed),
-        gradient_checkpointing=bool(config.get("gradient_checkpointing")),
+        gradient_checkpointing=bool(checkpointing),
         use_peft=bool(config.get("use_peft")), lora_r=int(config.get("lora_r") or 16),
-        lora_targets=tuple(targets), lora_dropout=float(config.get("lora_dropout") or 0.0),
+        lora_targets=tuple(targets), lora_dropout=lora_dropout,
         load_in_4bit=bool(config.get("load_in_4bit")), load_in_8bit=bool(config.get("load_in_8bit")),
         double_quant=bool(config.get("use_bnb_nested_quant")), optim=str(config.get("optim")),
         zero_stage=zero_stage, offload_optimizer=offload_opt, offload_param=offload_param,

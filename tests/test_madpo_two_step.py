@@ -21,7 +21,7 @@ from dpo_recipes.margins import add_reward_margins
 from dpo_recipes.trainer import MARGIN_COLUMN
 
 DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
-FAST = ["--gradient_checkpointing", "false", "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "1",
+FAST = ["--activation_checkpointing", "false", "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "1",
         "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16", "--warmup_steps", "0"]
 
 
