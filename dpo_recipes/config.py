@@ -238,6 +238,12 @@ def parse_config(argv: list[str] | None = None):
             if key not in known and key.removeprefix("no_") not in known:  # --no_x negates a boolean x
                 raise _unknown(key, "command line", known)
 
+    given = set(config) | {t[2:].split("=", 1)[0].removeprefix("no_") for t in argv if t.startswith("--")}
+    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        if old in given and new in given:  # transformers would silently ignore the old one
+            raise UserError(f"config: {old} and {new} are both set; {old} is the deprecated name of {new} "
+                            f"(transformers 5.24): keep only {new}")
     parser = _Parser(DATACLASSES)
     parser.set_defaults_with_config(**config)
     try:

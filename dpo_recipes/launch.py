@@ -18,6 +18,7 @@ what it prints.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -26,10 +27,10 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from .config import parse_config
 from .data import load_preference_data
-from .errors import UserError, exit_on_user_error
+from .errors import exit_on_user_error
+from .smoke import read_yaml
 
 
-@exit_on_user_error
 def preflight(script_argv: list[str]) -> None:
     """The checks that need neither a tokenizer nor a model: config, then every data source, row by row."""
     script_args, training_args, _ = parse_config(script_argv)
@@ -41,18 +42,25 @@ def launch(argv: list[str]) -> int:
     args = launch_command_parser().parse_args(argv)
     # torch elastic logs each failed rank's exit code and pid; the training process already said what went wrong.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # accelerate's notices (defaults it filled in, such as CPU threads per process; P2P off on RTX 4000 cards) ask
+    # nothing of the user.
+    logging.getLogger("accelerate.commands.launch").setLevel(logging.ERROR)
+    launcher = read_yaml(args.config_file) if args.config_file else {}
+    if args.cpu or launcher.get("use_cpu"):
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would warn that it found no GPU
     try:
         launch_command(args)
     except subprocess.CalledProcessError as err:
         return err.returncode
     except ChildFailedError as err:
-        rank, failure = err.get_first_failure()
+        _, failure = err.get_first_failure()
         return failure.exitcode if failure.exitcode > 0 else 1  # a negative code: killed by a signal
     except SystemExit as err:  # `--quiet`: accelerate exits 1 itself
         return err.code if isinstance(err.code, int) else 1
     return 0
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     script = next((i for i, token in enumerate(argv) if token.endswith(".py")), None)
