@@ -20,7 +20,7 @@ help:
 	@echo "make train [RECIPE=<name>] [ARGS='--key value ...']   train a recipe (default: demo-cpu, CPU, no downloads)"
 	@echo "make audit [RECIPE=<name>] [ARGS='--key value ...']   check a recipe's data (no model load): data_audit.json"
 	@echo "make smoke RECIPE=<name> [VARIANT=<loss>]               run a recipe on CPU with a tiny model, check its result"
-	@echo "make new-recipe NAME=<new> FROM=<existing>              copy a recipe as a template"
+	@echo "make new-recipe NAME=<new> FROM=<existing> [OWN=1]      copy a recipe as a template (OWN=1: with its own train.py)"
 	@echo "make eval RUN=<dir> [ARGS='--judge_model <rm> ...']     (re)write a finished run's evaluation report and card"
 	@echo "make plots RUN=<dir>                                    training curves (PNG) of a run into <dir>/plots"
 	@echo "make merge RUN=<dir> OUT=<dir> [ARGS=...]               merge a LoRA/QLoRA run into standalone weights"
@@ -60,7 +60,7 @@ smoke: install check-recipe check-variant
 	$(PY) -m dpo_recipes.smoke run $(RECIPE_DIR) --out $(SMOKE_OUT) $(if $(VARIANT),--variant $(VARIANT))
 
 new-recipe: install
-	$(PY) scripts/new_recipe.py "$(NAME)" "$(FROM)"
+	$(PY) scripts/new_recipe.py "$(NAME)" "$(FROM)" "$(OWN)"
 
 # The data audit alone: the recipe's data through its tokenizer, written to output_dir/data_audit.json.
 audit: install check-recipe

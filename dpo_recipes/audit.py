@@ -15,10 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import parse_config
 from .data import DEFECTS, PreferenceData, load_preference_data
 from .errors import UserError, exit_on_user_error
+from .modeling import load_tokenizer, resolve_model_path
+from .names import AUDIT_FILE
+from .reporting import write_json
 
-AUDIT_FILE = "data_audit.json"
 
 
 def length_stats(values: np.ndarray) -> dict:
@@ -126,7 +129,6 @@ def audit_data(script_args, training_args, tokenizer, write: bool = True):
     """Prepare the data with the run's tokenizer and settings, write data_audit.json and print the table.
     Returns (data, report): data is a PreferenceData (data.train, data.eval, data.train_row_origin); `write` is
     False on all but the main process."""
-    from .reporting import write_json
 
     data = load_preference_data(
         script_args,
@@ -148,8 +150,6 @@ def audit_data(script_args, training_args, tokenizer, write: bool = True):
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
     """The audit alone: config, tokenizer, data; no model is loaded."""
-    from .config import parse_config
-    from .modeling import load_tokenizer, resolve_model_path
 
     script_args, training_args, model_args = parse_config(argv)
     model_path = resolve_model_path(model_args, script_args.tiny_model)

@@ -22,7 +22,7 @@ from trl import DPOConfig, ModelConfig, TrlParser
 
 from .data import check_data_args
 from .errors import UserError
-from .losses import LOSS_TYPES, MADPO_DEFAULTS, check_knobs
+from .losses import LOSSES, check_knobs, knob_values, load_losses_file, uses_label_smoothing
 
 
 @dataclass
@@ -127,6 +127,11 @@ class PreferenceConfig(DPOConfig):
     madpo_c_min: float | None = field(default=None, metadata={"help": "madpo: c_min (default 1/c_max)."})
     madpo_lambda: float = field(default=1.0, metadata={"help": "madpo: steepness lambda."})
     madpo_tau: float = field(default=math.log(999.0), metadata={"help": "madpo: threshold tau (default ln 999)."})
+    loss_knobs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Knobs of losses registered by a recipe's losses.py. Normally written as top-level keys "
+                  "(`my_knob: 0.5`, `--my_knob 0.5`), which are collected here and checked against the loss."},
+    )
     gradient_checkpointing: bool | None = field(
         default=None, metadata={"help": "Deprecated name of activation_checkpointing (transformers 5.24)."}
     )
@@ -152,6 +157,51 @@ class _Parser(TrlParser):
 
 def _known_keys() -> set[str]:
     return {f.name for cls in DATACLASSES for f in dataclasses.fields(cls) if f.init}
+
+
+def _custom_knobs() -> dict[str, object]:
+    """Knobs of registered losses that are not fields of the dataclasses (a recipe's own losses): name -> default."""
+    fields = _known_keys()
+    return {k: v for loss in LOSSES.values() for k, v in loss.knobs.items() if k not in fields}
+
+
+def _check_knob_type(key: str, value, default, where: str):
+    """A custom knob's value must have its default's type (an int is a float; YAML 1.1 may read 1e-3 as a string)."""
+    if default is None or value is None:
+        return value
+    kind = type(default)
+    if kind is float and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise UserError(f"{where}: key '{key}' must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _pop_custom_knobs(argv: list[str], config: dict) -> dict:
+    """Take the custom loss knobs out of the YAML layers and the command line (TrlParser does not know them)."""
+    custom = _custom_knobs()
+    knobs = {}
+    for key in [k for k in config if k in custom]:
+        knobs[key] = config.pop(key)
+    i = 0
+    while i < len(argv):
+        key, eq, value = argv[i][2:].partition("=") if argv[i].startswith("--") else ("", "", "")
+        if key in custom:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise UserError(f"command line: --{key} needs a value")
+                value = argv.pop(i + 1)
+            argv.pop(i)
+            knobs[key] = yaml.safe_load(value)
+            continue
+        i += 1
+    return {k: _check_knob_type(k, v, custom[k], "config") for k, v in knobs.items()}
 
 
 def _unknown(key: str, where: str, known: set[str]) -> UserError:
@@ -226,12 +276,15 @@ def parse_config(argv: list[str] | None = None):
         config_path = argv[i + 1]
         del argv[i : i + 2]
         layer = read_yaml(config_path)
+        load_losses_file(Path(config_path).parent / "losses.py")  # a recipe's own losses register their knobs
+        known = _known_keys() | set(_custom_knobs())
         layer.pop("env", None)  # TrlParser's env block is not supported: keep secrets out of configs
         for key in layer:
             if key not in known:
                 raise _unknown(key, config_path, known)
         _check_yaml_types(layer, config_path)
         config.update(layer)
+    known = known | set(_custom_knobs())
     for token in argv:
         if token.startswith("--"):
             key = token[2:].split("=", 1)[0]
@@ -244,12 +297,16 @@ def parse_config(argv: list[str] | None = None):
         if old in given and new in given:  # transformers would silently ignore the old one
             raise UserError(f"config: {old} and {new} are both set; {old} is the deprecated name of {new} "
                             f"(transformers 5.24): keep only {new}")
+    knobs = _pop_custom_knobs(argv, config)
     parser = _Parser(DATACLASSES)
     parser.set_defaults_with_config(**config)
     try:
         script_args, training_args, model_args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:  # a dataclass __post_init__ refused a value
         raise UserError(f"config: {err}") from None
+    if isinstance(training_args.loss_knobs, str):
+        training_args.loss_knobs = yaml.safe_load(training_args.loss_knobs)
+    training_args.loss_knobs = {**(training_args.loss_knobs or {}), **knobs} or None
     validate(script_args, training_args, model_args)
     if training_args.hub_token:
         # Trainer pickles its arguments into every checkpoint (training_args.bin); keep the token in the
@@ -261,13 +318,13 @@ def parse_config(argv: list[str] | None = None):
 
 def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: ModelConfig) -> None:
     """Combinations that cannot work, or would silently do nothing, stop here with one line."""
-    ours = [t for t in args.loss_type if t in LOSS_TYPES]
+    ours = [t for t in args.loss_type if t in LOSSES]
     if ours and len(ours) != len(args.loss_type):
-        theirs = [t for t in args.loss_type if t not in LOSS_TYPES]
+        theirs = [t for t in args.loss_type if t not in LOSSES]
         raise UserError(f"config: loss_type mixes this project's losses {ours} with TRL-only losses {theirs}; "
                         "combine losses from one group")
     if args.padding_free and not ours:
-        raise UserError(f"config: padding_free is implemented for loss_type {list(LOSS_TYPES)}, not {args.loss_type}")
+        raise UserError(f"config: padding_free is implemented for loss_type {list(LOSSES)}, not {args.loss_type}")
     if args.beta <= 0:
         raise UserError(f"config: beta must be > 0, got {args.beta}")
     if model_args.use_peft and model_args.lora_dropout > 0 and args.disable_dropout:
@@ -276,15 +333,23 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
                         "false to train with dropout")
     if not 0.0 <= args.label_smoothing < 0.5:
         raise UserError(f"config: label_smoothing must be in [0, 0.5), got {args.label_smoothing}")
-    from .losses import USES_LABEL_SMOOTHING
-
-    if args.label_smoothing > 0 and ours and not any(t in USES_LABEL_SMOOTHING for t in ours):
+    if args.label_smoothing > 0 and ours and not any(uses_label_smoothing(t) for t in ours):
         raise UserError(f"config: label_smoothing={args.label_smoothing} has no effect with loss_type {ours}; "
                         f"use cdpo or rdpo, or set label_smoothing 0")
-    for loss_type in ours:  # the variants' own knobs (madpo_*), range-checked by the loss registry
+    custom = args.loss_knobs or {}
+    if not isinstance(custom, dict):
+        raise UserError(f"config: loss_knobs must be a mapping of knob: value, got {custom!r}")
+    for key, value in custom.items():
+        owners = [name for name, loss in LOSSES.items() if key in loss.knobs]
+        if not owners:
+            raise _unknown(key, "config: loss_knobs", set(_custom_knobs()))
+        if not set(owners) & set(ours):
+            raise UserError(f"config: key '{key}' is a knob of loss_type {', '.join(owners)}, which is not selected "
+                            f"(loss_type {args.loss_type}); it would do nothing")
+        custom[key] = _check_knob_type(key, value, _custom_knobs()[key], "config")
+    for loss_type in ours:  # each loss's own knobs, range-checked by the loss itself
         try:
-            check_knobs(loss_type, beta=args.beta, label_smoothing=args.label_smoothing,
-                        **{k: getattr(args, k) for k in MADPO_DEFAULTS})
+            check_knobs(loss_type, beta=args.beta, **knob_values(args))
         except ValueError as err:
             raise UserError(f"config: {err}") from None
     if script_args.reward_model_name_or_path and "madpo" not in args.loss_type:

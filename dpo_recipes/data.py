@@ -34,7 +34,7 @@ from datasets import Dataset, DatasetDict, Features, Json, List, Value, concaten
 from trl.data_utils import common_prefix_length
 
 from .errors import UserError
-from .trainer import MARGIN_COLUMN
+from .names import MARGIN_COLUMN
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 

@@ -40,10 +40,14 @@ import json
 import sys
 from pathlib import Path
 
+from .config import DATACLASSES, _custom_knobs, _known_keys, _unknown, read_yaml
 from .errors import UserError, exit_on_user_error
+from .losses import load_losses_file
+from .modeling import CACHE_DIR
+from .names import REPO_ROOT
+from .tiny import FAMILIES, build_tiny
 
 GiB = 1024**3
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CUDA_CONTEXT = 1 * GiB  # assumed: CUDA context, cuBLAS / NCCL workspaces
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2, None: 4}
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -154,8 +158,6 @@ def find_architecture(model_name_or_path: str | None, tiny_model: str | None) ->
             return BUILTIN[key], f"built-in table ({key})"
         raise UserError(f"model_name_or_path: no config.json for {model_name_or_path!r} on this machine and not in "
                         f"the built-in table ({', '.join(BUILTIN)}); download its config.json first")
-    from .modeling import CACHE_DIR
-    from .tiny import FAMILIES, build_tiny
 
     if tiny_model not in FAMILIES:
         raise UserError(f"config: tiny_model must be one of {sorted(FAMILIES)}, got {tiny_model!r}")
@@ -367,7 +369,6 @@ def deepspeed_host_ram(trainable: int, gpus: int, nodes: int, stage: int, offloa
 
 
 def _defaults() -> dict:
-    from .config import DATACLASSES
 
     values = {}
     for cls in DATACLASSES:
@@ -384,7 +385,6 @@ def recipe_setup(recipe: str, variant: str | None = None, gpus: int | None = Non
     """The Setup of recipes/<recipe> (config.yaml, variant, accelerate.yaml, DeepSpeed JSON), and a description."""
     import yaml
 
-    from .config import _known_keys, _unknown, read_yaml
 
     recipes = sorted(p.name for p in (root / "recipes").iterdir() if (p / "config.yaml").is_file())
     recipe_dir = root / "recipes" / recipe
@@ -392,7 +392,8 @@ def recipe_setup(recipe: str, variant: str | None = None, gpus: int | None = Non
         raise UserError(f"unknown recipe {recipe!r}; recipes: {', '.join(recipes)}")
     files = [recipe_dir / "config.yaml"] + ([recipe_dir / "variants" / f"{variant}.yaml"] if variant else [])
     config = _defaults()
-    known = _known_keys()
+    load_losses_file(recipe_dir / "losses.py")  # a recipe's own loss knobs are keys of its config
+    known = _known_keys() | set(_custom_knobs())
     for path in files:
         layer = read_yaml(path)
         layer.pop("env", None)

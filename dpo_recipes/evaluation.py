@@ -33,10 +33,15 @@ from pathlib import Path
 import torch
 from trl.data_utils import common_prefix_length
 
+from .config import ScriptArguments, validate_report_args
+from .data import load_preference_data
 from .errors import UserError, exit_on_user_error
+from .margins import render_ids
+from .model_card import hub_repo_id, push_folder, write_model_card
+from .modeling import load_tokenizer, resolve_model_path
+from .names import REPORT_JSON, REPORT_MD, RUN_CONFIG
+from .reporting import write_json
 
-REPORT_JSON = "eval_report.json"
-REPORT_MD = "eval_report.md"
 # ScriptArguments fields that only shape the report (they can be changed for `make eval` without retraining).
 REPORT_FIELDS = ("eval_report_pairs", "eval_report_prompts", "eval_report_samples", "eval_report_max_new_tokens",
                  "eval_report_examples", "judge_model")
@@ -383,7 +388,6 @@ def load_judge(path: str, device, trust_remote_code: bool = False):
 def judge_scores(judge, judge_tokenizer, prompts: list, replies: list[str]) -> list[float]:
     """The reward of each (prompt, reply), rendered as the reward model was trained (margins.render_ids), one
     sequence at a time so that no padding enters the score."""
-    from .margins import render_ids
 
     device = next(judge.parameters()).device
     scores = []
@@ -554,7 +558,6 @@ def _cell(text: str) -> str:
 
 
 def write_report(run_dir: Path, report: dict) -> tuple[Path, Path]:
-    from .reporting import write_json
 
     old = run_dir / REPORT_JSON
     if old.is_file():  # `make eval` again: say what is replaced
@@ -573,7 +576,6 @@ def write_report(run_dir: Path, report: dict) -> tuple[Path, Path]:
 
 def report_for_run(run_dir, script_args, training: dict, model_args, eval_dataset, written_by: str) -> dict:
     """Load the saved policy and its reference, evaluate on `eval_dataset`, write the report; returns it."""
-    from .modeling import resolve_model_path
 
     run_dir = Path(run_dir)
     settings = ReportSettings.from_args(script_args, training)
@@ -609,7 +611,6 @@ def release_training_memory(trainer) -> None:
 
 def finish_run_outputs(output_dir, script_args, training: dict, model_args, eval_dataset) -> None:
     """The end of a run (run.py step 7, main process): evaluation report, model card, hub push when asked."""
-    from .model_card import hub_repo_id, push_folder, write_model_card
 
     output_dir = Path(output_dir)
     if script_args.eval_report:
@@ -630,8 +631,6 @@ def read_run_config(run_dir: Path):
     """(script_args, training dict, model_args) of the run that wrote `run_dir`."""
     from trl import ModelConfig
 
-    from .config import ScriptArguments
-    from .resilience import RUN_CONFIG
 
     path = run_dir / RUN_CONFIG
     if not run_dir.is_dir():
@@ -648,7 +647,6 @@ def read_run_config(run_dir: Path):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .config import ScriptArguments
 
     fields = {f.name: f for f in dataclasses.fields(ScriptArguments)}
 
@@ -666,9 +664,6 @@ def _parser() -> argparse.ArgumentParser:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    from .config import validate_report_args
-    from .data import load_preference_data
-    from .modeling import load_tokenizer
 
     args = _parser().parse_args(argv)
     run_dir = Path(args.run_dir)
@@ -683,7 +678,6 @@ def main(argv: list[str] | None = None) -> dict:
     data = load_preference_data(script_args, seed=int(training["seed"]), tokenizer=tokenizer,
                                 max_length=training["max_length"], truncation_mode=training["truncation_mode"])
     report = report_for_run(run_dir, script_args, training, model_args, data.eval, written_by="make eval")
-    from .model_card import write_model_card
 
     write_model_card(run_dir)
     return report

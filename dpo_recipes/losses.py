@@ -1,8 +1,9 @@
-"""Preference losses from the DPO literature, as pure functions of per-pair log-ratios.
+"""Preference losses from the DPO literature, as components with one small contract.
 
-A log-ratio is log pi_theta(y|x) - log pi_ref(y|x), summed over the completion's tokens; h is the chosen log-ratio
-minus the rejected one, b is beta, e is label_smoothing, s is the logistic sigmoid. Every function returns the per-pair
-loss (no reduction), differentiable in the log-ratios.
+A loss is a function from a batch of pairs' log-ratios (`Pairs`) and its knobs to the per-pair loss (no reduction),
+differentiable in the log-ratios, registered by name with `register_loss`; a recipe's config selects it with
+`loss_type: <name>`. A log-ratio is log pi_theta(y|x) - log pi_ref(y|x), summed over the completion's tokens; h is
+the chosen log-ratio minus the rejected one, b is beta, e is label_smoothing, s is the logistic sigmoid.
 
     loss_type        paper                                         loss per pair
     sigmoid          DPO, Rafailov et al. 2023, eq. 7              -log s(b h)
@@ -11,20 +12,172 @@ loss (no reduction), differentiable in the log-ratios.
     rdpo (robust)    robust DPO, Chowdhury et al. 2024             [-(1-e) log s(b h) + e log s(-b h)] / (1-2e)
     madpo            margin-adaptive DPO, Rho 2025 (2510.05342)    w(m) * -log s(b h), m a reward-model margin
 
-docs/losses.md has the table with knobs, defaults and when to use each.
+A recipe folder may hold its own `losses.py` that registers more (docs/losses.md has a complete example); it is
+loaded with the recipe's config. docs/losses.md has the table with knobs, defaults and when to use each.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
+
+@dataclass(frozen=True)
+class Pairs:
+    """What a loss sees of a batch: per-pair log-ratios, completion token counts and reward margins (madpo)."""
+
+    chosen_logratios: torch.Tensor
+    rejected_logratios: torch.Tensor
+    chosen_lengths: torch.Tensor | None = None
+    rejected_lengths: torch.Tensor | None = None
+    reward_margins: torch.Tensor | None = None
+
+    @property
+    def h(self) -> torch.Tensor:
+        return self.chosen_logratios - self.rejected_logratios
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A registered loss. `fn(pairs, *, beta, **knobs)` returns the per-pair loss; `knobs` maps each knob to its
+    default (its type is the default's); `check(**knobs)` raises ValueError for a bad value."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    knobs: dict[str, Any] = field(default_factory=dict)
+    check: Callable[..., None] | None = None
+    needs_margins: bool = False
+
+
+LOSSES: dict[str, Loss] = {}
+BUILT_IN: tuple[str, ...] = ()  # filled below, once the five are registered
+
+
+def register_loss(name: str, *, knobs: dict[str, Any] | None = None, check: Callable[..., None] | None = None,
+                  needs_margins: bool = False):
+    """Decorator: register `fn(pairs, *, beta, **knobs) -> per-pair loss` as `loss_type: name`. A knob is a config
+    key (set in the recipe's YAML or as --key on the command line, checked like every other key); `label_smoothing`
+    is TRL's key and may be one of them."""
+
+    def decorator(fn):
+        if name in BUILT_IN and name in LOSSES:
+            raise ValueError(f"loss_type {name!r} is built in; register yours under another name")
+        LOSSES[name] = Loss(name, fn, dict(knobs or {}), check, needs_margins)
+        return fn
+
+    return decorator
+
+
+def load_losses_file(path: str | Path) -> None:
+    """Run a recipe's losses.py (if there is one), so that the losses it registers can be selected by name."""
+    path = Path(path).resolve()
+    if path in _LOADED or not path.is_file():
+        return
+    spec = importlib.util.spec_from_file_location(f"recipe_losses.{path.parent.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _LOADED.add(path)
+
+
+_LOADED: set[Path] = set()
+
+
+def knob_values(args) -> dict:
+    """Every registered loss knob's value for a run's arguments: fields of the arguments (label_smoothing,
+    ipo_normalize, madpo_*), a recipe's own knobs from `args.loss_knobs`, the registered default otherwise."""
+    values = {k: v for loss in LOSSES.values() for k, v in loss.knobs.items()}
+    values.update({k: getattr(args, k) for k in values if hasattr(args, k)})
+    values.update(getattr(args, "loss_knobs", None) or {})
+    return values
+
+
+def uses_label_smoothing(loss_type: str) -> bool:
+    return "label_smoothing" in LOSSES[loss_type].knobs
+
+
+def check_knobs(loss_type: str, *, beta: float, **knobs) -> None:
+    """Raise ValueError when `loss_type` is unknown, beta is out of range, or a knob it reads is unknown to it or out
+    of range (config.validate turns this into one line). Knobs it does not read are ignored here."""
+    if loss_type not in LOSSES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; registered: {', '.join(LOSSES)}")
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a finite number > 0, got {beta}")
+    loss = LOSSES[loss_type]
+    if loss.check is not None:
+        try:
+            loss.check(**{k: knobs.get(k, default) for k, default in loss.knobs.items()})
+        except ValueError as err:
+            raise ValueError(f"{loss_type}: {err}") from None
+
+
+def preference_loss(
+    loss_type: str,
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
+    *,
+    beta: float,
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
+    reward_margins: torch.Tensor | None = None,
+    **knobs,
+) -> torch.Tensor:
+    """Per-pair loss of the registered `loss_type`. Knobs it does not name take their defaults (label_smoothing 0,
+    ipo_normalize True, madpo_* as MADPO_DEFAULTS); knobs of other losses are ignored."""
+    check_knobs(loss_type, beta=beta, **knobs)
+    loss = LOSSES[loss_type]
+    pairs = Pairs(chosen_logratios, rejected_logratios, chosen_lengths, rejected_lengths, reward_margins)
+    if loss.needs_margins and reward_margins is None:
+        raise ValueError(f"{loss_type} needs reward_margins (a margin column in the data, score columns or a reward "
+                         "model)")
+    return loss.fn(pairs, beta=beta, **{k: knobs.get(k, default) for k, default in loss.knobs.items()})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The five built-in losses.
+
+
+def _check_label_smoothing(label_smoothing: float, **_) -> None:
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+
+
+@register_loss("sigmoid")
+def sigmoid(pairs: Pairs, *, beta: float) -> torch.Tensor:
+    return -F.logsigmoid(beta * pairs.h)
+
+
+@register_loss("ipo", knobs={"ipo_normalize": True})
+def ipo(pairs: Pairs, *, beta: float, ipo_normalize: bool) -> torch.Tensor:
+    h = pairs.h
+    if ipo_normalize:
+        if pairs.chosen_lengths is None or pairs.rejected_lengths is None:
+            raise ValueError("ipo with ipo_normalize=True needs chosen_lengths and rejected_lengths")
+        # Mean log-ratio per completion token, as TRL computes it (an empty completion counts as one token).
+        h = (pairs.chosen_logratios / pairs.chosen_lengths.clamp(min=1)
+             - pairs.rejected_logratios / pairs.rejected_lengths.clamp(min=1))
+    return (h - 1.0 / (2.0 * beta)) ** 2
+
+
+@register_loss("cdpo", knobs={"label_smoothing": 0.0}, check=_check_label_smoothing)
+def cdpo(pairs: Pairs, *, beta: float, label_smoothing: float) -> torch.Tensor:
+    eps = float(label_smoothing)
+    return -(1.0 - eps) * F.logsigmoid(beta * pairs.h) - eps * F.logsigmoid(-beta * pairs.h)
+
+
+def _rdpo(pairs: Pairs, *, beta: float, label_smoothing: float) -> torch.Tensor:
+    eps = float(label_smoothing)
+    return (-(1.0 - eps) * F.logsigmoid(beta * pairs.h) + eps * F.logsigmoid(-beta * pairs.h)) / (1.0 - 2.0 * eps)
+
+
 # `robust` is TRL's name for rDPO; both names select the same function.
-LOSS_TYPES = ("sigmoid", "ipo", "cdpo", "rdpo", "robust", "madpo")
-# Losses that read `label_smoothing` (the assumed label-flip rate); the others ignore it.
-USES_LABEL_SMOOTHING = ("cdpo", "rdpo", "robust")
+register_loss("rdpo", knobs={"label_smoothing": 0.0}, check=_check_label_smoothing)(_rdpo)
+register_loss("robust", knobs={"label_smoothing": 0.0}, check=_check_label_smoothing)(_rdpo)
 
 # The knobs of madpo, with the paper's defaults (c_min None means 1 / c_max).
 MADPO_DEFAULTS = {"madpo_c_max": 2.0, "madpo_c_min": None, "madpo_lambda": 1.0, "madpo_tau": math.log(999.0)}
@@ -66,51 +219,12 @@ def madpo_weights(reward_margins: torch.Tensor, madpo_c_max: float = 2.0, madpo_
     return torch.where(m > -tau, w, torch.ones_like(w))
 
 
-def check_knobs(loss_type: str, *, beta: float, label_smoothing: float = 0.0, **params) -> None:
-    """Raise ValueError when `loss_type` or a knob it reads is out of range (config.validate turns it into one line)."""
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {loss_type!r}; ours are {', '.join(LOSS_TYPES)}")
-    if not (math.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta must be a finite number > 0, got {beta}")
-    if loss_type in USES_LABEL_SMOOTHING and not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"{loss_type} needs label_smoothing in [0, 0.5), got {label_smoothing}")
-    if loss_type == "madpo":
-        madpo_knobs(**{k: params.get(k, v) for k, v in MADPO_DEFAULTS.items()})
-
-
-def preference_loss(
-    loss_type: str,
-    chosen_logratios: torch.Tensor,
-    rejected_logratios: torch.Tensor,
-    *,
-    beta: float,
-    label_smoothing: float = 0.0,
-    chosen_lengths: torch.Tensor | None = None,
-    rejected_lengths: torch.Tensor | None = None,
-    reward_margins: torch.Tensor | None = None,
-    **params,
-) -> torch.Tensor:
-    """Per-pair loss of `loss_type` (one of LOSS_TYPES). Knobs: ipo_normalize (default True), madpo_* (see
-    MADPO_DEFAULTS). Lengths are completion token counts; reward_margins are r(x, y_w) - r(x, y_l)."""
-    check_knobs(loss_type, beta=beta, label_smoothing=label_smoothing, **params)
-    h = chosen_logratios - rejected_logratios
-    eps = float(label_smoothing)
-    if loss_type == "sigmoid":
-        return -F.logsigmoid(beta * h)
-    if loss_type == "ipo":
-        if params.get("ipo_normalize", True):
-            if chosen_lengths is None or rejected_lengths is None:
-                raise ValueError("ipo with ipo_normalize=True needs chosen_lengths and rejected_lengths")
-            # Mean log-ratio per completion token, as TRL computes it (an empty completion counts as one token).
-            h = chosen_logratios / chosen_lengths.clamp(min=1) - rejected_logratios / rejected_lengths.clamp(min=1)
-        return (h - 1.0 / (2.0 * beta)) ** 2
-    if loss_type == "cdpo":
-        return -(1.0 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
-    if loss_type in ("rdpo", "robust"):
-        return (-(1.0 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1.0 - 2.0 * eps)
-    # madpo
-    if reward_margins is None:
-        raise ValueError("madpo needs reward_margins (a margin column in the data, score columns or a reward model)")
-    knobs = {k: params.get(k, v) for k, v in MADPO_DEFAULTS.items()}
-    w = madpo_weights(reward_margins, **knobs).to(device=h.device, dtype=h.dtype)
+@register_loss("madpo", knobs=MADPO_DEFAULTS, check=madpo_knobs, needs_margins=True)
+def madpo(pairs: Pairs, *, beta: float, **knobs) -> torch.Tensor:
+    h = pairs.h
+    w = madpo_weights(pairs.reward_margins, **knobs).to(device=h.device, dtype=h.dtype)
     return w * -F.logsigmoid(beta * h)
+
+
+# The built-in names (a recipe's losses.py adds to LOSSES, not to this tuple).
+LOSS_TYPES = BUILT_IN = tuple(LOSSES)

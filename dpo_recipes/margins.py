@@ -23,7 +23,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl.data_utils import is_conversational
 
 from .errors import UserError
-from .trainer import MARGIN_COLUMN
+from .names import MARGIN_COLUMN
 
 
 def check_margins(dataset: Dataset, where: str) -> None:

@@ -20,6 +20,10 @@ from pathlib import Path
 import torch
 
 from .errors import UserError, exit_on_user_error
+from .evaluation import read_run_config
+from .model_card import hub_repo_id, push_folder, write_model_card
+from .modeling import resolve_model_path
+from .reporting import write_json
 
 MERGE_RECORD = "merge_info.json"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -42,10 +46,6 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, dtype: str | None = None
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .evaluation import read_run_config
-    from .model_card import write_model_card
-    from .modeling import resolve_model_path
-    from .reporting import write_json
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     script_args, training, model_args = read_run_config(run_dir)
@@ -113,7 +113,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"merged {args.run_dir} ({record['adapter']}) into {record['base_model']} in {record['dtype']} -> "
           f"{args.out_dir}", flush=True)
     if args.push_to_hub:
-        from .model_card import hub_repo_id, push_folder
 
         repo_id = hub_repo_id({"hub_model_id": args.hub_model_id}, Path(args.out_dir))
         url = push_folder(args.out_dir, repo_id, private=args.hub_private_repo or None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import UserError
 from .reporting import PLOTS, redact
 
 CARD_MARK = "<!-- written by dpo-recipes: model_card.py -->"
@@ -57,7 +58,6 @@ def build_card(run_dir: Path, merged: dict | None = None) -> str:
     """The card's Markdown. `merged`: the merge record (merge.py) when the card describes a merged export."""
     manifest = _read(run_dir / "manifest.json")
     if manifest is None:
-        from .errors import UserError
 
         raise UserError(f"{run_dir}: no manifest.json; the model card is written from a finished run's folder")
     manifest = redact(manifest)
@@ -178,7 +178,6 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, r
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from .errors import UserError
 
     api = HfApi()
     try:

@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from .errors import UserError
-from .tiny import FAMILIES, REPO_ROOT, build_tiny
+from .names import REPO_ROOT
+from .tiny import FAMILIES, build_tiny
 
 CACHE_DIR = Path(os.environ.get("DPO_RECIPES_CACHE", REPO_ROOT / ".cache"))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-SEQUENCE_IDS = "sequence_ids"  # per token: which of the batch's 2B sequences it belongs to (-1: row padding)
+from .names import SEQUENCE_IDS
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:

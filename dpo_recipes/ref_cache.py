@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .tiny import REPO_ROOT
+from .names import REPO_ROOT
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("DPO_RECIPES_CACHE", REPO_ROOT / ".cache")) / "ref_logps"
 

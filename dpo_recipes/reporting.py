@@ -14,6 +14,8 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
+from .errors import UserError, exit_on_user_error
+
 STACK = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "deepspeed")
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "HF_API_TOKEN")
 # Plots drawn from trainer_state.json's log history: (file, title, [(train key, eval key)])
@@ -173,7 +175,6 @@ def plot_log_history(log_history: list[dict], out_dir: str | Path) -> list[Path]
 def plot_run(run_dir: str | Path) -> list[Path]:
     """`make plots RUN=<dir>`: plots/ of a run folder from its trainer_state.json, or, for a run still going or
     interrupted, from its latest checkpoint's."""
-    from .errors import UserError
 
     run_dir = Path(run_dir)
     state = run_dir / "trainer_state.json"
@@ -195,7 +196,6 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .errors import exit_on_user_error
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] != "plots":

@@ -23,10 +23,8 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 
 from .errors import UserError
+from .names import AUDIT_FILE, CHECKPOINT_COMPLETE, RUN_COMPLETE, RUN_CONFIG
 
-RUN_CONFIG = "run_config.json"  # the resolved config of the run that owns this output_dir
-RUN_COMPLETE = "run_complete.json"  # written after the final save and evaluation
-CHECKPOINT_COMPLETE = "checkpoint_complete.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Keys that may change between an interrupted run and its resumption without changing the result.
 RESUME_TOLERANT_KEYS = {"overwrite_output_dir", "report_to", "logging_dir", "disable_tqdm", "run_name", "judge_model",
@@ -100,7 +98,6 @@ def prepare_output_dir(output_dir: str | Path, run_config: dict, overwrite: bool
     output_dir = Path(output_dir)
     run_config = json.loads(json.dumps(run_config, default=str))
     config_file = output_dir / RUN_CONFIG
-    from .audit import AUDIT_FILE  # imported here: audit -> data -> trainer -> resilience
 
     # `make audit` alone writes data_audit.json into output_dir: that is the start of this run, not another run.
     has_content = output_dir.is_dir() and any(p.name != AUDIT_FILE for p in output_dir.iterdir())

@@ -18,6 +18,7 @@ from .config import parse_config
 from .audit import audit_data
 from .errors import exit_on_user_error
 from .evaluation import finish_run_outputs, release_training_memory
+from .losses import load_losses_file
 from .margins import add_reward_margins
 from .modeling import load_model, load_tokenizer, resolve_model_path
 from .reporting import plot_log_history, warn_version_drift, write_json, write_manifest
@@ -34,7 +35,9 @@ from .trainer import PreferenceTrainer
 
 @exit_on_user_error
 def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
-    # 1. Config: the recipe's YAML, then command-line overrides; validated before anything heavy happens.
+    # 1. Config: the recipe's YAML, then command-line overrides; validated before anything heavy happens. A recipe's
+    # own losses.py registers its losses first, so that its config can select them.
+    load_losses_file(Path(recipe_dir) / "losses.py")
     script_args, training_args, model_args = parse_config(argv)
     warn_version_drift(recipe_dir)
     output_dir = Path(training_args.output_dir)

@@ -37,9 +37,9 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError, exit_on_user_error
+from .names import REPO_ROOT
 
 # Only the standard library and yaml at import time: `make train` runs check-device before every launch.
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 SMOKE_STEPS = 3
 SMOKE_LEARNING_RATE = 1e-3
@@ -198,6 +198,7 @@ def _run_config_args(recipe_dir: Path, variant: str | None) -> list[str]:
 
 
 def run_smoke(recipe_dir: Path, out: Path, variant: str | None = None) -> dict:
+    # Imported here: `smoke check-device`, which runs before every `make train`, must not pay TRL's import time.
     from .config import parse_config
     from .modeling import CACHE_DIR
     from .tiny import FAMILIES, build_tiny
@@ -278,6 +279,7 @@ def check_result(run_dir: Path, base_dir: Path, argv: list[str]) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # Imported here, as in run_smoke: check-device stays light.
     from .config import parse_config
     from .modeling import load_model
 

@@ -18,7 +18,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .names import REPO_ROOT
+
 
 # Chat templates written for the tiny tokenizers; each renders the same turn structure as its real family.
 LLAMA3_TEMPLATE = (

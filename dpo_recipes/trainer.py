@@ -1,7 +1,7 @@
 """PreferenceTrainer: TRL's DPOTrainer with its loss taken from `dpo_recipes.losses`.
 
 TRL 1.x computes its losses inside one long `_compute_loss` with no hook, so for this project's loss types
-(`losses.LOSS_TYPES`) we override `compute_loss` with a short path: one policy forward through TRL's fused LM head,
+(`losses.LOSSES`, a recipe's own included) we override `compute_loss` with a short path: one policy forward through TRL's fused LM head,
 the reference log-probs from TRL's own `compute_ref_log_probs` (or the precomputed columns), then the registry's loss
 and TRL's metric names. Any other TRL loss type goes to TRL unchanged.
 """
@@ -20,13 +20,13 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import use_adapter
 
-from .losses import LOSS_TYPES, MADPO_DEFAULTS, madpo_weights, preference_loss
+from .losses import LOSSES, MADPO_DEFAULTS, knob_values, madpo_weights, preference_loss
 from . import ref_cache
-from .packing import SEQUENCE_IDS, pack_sequences, packed_sequence_logps
+from .margins import check_margins
+from .names import MARGIN_COLUMN, ROW_ID_COLUMN, SEQUENCE_IDS
+from .packing import pack_sequences, packed_sequence_logps
 from .resilience import TrainingStopped, any_rank
 
-MARGIN_COLUMN = "reward_margin"  # r(x, y_w) - r(x, y_l), for madpo; see margins.py
-ROW_ID_COLUMN = "row_id"  # the pair's row in the training data, named when a batch goes non-finite
 _REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 _MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "completion_mask", SEQUENCE_IDS)
 
@@ -122,12 +122,9 @@ class PreferenceTrainer(DPOTrainer):
         super().__init__(*args, processing_class=processing_class, data_collator=data_collator, **kwargs)
         self.add_callback(TokenCount(self))
         config.padding_free = self.padding_free = padding_free
-        self.use_registry = all(t in LOSS_TYPES for t in self.loss_types)
-        self.loss_knobs = {"ipo_normalize": config.ipo_normalize}
-        self.loss_knobs.update({k: getattr(config, k) for k in MADPO_DEFAULTS})
+        self.use_registry = all(t in LOSSES for t in self.loss_types)
+        self.loss_knobs = knob_values(config)
         if "madpo" in self.loss_types:  # stop at the start, not at the first batch without margins
-            from .margins import check_margins  # margins.py imports this module
-
             evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval": self.eval_dataset}
             for split, dataset in {"train": self.train_dataset, **evals}.items():
                 if isinstance(dataset, Dataset):
@@ -264,7 +261,6 @@ class PreferenceTrainer(DPOTrainer):
                 chosen_logratios,
                 rejected_logratios,
                 beta=self.beta,
-                label_smoothing=self.label_smoothing,
                 chosen_lengths=chosen_lengths,
                 rejected_lengths=rejected_lengths,
                 reward_margins=margins,

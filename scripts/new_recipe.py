@@ -1,8 +1,12 @@
-"""Copy a recipe as the template of a new one: `make new-recipe NAME=<new> FROM=<existing>`.
+"""Copy a recipe as the template of a new one: `make new-recipe NAME=<new> FROM=<existing> [OWN=1]`.
 
-Everything is copied (config, variants, train.py, README, versions.txt; the accelerate.yaml link stays a relative
-link to the same launcher config). What names the old recipe is renamed, and each rename is printed:
+Everything is copied (config, variants, losses.py, train.py, README, versions.txt; the accelerate.yaml link stays a
+relative link to the same launcher config). What names the old recipe is renamed, and each rename is printed:
 `output_dir` and `hub_model_id` in the configs, the README's title. Nothing existing is overwritten.
+
+With OWN=1 the new recipe's train.py is the whole training path, dpo_recipes/run.py, as a script of its own: it reads
+top to bottom and builds the trainer where you can see it, for when the loop itself must change. Without it the copy
+is config-only and follows the package's training path.
 """
 
 from __future__ import annotations
@@ -40,7 +44,19 @@ def rename_keys(text: str, old: str, new: str) -> tuple[str, list[str]]:
     return "".join(lines), changes
 
 
-def copy_recipe(recipes: Path, name: str, source: str) -> list[str]:
+def own_script(run_py: Path, source: str) -> str:
+    """dpo_recipes/run.py as a recipe's own train.py: package-absolute imports and a __main__ block."""
+    text = run_py.read_text()
+    docstring_end = text.index('"""', 3) + 3
+    header = (f'"""This recipe\'s own training script: dpo_recipes/run.py as it was when `make new-recipe ... OWN=1`\n'
+              f"copied recipe {source}. It is yours to change. It runs as every recipe does: `make train RECIPE=<this\n"
+              "folder's name>`, or `accelerate launch --config_file accelerate.yaml train.py --config config.yaml` from\n"
+              "the repository root.\n\n" + text[3:docstring_end])
+    body = re.sub(r"^from \.(\w+) import", r"from dpo_recipes.\1 import", text[docstring_end:], flags=re.M)
+    return header + body + '\n\nif __name__ == "__main__":\n    main(Path(__file__).resolve().parent)\n'
+
+
+def copy_recipe(recipes: Path, name: str, source: str, own: bool = False) -> list[str]:
     if not name or not NAME_RE.match(name):
         raise UserError(f"NAME: {name!r} is not a recipe name (lower-case letters, digits, '.', '_', '-')")
     src, dst = recipes / source, recipes / name
@@ -63,6 +79,10 @@ def copy_recipe(recipes: Path, name: str, source: str) -> list[str]:
             lines[0] = f"# {name} (copied from {source}: update this README)\n"
             readme.write_text("".join(lines))
             changes.append(f"{readme.relative_to(recipes.parent)}: title -> {name}")
+    if own:
+        (dst / "train.py").write_text(own_script(recipes.parent / "dpo_recipes" / "run.py", source))
+        changes.append(f"{(dst / 'train.py').relative_to(recipes.parent)}: the training path of dpo_recipes/run.py, "
+                       "yours to change")
     link = dst / "accelerate.yaml"
     if link.is_symlink() and not link.exists():  # a relative link from another depth: point it at the same file
         target = (src / os.readlink(src / "accelerate.yaml")).resolve()
@@ -73,10 +93,10 @@ def copy_recipe(recipes: Path, name: str, source: str) -> list[str]:
 
 @exit_on_user_error
 def main(argv: list[str]) -> None:
-    if len(argv) != 2:
-        raise UserError("usage: make new-recipe NAME=<new> FROM=<existing>")
-    name, source = argv
-    for change in copy_recipe(REPO_ROOT / "recipes", name, source):
+    if len(argv) not in (2, 3) or argv[2:] not in ([], ["0"], ["1"], [""]):
+        raise UserError("usage: make new-recipe NAME=<new> FROM=<existing> [OWN=1]")
+    name, source, own = argv[0], argv[1], argv[2:] == ["1"]
+    for change in copy_recipe(REPO_ROOT / "recipes", name, source, own):
         print(f"renamed {change}")
     print(f"created recipes/{name} from recipes/{source}; check it on CPU: make smoke RECIPE={name}")
 

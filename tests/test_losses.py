@@ -271,9 +271,9 @@ def test_float32_inputs_keep_their_dtype():
 @pytest.mark.parametrize(
     "loss_type, kwargs, message",
     [
-        ("cdpo", dict(label_smoothing=0.5), r"cdpo needs label_smoothing in \[0, 0.5\), got 0.5"),
-        ("rdpo", dict(label_smoothing=-0.1), r"rdpo needs label_smoothing in \[0, 0.5\), got -0.1"),
-        ("robust", dict(label_smoothing=0.7), r"robust needs label_smoothing"),
+        ("cdpo", dict(label_smoothing=0.5), r"cdpo: label_smoothing must be in \[0, 0.5\), got 0.5"),
+        ("rdpo", dict(label_smoothing=-0.1), r"rdpo: label_smoothing must be in \[0, 0.5\), got -0.1"),
+        ("robust", dict(label_smoothing=0.7), r"robust: label_smoothing must be"),
         ("sigmoid", dict(beta=0.0), r"beta must be a finite number > 0, got 0.0"),
         ("ipo", dict(beta=-1.0), r"beta must be a finite number > 0"),
         ("ipo", dict(), r"ipo with ipo_normalize=True needs chosen_lengths and rejected_lengths"),
@@ -284,7 +284,7 @@ def test_float32_inputs_keep_their_dtype():
         ("madpo", dict(reward_margins=t(0.0), madpo_lambda=0.0), r"madpo_lambda must be a finite number > 0"),
         ("madpo", dict(reward_margins=t(0.0), madpo_tau=-1.0), r"madpo_tau must be a finite number > 0"),
         ("madpo", dict(reward_margins=t(0.0), madpo_tau=math.inf), r"madpo_tau must be a finite number > 0"),
-        ("hinge", dict(), r"unknown loss_type 'hinge'; ours are sigmoid, ipo, cdpo, rdpo, robust, madpo"),
+        ("hinge", dict(), r"unknown loss_type 'hinge'; registered: sigmoid, ipo, cdpo, rdpo, robust, madpo"),
     ],
 )
 def test_bad_knobs_raise(loss_type, kwargs, message):

@@ -23,9 +23,14 @@ def new_recipe():
 
 @pytest.mark.slow
 def test_copy_is_renamed_and_passes_its_smoke_test(new_recipe, tmp_path):
-    proc = run(["make", "--no-print-directory", "new-recipe", f"NAME={new_recipe}", f"FROM={SOURCE}"])
+    proc = run(["make", "--no-print-directory", "new-recipe", f"NAME={new_recipe}", f"FROM={SOURCE}", "OWN=1"])
     folder, source = REPO / "recipes" / new_recipe, REPO / "recipes" / SOURCE
     assert f"created recipes/{new_recipe} from recipes/{SOURCE}" in proc.stdout
+    # OWN=1: train.py is the training path itself, readable top to bottom, building the trainer in plain sight.
+    script = (folder / "train.py").read_text()
+    assert "from ." not in script and "from dpo_recipes.run" not in script
+    assert "trainer = PreferenceTrainer(" in script and "trainer.train(" in script
+    assert script.rstrip().endswith("main(Path(__file__).resolve().parent)")
 
     config, original = (yaml.safe_load((f / "config.yaml").read_text()) for f in (folder, source))
     assert config["output_dir"] == f"outputs/{new_recipe}"
@@ -44,6 +49,13 @@ def test_copy_is_renamed_and_passes_its_smoke_test(new_recipe, tmp_path):
     assert f"smoke {new_recipe}: OK" in smoke.stdout
     report = json.loads((out / "smoke_report.json").read_text())
     assert report["recipe"] == new_recipe and report["max_logprob_change"] > 1e-4
+
+
+def test_without_own_the_copy_keeps_the_shipped_train_py(new_recipe):
+    run(["make", "--no-print-directory", "new-recipe", f"NAME={new_recipe}", f"FROM={SOURCE}"])
+    copied, shipped = REPO / "recipes" / new_recipe / "train.py", REPO / "recipes" / SOURCE / "train.py"
+    assert copied.read_text() == shipped.read_text()
+    assert "sys.path" not in shipped.read_text()  # the package is installed; a recipe needs no path tricks
 
 
 def test_existing_name_is_refused_and_nothing_changes():
