@@ -357,11 +357,14 @@ def deepspeed_model_states(trainable: int, gpus: int, stage: int, offload_optimi
 
 def deepspeed_host_ram(trainable: int, gpus: int, nodes: int, stage: int, offload_optimizer: bool,
                        offload_param: bool) -> list[tuple[str, float]]:
-    """CPU RAM per machine for offloaded states (DeepSpeed's estimator, before its 1.5x buffer factor)."""
+    """CPU RAM per machine for offloaded states, as DeepSpeed's estimator counts it: the states, then its 1.5x
+    buffer factor (estimate_zero*_model_states_mem_needs, additional_buffer_factor=1.5) as a row of its own."""
     if not offload_optimizer:
         return []
     per_param = 18 if (stage == 3 and offload_param) else 16
-    return [(f"offloaded model states ({per_param} B/param)", trainable * per_param / nodes)]
+    states = trainable * per_param / nodes
+    return [(f"offloaded model states ({per_param} B/param)", states),
+            ("DeepSpeed's buffer factor (x1.5 of the offloaded states)", 0.5 * states)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -474,6 +477,9 @@ def format_estimate(setup: Setup, result: dict, about: dict, gpu_mem: float | No
         lines.append(f"  {'TOTAL, ' + label:60s} {result['total'][key] / scale:8.2f}{mark}")
     for label, value in result["host"]:
         lines.append(f"  {'CPU RAM per machine: ' + label:60s} {value / scale:8.2f}")
+    if result["host"]:
+        host_total = sum(value for _, value in result["host"])
+        lines.append(f"  {'CPU RAM per machine: TOTAL (plus the OS and data loading)':60s} {host_total / scale:8.2f}")
     if not s.on_gpu and not gpu_mem:
         return "\n".join(lines + ["", f"a CPU recipe: {total / GiB:.2f} GiB of RAM per process (no GPU)"])
     sizes = [gpu_mem] if gpu_mem else list(COMMON_GPUS)

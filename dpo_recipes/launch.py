@@ -23,6 +23,7 @@ import subprocess
 import sys
 
 from accelerate.commands.launch import launch_command, launch_command_parser
+from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from .config import parse_config
@@ -55,6 +56,8 @@ def launch(argv: list[str]) -> int:
     except ChildFailedError as err:
         _, failure = err.get_first_failure()
         return failure.exitcode if failure.exitcode > 0 else 1  # a negative code: killed by a signal
+    except SignalException as err:  # torch elastic's agent got SIGTERM (Slurm's --signal, a pre-emption): it passed
+        return 128 + err.sigval  # it on to the training processes and waited TORCH_ELASTIC_SHUTDOWN_TIMEOUT for them
     except SystemExit as err:  # `--quiet`: accelerate exits 1 itself
         return err.code if isinstance(err.code, int) else 1
     return 0

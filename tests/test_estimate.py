@@ -363,3 +363,15 @@ def test_lora_dropout_counted_only_when_dropout_acts(tmp_path):
         (recipe / "config.yaml").write_text((recipe / "config.yaml").read_text() + extra)
         setup, _ = recipe_setup(name, root=tmp_path)
         assert setup.lora_dropout == expected
+
+
+def test_offload_host_ram_includes_deepspeeds_buffer_factor():
+    """DeepSpeed's estimator multiplies the offloaded states by 1.5 (additional_buffer_factor); the recipe's README
+    quotes the total: 127.67 GiB of states, 63.84 of buffer, 14.19 of bf16 reference, 205.7 GiB per machine."""
+    setup, _ = recipe_setup("qwen2.5-7b-full-zero3-offload")
+    host = dict(estimate(setup)["host"])
+    states = host["offloaded model states (18 B/param)"]
+    assert host["DeepSpeed's buffer factor (x1.5 of the offloaded states)"] == pytest.approx(0.5 * states)
+    assert sum(host.values()) / 2**30 == pytest.approx(205.7, abs=0.05)
+    readme = (REPO / "recipes/qwen2.5-7b-full-zero3-offload/README.md").read_text()
+    assert f"**{sum(host.values()) / 2**30:.1f}**, plus the OS" in readme

@@ -49,11 +49,15 @@ def test_make_with_a_malformed_dataset(tmp_path, case, target):
     assert "Loading weights" not in proc.stdout + proc.stderr  # stopped before any model or launcher
 
 
-def multi_cpu_launcher(tmp_path, processes):
+def cpu_launcher(tmp_path, processes):
+    """One plain process, or several through torch elastic: on CPU, accelerate starts several processes only for
+    DeepSpeed (its MULTI_CPU expects mpirun), so the 2-process form is ZeRO-3 over gloo, as `make smoke` runs it."""
     path = tmp_path / "launcher.yaml"
-    path.write_text(f"compute_environment: LOCAL_MACHINE\ndistributed_type: {'MULTI_CPU' if processes > 1 else 'NO'}\n"
-                    f"use_cpu: true\nnum_machines: 1\nnum_processes: {processes}\nmachine_rank: 0\n"
-                    f"main_process_ip: 127.0.0.1\nmain_process_port: {free_port()}\nmixed_precision: 'no'\n")
+    kind = ("distributed_type: DEEPSPEED\ndeepspeed_config:\n  deepspeed_config_file: "
+            "accelerate_configs/deepspeed/zero3.json\n" if processes > 1 else "distributed_type: 'NO'\n")
+    path.write_text(f"compute_environment: LOCAL_MACHINE\n{kind}use_cpu: true\nnum_machines: 1\n"
+                    f"num_processes: {processes}\nmachine_rank: 0\nmain_process_ip: 127.0.0.1\n"
+                    f"main_process_port: {free_port()}\n")
     return path
 
 
@@ -63,7 +67,7 @@ def test_an_error_inside_the_launched_processes(tmp_path, processes):
     """A user error that only the training processes can see (the chat template file, read with the tokenizer):
     through `make train`, one line and exit 2, not accelerate's or torch elastic's traceback after it."""
     missing = tmp_path / "nope.jinja"
-    proc = run(["make", "--no-print-directory", "train", f"ACCELERATE_CONFIG={multi_cpu_launcher(tmp_path, processes)}",
+    proc = run(["make", "--no-print-directory", "train", f"ACCELERATE_CONFIG={cpu_launcher(tmp_path, processes)}",
                 f"ARGS=--chat_template_path {missing} --output_dir {tmp_path / 'o'}"], check=False, timeout=300)
     assert_one_line(proc, f"{missing}: chat_template_path not found")
 
@@ -76,7 +80,7 @@ def test_launch_passes_on_the_exit_code(tmp_path, processes):
     script = tmp_path / "crash.py"
     script.write_text("import os, sys\nif os.environ.get('RANK', '0') == '0':\n    raise RuntimeError('boom')\n"
                       "sys.exit(0)\n")
-    proc = run([sys.executable, "-m", "dpo_recipes.launch", "--config_file", str(multi_cpu_launcher(tmp_path, processes)),
+    proc = run([sys.executable, "-m", "dpo_recipes.launch", "--config_file", str(cpu_launcher(tmp_path, processes)),
                 str(script), "--config", str(REPO / "recipes/demo-cpu/config.yaml")], check=False, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.count("Traceback") == 1 and "RuntimeError: boom" in proc.stderr
