@@ -78,6 +78,12 @@ class ScriptArguments:
     score_rejected_column: str = field(
         default="score_rejected", metadata={"help": "madpo without a reward model: the rejected reply's score column."}
     )
+    score_margin_scale: float | None = field(
+        default=None,
+        metadata={"help": "madpo with score columns (an extension, not the paper): the factor that puts score_chosen - "
+                  "score_rejected on the logit scale of a Bradley-Terry reward margin, which MADPO's weights and "
+                  "tau = ln 999 assume. No default: score columns are refused without it (docs/losses.md)."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Replace whatever output_dir holds. Without it a finished run, or another config's run, "
@@ -354,6 +360,12 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
             raise UserError(f"config: {err}") from None
     if script_args.reward_model_name_or_path and "madpo" not in args.loss_type:
         raise UserError(f"config: reward_model_name_or_path is only used by loss_type madpo, got {args.loss_type}")
+    if script_args.score_margin_scale is not None:
+        if "madpo" not in args.loss_type or script_args.reward_model_name_or_path:
+            raise UserError("config: score_margin_scale is only used by loss_type madpo with score columns (no "
+                            "reward_model_name_or_path)")
+        if not script_args.score_margin_scale > 0:
+            raise UserError(f"config: score_margin_scale must be > 0, got {script_args.score_margin_scale}")
     if not 0.0 < script_args.eval_fraction < 1.0:
         raise UserError(f"config: eval_fraction must be in (0, 1), got {script_args.eval_fraction}")
     check_data_args(script_args)

@@ -50,3 +50,13 @@ def test_readme_calibration_claims():
     for rates in NOISE["summary"].values():  # under-confident everywhere
         for m in rates.values():
             assert m["mean_p_chosen"]["mean"] < m["accuracy"]["mean"]
+
+
+def test_readme_scaling_claims_come_from_training_json():
+    scaling = json.loads((REPO / "bench/results/training.json").read_text())["scaling"]
+    two, eight = scaling["len512_bs2"], scaling["len512_bs8"]
+    total = two["tokens_per_second"] / eight["tokens_per_second"]
+    padding = two["real_token_fraction"] / eight["real_token_fraction"]
+    assert f"by {total:.2f}x" in README and f"Padding explains {padding:.2f}x" in README
+    assert f"the other {total / padding:.2f}x" in README
+    assert f"from {two['real_token_fraction']:.3f} to {eight['real_token_fraction']:.3f}" in README
