@@ -333,6 +333,8 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
         raise UserError(f"config: padding_free is implemented for loss_type {list(LOSSES)}, not {args.loss_type}")
     if args.beta <= 0:
         raise UserError(f"config: beta must be > 0, got {args.beta}")
+    if model_args.bnb_4bit_quant_storage is not None and not model_args.load_in_4bit:
+        raise UserError("config: bnb_4bit_quant_storage is only used with load_in_4bit")
     if model_args.use_peft and model_args.lora_dropout > 0 and args.disable_dropout:
         raise UserError(f"config: lora_dropout {model_args.lora_dropout} does nothing while disable_dropout is true "
                         "(TRL sets every dropout to 0, LoRA's included); set lora_dropout: 0.0, or disable_dropout: "

@@ -105,6 +105,7 @@ class Architecture:
 # From each model's config.json on the Hugging Face Hub. Used only when the config is not on this machine.
 BUILTIN = {
     "meta-llama/Meta-Llama-3-8B": Architecture(32, 4096, 14336, 32, 8, 128256, False),
+    "meta-llama/Meta-Llama-3-70B": Architecture(80, 8192, 28672, 64, 8, 128256, False),
     "Qwen/Qwen2.5-7B": Architecture(28, 3584, 18944, 28, 4, 152064, False, qkv_bias=True),
     "Qwen/Qwen2.5-0.5B": Architecture(24, 896, 4864, 14, 2, 151936, True, qkv_bias=True),
     "mistralai/Mistral-7B-v0.1": Architecture(32, 4096, 14336, 32, 8, 32000, False),
@@ -115,6 +116,7 @@ BUILTIN = {
 }
 ALIASES = {
     "meta-llama/Meta-Llama-3-8B-Instruct": "meta-llama/Meta-Llama-3-8B",
+    "meta-llama/Meta-Llama-3-70B-Instruct": "meta-llama/Meta-Llama-3-70B",
     "meta-llama/Llama-3.1-8B": "meta-llama/Meta-Llama-3-8B",
     "meta-llama/Llama-3.1-8B-Instruct": "meta-llama/Meta-Llama-3-8B",
     "Qwen/Qwen2.5-7B-Instruct": "Qwen/Qwen2.5-7B",
@@ -266,8 +268,10 @@ def estimate(s: Setup) -> dict:
     # Weights of the policy (for PEFT: the frozen base the adapters sit on)
     if s.load_in_4bit:
         constants = (0.127 if s.double_quant else 0.5) / 8
-        rows.append((f"base weights (NF4 {0.5 + constants:.3f} B/param linear, {s.dtype} rest)",
-                     p["linear"] * (0.5 + constants) + p["other"] * s.weight_bytes))
+        shards = n if s.zero_stage == 3 else 1  # ZeRO-3 shards the 4-bit weights (bnb_4bit_quant_storage = dtype)
+        rows.append((f"base weights (NF4 {0.5 + constants:.3f} B/param linear, {s.dtype} rest"
+                     + (", ZeRO-3 sharded)" if shards > 1 else ")"),
+                     (p["linear"] * (0.5 + constants) + p["other"] * s.weight_bytes) / shards))
     elif s.load_in_8bit:
         rows.append((f"base weights (int8 linear, {s.dtype} rest)", p["linear"] * 1 + p["other"] * s.weight_bytes))
 

@@ -28,14 +28,32 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from .config import parse_config
 from .data import load_preference_data
-from .errors import exit_on_user_error
-from .smoke import read_yaml
+from .errors import UserError, exit_on_user_error
+from .smoke import deepspeed_json, read_yaml
 
 
-def preflight(script_argv: list[str]) -> None:
-    """The checks that need neither a tokenizer nor a model: config, then every data source, row by row."""
-    script_args, training_args, _ = parse_config(script_argv)
+def preflight(script_argv: list[str], launcher: dict) -> None:
+    """The checks that need neither a tokenizer nor a model: config, the config with its launcher, then every data
+    source, row by row."""
+    script_args, training_args, model_args = parse_config(script_argv)
+    check_quantisation_launcher(model_args, launcher)
     load_preference_data(script_args, seed=training_args.seed, num_proc=training_args.dataset_num_proc)
+
+
+def check_quantisation_launcher(model_args, launcher: dict) -> None:
+    """Quantised weights under DeepSpeed: ZeRO-3 shards 4-bit weights only when bitsandbytes stores them in the
+    model's own dtype (bnb_4bit_quant_storage = dtype); 8-bit weights it cannot shard at all."""
+    ds = deepspeed_json(launcher)
+    stage = int((ds or {}).get("zero_optimization", {}).get("stage", 0) or 0)
+    if stage != 3:
+        return
+    if model_args.load_in_8bit:
+        raise UserError("config: load_in_8bit cannot run under DeepSpeed ZeRO-3 (it cannot shard int8 weights); use "
+                        "load_in_4bit with bnb_4bit_quant_storage, or a launcher without ZeRO-3")
+    storage, dtype = model_args.bnb_4bit_quant_storage, model_args.dtype
+    if model_args.load_in_4bit and (storage is None or storage != dtype):
+        raise UserError(f"config: QLoRA under DeepSpeed ZeRO-3 needs bnb_4bit_quant_storage equal to dtype ({dtype}) "
+                        f"so ZeRO can shard the 4-bit weights; got {storage} (recipes/llama3-70b-qlora-zero3)")
 
 
 def launch(argv: list[str]) -> int:
@@ -71,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         print("error: python -m dpo_recipes.launch needs a training script (recipes/<name>/train.py)",
               file=sys.stderr)
         sys.exit(2)
-    preflight(argv[script + 1:])
+    args = launch_command_parser().parse_args(argv)
+    preflight(argv[script + 1:], read_yaml(args.config_file) if args.config_file else {})
     code = launch(argv)
     if code not in (0, 2):  # 2: a user error, already printed as one line by the training process
         print(f"error: training exited with code {code} (the failing process's output is above)", file=sys.stderr,

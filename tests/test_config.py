@@ -53,6 +53,7 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
         (["--beta", "0"], "beta must be > 0"),
         (["--loss_type", "cdpo", "hinge"], "mixes this project's losses"),
         (["--loss_type", "hinge", "--padding_free", "true"], "padding_free is implemented for loss_type"),
+        (["--bnb_4bit_quant_storage", "bfloat16"], "bnb_4bit_quant_storage is only used with load_in_4bit"),
     ],
 )
 def test_combinations_that_cannot_work(args, message):
