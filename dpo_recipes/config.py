@@ -325,6 +325,11 @@ def parse_config(argv: list[str] | None = None):
         training_args.loss_knobs = yaml.safe_load(training_args.loss_knobs)
     training_args.loss_knobs = {**(training_args.loss_knobs or {}), **knobs} or None
     validate(script_args, training_args, model_args)
+    # A lora_dropout the user wrote (ModelConfig's own default is 0.05) that TRL's disable_dropout zeroes.
+    if "lora_dropout" in given and model_args.use_peft and model_args.lora_dropout > 0 and training_args.disable_dropout:
+        raise UserError(f"config: lora_dropout {model_args.lora_dropout} does nothing while disable_dropout is true "
+                        "(TRL sets every dropout to 0, LoRA's included); set lora_dropout: 0.0, or disable_dropout: "
+                        "false to train with dropout")
     if training_args.hub_token:
         # Trainer pickles its arguments into every checkpoint (training_args.bin); keep the token in the
         # environment, where huggingface_hub reads it, and out of anything written to disk.
@@ -338,10 +343,6 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     ours = [t for t in args.loss_type if t in LOSSES]
     if model_args.bnb_4bit_quant_storage is not None and not model_args.load_in_4bit:
         raise UserError("config: bnb_4bit_quant_storage is only used with load_in_4bit")
-    if model_args.use_peft and model_args.lora_dropout > 0 and args.disable_dropout:
-        raise UserError(f"config: lora_dropout {model_args.lora_dropout} does nothing while disable_dropout is true "
-                        "(TRL sets every dropout to 0, LoRA's included); set lora_dropout: 0.0, or disable_dropout: "
-                        "false to train with dropout")
     custom = args.loss_knobs or {}
     if not isinstance(custom, dict):
         raise UserError(f"config: loss_knobs must be a mapping of knob: value, got {custom!r}")

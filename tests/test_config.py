@@ -129,3 +129,11 @@ def test_trl_checkpointing_default_is_kept_without_warning(tmp_path):
         warnings.simplefilter("error", FutureWarning)
         _, train, _ = parse_config(["--config", str(config)])
     assert train.activation_checkpointing is True  # TRL's DPOConfig default: checkpointing on
+
+
+def test_peft_without_lora_dropout_key_is_not_refused(tmp_path):
+    """ModelConfig's own default lora_dropout (0.05) is not the user's choice: only a written one is refused."""
+    config = tmp_path / "c.yaml"
+    config.write_text("tiny_model: llama\ndataset_name: data/demo\nuse_cpu: true\nbf16: false\nuse_peft: true\n")
+    _, _, model = parse_config(["--config", str(config)])
+    assert model.use_peft and model.lora_dropout == 0.05
