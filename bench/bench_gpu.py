@@ -8,7 +8,8 @@ For each recipe it writes a random model of the recipe's architecture (dpo_recip
 bench/tmp, then trains through the recipe's own config (QLoRA loads it in 4-bit as the recipe does) on
 length-skewed synthetic pairs (bench_training.skewed_pairs at full length, the recipes' max_length of 1024), with the
 tiny tokenizer of the recipe's family (token ids stay below its 1,024 entries; the model's full vocabulary is still
-computed by the LM head), padded and padding-free. MFU counts
+computed by the LM head), padded, padding-free, and with shared prompts (prefix_sharing + padding_free: sdpa with a 4D
+mask, and on a GPU also FlexAttention with a BlockMask, which the CPU check skips). MFU counts
 8 x parameters FLOPs per real token (policy forward and backward: 6N, reference forward: 2N) over the GPU's dense
 bf16 peak.
 """
@@ -25,6 +26,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 WORK = REPO / "bench" / "tmp" / "gpu"
+# Batch layouts compared: the options each sets.
+LAYOUTS = {
+    "padded": (),
+    "padding_free": ("--padding_free", "true"),
+    "prefix_sharing": ("--padding_free", "true", "--prefix_sharing", "true"),
+    "prefix_sharing_flex": ("--padding_free", "true", "--prefix_sharing", "true", "--attn_implementation",
+                            "flex_attention"),  # GPU only
+}
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10G": 125.0, "4090": 165.0}
 
 
@@ -68,7 +77,7 @@ def parameter_count(model) -> int:
     return total
 
 
-def measure(recipe: str, steps: int, warmup: int, padding_free: bool, cpu_check: bool = False) -> dict:
+def measure(recipe: str, steps: int, warmup: int, layout: str, cpu_check: bool = False) -> dict:
     import resource
 
     import torch
@@ -91,8 +100,7 @@ def measure(recipe: str, steps: int, warmup: int, padding_free: bool, cpu_check:
         "--config", str(REPO / "recipes" / recipe / "config.yaml"), "--model_name_or_path", str(model_dir),
         "--output_dir", str(WORK / f"run-{recipe}"), "--overwrite_output_dir", "true", "--eval_strategy", "no",
         "--save_strategy", "no", "--report_to", "none", "--max_steps", str(warmup + steps), "--logging_steps", "1000",
-        "--eval_report", "false", "--padding_free", str(padding_free).lower(),
-        *(["--use_cpu", "true"] if cpu_check else [])])
+        "--eval_report", "false", *LAYOUTS[layout], *(["--use_cpu", "true"] if cpu_check else [])])
     tokenizer = load_tokenizer(str(model_dir), model_args, False, None)
     model, peft_config = load_model(str(model_dir), model_args, False)
     n_params = parameter_count(model)
@@ -120,7 +128,7 @@ def measure(recipe: str, steps: int, warmup: int, padding_free: bool, cpu_check:
     peak_memory = (torch.cuda.max_memory_allocated() if cuda
                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # CPU: the process's max RSS so far
     result = {
-        "recipe": recipe, "padding_free": padding_free, "device": device, "parameters": n_params,
+        "recipe": recipe, "layout": layout, "padding_free": args.padding_free, "device": device, "parameters": n_params,
         "load_in_4bit": bool(getattr(model, "is_loaded_in_4bit", False)),
         "tokens_per_second": tokens_per_second, "seconds_per_step": (t1 - t0) / steps,
         "peak_memory_gib": peak_memory / 2**30,
@@ -147,8 +155,8 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available() and not a.cpu_check:
         print("error: bench/bench_gpu.py needs a CUDA GPU; on CPU run: make bench", file=sys.stderr)
         sys.exit(2)
-    results = [measure(recipe, a.steps, a.warmup, padding_free, a.cpu_check)
-               for recipe in a.recipes for padding_free in (False, True)]
+    layouts = [name for name in LAYOUTS if not (a.cpu_check and name == "prefix_sharing_flex")]
+    results = [measure(recipe, a.steps, a.warmup, layout, a.cpu_check) for recipe in a.recipes for layout in layouts]
     out = Path(a.out) if a.out else WORK / "cpu-check.json" if a.cpu_check else REPO / "bench" / "results" / "gpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,4 +1,5 @@
-"""Training benchmarks (CPU): overhead over plain TRL, padding-free vs padded, the reference cache, scaling.
+"""Training benchmarks (CPU): overhead over plain TRL, padding-free vs padded, shared prompts, the reference cache,
+scaling.
 
     python bench/bench_training.py [--quick]        # writes bench/results/training.json
 
@@ -59,6 +60,24 @@ def skewed_pairs(n: int, tokenizer, scale: float = CPU_LENGTH_SCALE, seed: int =
     return [{"prompt": span("prompt"), "chosen": span("chosen"), "rejected": span("rejected")} for _ in range(n)]
 
 
+def hh_pairs(n: int, seed: int = 0) -> list[dict]:
+    """`n` pairs drawn (seeded) from the bundled HH sample: multi-turn conversations whose prompt (the turns before
+    the last reply) is most of each sequence."""
+    import gzip
+
+    from dpo_recipes.data import Defect, normalise_pair
+
+    pairs = []
+    with gzip.open(REPO / "data/hh-rlhf/harmless-base-test.jsonl.gz", "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            try:
+                pairs.append(normalise_pair(None, row["chosen"], row["rejected"], "text", None))
+            except Defect:  # the few malformed transcripts the audit would drop
+                pass
+    return random.Random(seed).sample(pairs, n)
+
+
 def measure(config: dict) -> dict:
     """One training measurement in this process: tokens/s over the timed steps, time per step, peak RSS."""
     import torch
@@ -80,12 +99,15 @@ def measure(config: dict) -> dict:
             "--max_steps", str(config["warmup"] + config["steps"]), "--max_length", str(config["max_length"]),
             "--per_device_train_batch_size", str(config["batch_size"]), "--dataset_num_proc", "1",
             "--padding_free", str(config.get("padding_free", False)).lower(),
+            "--prefix_sharing", str(config.get("prefix_sharing", False)).lower(),
             "--precompute_ref_log_probs", str(config.get("precompute", False)).lower(),
             "--ref_logps_cache_dir", str(WORK / "ref_cache")]
     _, train_args, model_args = parse_config(args)
     tokenizer = load_tokenizer(str(model_dir), model_args, False, None)
     model, peft_config = load_model(str(model_dir), model_args, False)
-    data = Dataset.from_list(skewed_pairs(config["rows"], tokenizer))
+    scale = config.get("length_scale", CPU_LENGTH_SCALE)
+    pairs = hh_pairs(config["rows"]) if config.get("data") == "hh" else skewed_pairs(config["rows"], tokenizer, scale)
+    data = Dataset.from_list(pairs)
 
     class Clock(TrainerCallback):
         def __init__(self):
@@ -120,6 +142,8 @@ def measure(config: dict) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "ref_cache_hits": getattr(trainer, "ref_cache_hits", None),
         "real_token_fraction": fill["real"] / max(1, fill["computed"]),
+        "computed_tokens": fill["computed"],  # over every batch of the run, row padding included
+        "real_tokens": fill["real"],  # tokens the model runs that are not padding (a shared prompt once)
     }
 
 
@@ -131,11 +155,13 @@ def run_one(config: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def side_by_side(configs: dict[str, dict], repeats: int) -> dict:
-    """Alternate the configurations `repeats` times; medians of each metric."""
+def side_by_side(configs: dict[str, dict], repeats: int, once: tuple[str, ...] = ()) -> dict:
+    """Alternate the configurations `repeats` times (those in `once`: the first time only); medians of each metric."""
     samples = {name: [] for name in configs}
     for r in range(repeats):
         for name, config in configs.items():
+            if r > 0 and name in once:
+                continue
             samples[name].append(run_one(config))
             print(f"  [{r + 1}/{repeats}] {name}: {samples[name][-1]['tokens_per_second']:.0f} tok/s", flush=True)
     summary = {}
@@ -143,6 +169,11 @@ def side_by_side(configs: dict[str, dict], repeats: int) -> dict:
         summary[name] = {key: statistics.median(run[key] for run in runs)
                          for key in ("tokens_per_second", "seconds_per_step", "setup_seconds", "peak_rss_mb",
                                      "real_token_fraction")}
+        rates = [run["tokens_per_second"] for run in runs]
+        summary[name]["tokens_per_second_range"] = [min(rates), max(rates)]
+        for key in ("computed_tokens", "real_tokens"):  # the same batches in every repeat
+            if key in runs[0]:
+                summary[name][key] = runs[0][key]
         summary[name]["repeats"] = len(runs)
         summary[name]["config"] = configs[name]
     return summary
@@ -152,7 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke check, not results)")
-    parser.add_argument("--only", nargs="*", help="overhead padding_free ref_cache scaling")
+    parser.add_argument("--only", nargs="*", help="overhead padding_free prefix_sharing ref_cache scaling")
     a = parser.parse_args()
     if a.one:
         print(json.dumps(measure(json.loads(a.one))))
@@ -163,7 +194,7 @@ def main() -> None:
     results["machine"] = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                           "threads": int(os.environ.get("BENCH_THREADS", "2"))}
     results["model"] = MODEL
-    todo = a.only or ["overhead", "padding_free", "ref_cache", "scaling"]
+    todo = a.only or ["overhead", "padding_free", "prefix_sharing", "ref_cache", "scaling"]
 
     if "overhead" in todo:
         print("overhead: project path vs plain TRL DPOTrainer", flush=True)
@@ -176,6 +207,27 @@ def main() -> None:
         r["speedup"] = r["padding_free"]["tokens_per_second"] / r["padded"]["tokens_per_second"]
         r["peak_rss_ratio"] = r["padding_free"]["peak_rss_mb"] / r["padded"]["peak_rss_mb"]
         results["padding_free"] = r
+    if "prefix_sharing" in todo:
+        print("prefix_sharing: padded vs padding-free vs shared prompts + padding-free", flush=True)
+        results["prefix_sharing"] = {}
+        # Three layouts on two datasets: to keep the run near 25 minutes on a shared 2-core machine, max_length 256
+        # (UltraFeedback-shaped lengths scaled to a quarter), 3 steps of 4 pairs, and the padded layout (the
+        # slowest, and the one the earlier comparison already measures) once per dataset.
+        shared_repeats = 3 if not a.quick else 1
+        for data in ("hh", "ultrafeedback_shaped"):
+            print(f" {data}", flush=True)
+            run = {**base, "data": data, "warmup": 1, "steps": 2, "rows": 16, "max_length": 256, "length_scale": 0.25}
+            r = side_by_side({"padded": run, "padding_free": {**run, "padding_free": True},
+                              "prefix_sharing": {**run, "padding_free": True, "prefix_sharing": True}}, shared_repeats,
+                             once=("padded",))
+            pf, ps = r["padding_free"], r["prefix_sharing"]
+            r["speedup_over_padding_free"] = ps["tokens_per_second"] / pf["tokens_per_second"]
+            r["speedup_over_padded"] = ps["tokens_per_second"] / r["padded"]["tokens_per_second"]
+            # The speed-up the saved tokens alone would give: tokens the model runs, padding-free over shared.
+            r["token_count_limit"] = pf["real_tokens"] / ps["real_tokens"]
+            r["computed_token_ratio"] = pf["computed_tokens"] / ps["computed_tokens"]  # row padding included
+            r["peak_rss_ratio_to_padding_free"] = ps["peak_rss_mb"] / pf["peak_rss_mb"]
+            results["prefix_sharing"][data] = r
     if "ref_cache" in todo:
         print("ref_cache: one epoch, reference on the fly vs cached reference log-probs", flush=True)
         epoch = {**base, "rows": 32, "warmup": 1, "steps": 32 // base["batch_size"] - 1}

@@ -23,6 +23,7 @@ from trl import DPOConfig, ModelConfig, TrlParser
 from .data import check_data_args
 from .errors import UserError
 from .losses import LOSSES, check_loss_config, load_losses_file
+from .names import PREFIX_SHARING_ATTENTION
 from .renames import CHANGES
 
 
@@ -124,6 +125,12 @@ class PreferenceConfig(DPOConfig):
         default=True,
         metadata={"help": "ipo: divide each side's log-ratio by its completion length (TRL's form); false gives "
                   "the paper's summed form."},
+    )
+    prefix_sharing: bool = field(
+        default=False,
+        metadata={"help": "With padding_free: each pair's prompt is computed once, as [prompt | chosen | rejected] "
+                  "with a mask that keeps the two replies apart (Wang & Hegde 2024). Same log-probs, fewer tokens. "
+                  "Needs attn_implementation sdpa or eager (flex_attention on GPU)."},
     )
     ref_logps_cache_dir: str | None = field(
         default=None,
@@ -343,6 +350,8 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     ours = [t for t in args.loss_type if t in LOSSES]
     if model_args.bnb_4bit_quant_storage is not None and not model_args.load_in_4bit:
         raise UserError("config: bnb_4bit_quant_storage is only used with load_in_4bit")
+    if args.prefix_sharing:
+        check_prefix_sharing(args, model_args, ours)
     custom = args.loss_knobs or {}
     if not isinstance(custom, dict):
         raise UserError(f"config: loss_knobs must be a mapping of knob: value, got {custom!r}")
@@ -383,6 +392,17 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     if args.sync_ref_model and model_args.use_peft:
         raise UserError("config: sync_ref_model is not supported with use_peft (the reference is the base model "
                         "with adapters disabled)")
+
+
+def check_prefix_sharing(args: PreferenceConfig, model_args: ModelConfig, ours: list[str]) -> None:
+    if not args.padding_free:
+        raise UserError("config: prefix_sharing needs padding_free: true (pairs are packed into rows)")
+    if not ours:
+        raise UserError(f"config: prefix_sharing is implemented for loss_type {list(LOSSES)}, not {args.loss_type}")
+    attention = model_args.attn_implementation or "sdpa"
+    if attention not in PREFIX_SHARING_ATTENTION:
+        raise UserError(f"config: prefix_sharing needs attn_implementation in {list(PREFIX_SHARING_ATTENTION)}, got "
+                        f"{attention!r} (it cannot take the mask that keeps chosen and rejected apart)")
 
 
 def validate_report_args(script_args: ScriptArguments) -> None:

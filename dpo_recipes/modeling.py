@@ -3,11 +3,13 @@ weights in safetensors only, no remote code unless the recipe turns it on."""
 
 from __future__ import annotations
 
+import inspect
 import os
+import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from .errors import UserError
@@ -62,3 +64,26 @@ def load_model(path: str, model_args: ModelConfig, trust_remote_code: bool):
     except OSError as err:  # not found, offline, no safetensors weights: one line
         raise UserError(f"{path}: cannot load the model: {str(err).strip().splitlines()[0]}") from None
     return model, get_peft_config(model_args)
+
+
+def check_shared_prompt_support(path: str, model_args: ModelConfig, trust_remote_code: bool, max_length: int | None):
+    """prefix_sharing hands the model a 4D attention mask. Stop, before the weights load, when the model's forward
+    would not read it (its mask is not built by transformers' masking_utils) or would read it wrongly (a
+    sliding window shorter than the sequences: a 4D mask replaces the window)."""
+    try:
+        config = AutoConfig.from_pretrained(path, revision=model_args.model_revision,
+                                            trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot load the model config: {str(err).strip().splitlines()[0]}") from None
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    source = inspect.getsource(sys.modules[model_class.__module__]) if model_class is not None else ""
+    if "masking_utils import" not in source:  # create_causal_mask and kin hand a 4D mask through unchanged
+        raise UserError(f"{path}: prefix_sharing needs a model whose forward takes a 4D attention mask "
+                        f"(built by transformers' masking_utils); {config.model_type}'s does not")
+    text = config.get_text_config()
+    window = getattr(text, "sliding_window", None)
+    uses_window = window is not None and (getattr(text, "use_sliding_window", True)
+                                          or "sliding_attention" in (getattr(text, "layer_types", None) or []))
+    if uses_window and (max_length is None or window < max_length):
+        raise UserError(f"{path}: prefix_sharing cannot keep {config.model_type}'s sliding window ({window} tokens) "
+                        f"with max_length {max_length}; set max_length <= {window} or turn prefix_sharing off")

@@ -1,17 +1,28 @@
-"""Padding-free DPO: pack a batch's chosen and rejected sequences into rows without padding.
+"""Padding-free DPO: pack a batch's chosen and rejected sequences into rows without padding; with prefix_sharing,
+each pair's prompt computed once.
 
 TRL 1.16 accepts `padding_free: true` but falls back to padding. Here it is real: each sequence keeps its own
 position_ids (starting at 0), and transformers turns position_ids that restart into a block-diagonal causal mask
 (sdpa, eager) or per-sequence lengths (flash-attention), so attention never crosses sequences. Rows are bounded
 (`max_length`, or the longest sequence if longer), because attention over one huge row would cost the square of
 the whole batch.
+
+prefix_sharing (Wang & Hegde 2024, arXiv 2410.20305) packs pairs instead of sequences, each as one segment in which
+the two replies share the prompt. Positions cannot express that layout, so the model gets a 4D mask built from
+sequence_ids and branch_ids: a boolean one for sdpa, an additive one for eager, a FlexAttention BlockMask for
+flex_attention (GPU only, not exercised by the CPU tests). The kept tokens are TRL's: the collator truncates each
+sequence as the padded path does and shares only the prompt tokens both sequences start with.
 """
 
 from __future__ import annotations
 
-import torch
+from contextlib import contextmanager, nullcontext
 
-from .names import SEQUENCE_IDS
+import torch
+from torch.nn.attention.flex_attention import create_block_mask
+from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+from .names import BRANCH_IDS, SEQUENCE_IDS
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -57,20 +68,33 @@ def pack_sequences(input_ids: list[list[int]], completion_mask: list[list[int]],
 
 
 def packed_sequence_logps(model, inputs: dict, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor, object]:
-    """Summed completion log-probs and completion lengths per sequence (in batch order), and the forward outputs."""
+    """Summed completion log-probs and completion lengths per sequence (in batch order), and the forward outputs.
+    With `output_router_logits` (MoE), outputs.aux_loss is the load-balancing loss over the real tokens only."""
     sequence_ids = inputs[SEQUENCE_IDS]
     completion_mask = inputs["completion_mask"]
     # A sequence's first token is never predicted (as in the padded path): it would be scored from the previous
     # sequence's last hidden state.
     labels = inputs["input_ids"].masked_fill((completion_mask == 0) | (inputs["position_ids"] == 0), -100)
-    outputs = model(
-        input_ids=inputs["input_ids"],
-        position_ids=inputs["position_ids"],
-        labels=labels,
-        use_cache=False,  # with a cache, transformers would not read packing from position_ids
-        fused_lm_head=True,
-        **forward_kwargs,
-    )
+    core = getattr(model, "module", model)  # DDP / DeepSpeed wrap the model
+    if BRANCH_IDS in inputs:  # shared prompts: the layout is in the mask (positions alone cannot say it)
+        attn_implementation = core.config._attn_implementation
+        forward_kwargs["attention_mask"] = model_attention_mask(inputs, attn_implementation, core.dtype)
+    text_config = core.config.get_text_config()
+    router_logits, want_router = [], forward_kwargs.pop("output_router_logits", False)
+    if want_router or getattr(text_config, "output_router_logits", False):
+        forward_kwargs["output_router_logits"] = False  # the model's own aux loss would count the rows' padding
+    with record_router_logits(core, router_logits) if want_router else nullcontext():
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            position_ids=inputs["position_ids"],
+            labels=labels,
+            use_cache=False,  # with a cache, transformers would not read packing from position_ids
+            fused_lm_head=True,
+            **forward_kwargs,
+        )
+    if router_logits:
+        outputs.aux_loss = load_balancing_loss_func(tuple(router_logits), text_config.num_experts,
+                                                    text_config.num_experts_per_tok, attention_mask=sequence_ids >= 0)
     per_token = outputs.log_probs  # [rows, width - 1], zero where the label is -100
     num_sequences = int(sequence_ids.max().item()) + 1
     target = sequence_ids[:, 1:].clamp(min=0).reshape(-1)
@@ -79,3 +103,123 @@ def packed_sequence_logps(model, inputs: dict, **forward_kwargs) -> tuple[torch.
         0, sequence_ids.clamp(min=0).reshape(-1), completion_mask.reshape(-1) * (sequence_ids >= 0).reshape(-1)
     )
     return logps, lengths, outputs
+
+
+@contextmanager
+def record_router_logits(model, sink: list):
+    """Collect an MoE model's router logits during a forward, from the router modules the model itself declares
+    (transformers' `_can_record_outputs`), so that the load-balancing loss can leave the rows' padding out."""
+    recorder = next((m._can_record_outputs["router_logits"] for m in model.modules()
+                     if "router_logits" in (getattr(m, "_can_record_outputs", None) or {})), None)
+    if recorder is None:
+        raise ValueError(f"{type(model).__name__}: output_router_logits is set but the model declares no router")
+    target = getattr(recorder, "target_class", recorder)
+    index = getattr(recorder, "index", 0)
+
+    def hook(module, args, output):
+        sink.append(output[index] if isinstance(output, (tuple, list)) else output)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, target)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# Shared-prompt layout (prefix_sharing): each pair is one segment `[prompt[:-1] | prompt[-1] chosen | prompt[-1]
+# rejected]`, after Wang & Hegde 2024 (arXiv 2410.20305). The prompt's last token opens both branches, so that the
+# first chosen and the first rejected token are each predicted from that token's hidden state, and the shifted
+# next-token scoring of the fused LM head stays right; it costs one token per pair. Branch positions continue from
+# the shared part, as if the other branch were absent.
+
+
+def shared_prefix_length(chosen: list[int], rejected: list[int], chosen_mask: list[int], rejected_mask: list[int]) -> int:
+    """Prompt tokens that both (already truncated) sequences start with, less the last one, which opens each branch.
+    Any common start is exact to share: a causal model's hidden states there depend on those tokens only."""
+    n = 0
+    limit = min(len(chosen), len(rejected))
+    while n < limit and chosen[n] == rejected[n] and chosen_mask[n] == 0 and rejected_mask[n] == 0:
+        n += 1
+    return max(n - 1, 0)
+
+
+def pack_pairs(chosen: list[list[int]], rejected: list[list[int]], chosen_mask: list[list[int]],
+               rejected_mask: list[list[int]], row_length: int | None, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Pack pairs (sequences already truncated as the padded path truncates them) in the shared-prompt layout.
+    Returns pack_sequences' keys plus branch_ids; sequence_ids number chosen sequences 0..B-1 (shared prompt
+    included) and rejected ones B..2B-1, as in the padded batch."""
+    num_pairs = len(chosen)
+    segments = []  # per pair: (ids, positions, completion, sequence ids, branch ids)
+    for i, (c, r, cm, rm) in enumerate(zip(chosen, rejected, chosen_mask, rejected_mask)):
+        n = shared_prefix_length(c, r, cm, rm)
+        segments.append((
+            c + r[n:],
+            [*range(len(c)), *range(n, len(r))],
+            cm + rm[n:],
+            [i] * len(c) + [num_pairs + i] * (len(r) - n),
+            [0] * n + [1] * (len(c) - n) + [2] * (len(r) - n),
+        ))
+    lengths = [len(s[0]) for s in segments]
+    capacity = max(row_length or 0, max(lengths))
+    rows = first_fit_decreasing(lengths, capacity)
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    shape = (len(rows), width)
+    out = {"input_ids": torch.full(shape, pad_token_id, dtype=torch.long),
+           "position_ids": torch.zeros(shape, dtype=torch.long),
+           "completion_mask": torch.zeros(shape, dtype=torch.long),
+           SEQUENCE_IDS: torch.full(shape, -1, dtype=torch.long),
+           BRANCH_IDS: torch.zeros(shape, dtype=torch.long)}
+    for r, row in enumerate(rows):
+        start = 0
+        for i in sorted(row):
+            end = start + lengths[i]
+            for key, values in zip(out, segments[i]):
+                out[key][r, start:end] = torch.tensor(values)
+            start = end
+        out["position_ids"][r, start:] = torch.arange(width - start)  # the row's tail padding is a block of its own
+    return out
+
+
+def shared_prompt_mask(sequence_ids: torch.Tensor, branch_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean attention mask [rows, 1, width, width] (True: attend) of the shared-prompt layout: causal, within one
+    pair, and a branch sees the shared prompt and itself, never the other branch. Row padding attends to itself."""
+    num_pairs = (int(sequence_ids.max().item()) + 1) // 2
+    pair = torch.where(sequence_ids >= 0, sequence_ids % num_pairs, -1)
+    q, k = (slice(None), slice(None), None), (slice(None), None, slice(None))
+    width = sequence_ids.size(1)
+    causal = torch.ones(width, width, dtype=torch.bool, device=sequence_ids.device).tril()
+    same_pair = pair[q] == pair[k]
+    same_branch = (branch_ids[k] == 0) | (branch_ids[k] == branch_ids[q])
+    return (causal & same_pair & same_branch)[:, None]
+
+
+def model_attention_mask(inputs: dict, attn_implementation: str | None, dtype: torch.dtype):
+    """The shared-prompt mask in the form the attention implementation reads: sdpa takes the boolean mask, eager
+    adds it to its scores (0 or the dtype's minimum), flex_attention takes a BlockMask (GPU path, not run on CPU)."""
+    sequence_ids, branch_ids = inputs[SEQUENCE_IDS], inputs[BRANCH_IDS]
+    if attn_implementation == "flex_attention":
+        num_pairs = (int(sequence_ids.max().item()) + 1) // 2
+        pair = torch.where(sequence_ids >= 0, sequence_ids % num_pairs, -1)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            branch = branch_ids[b, kv_idx]
+            return ((kv_idx <= q_idx) & (pair[b, q_idx] == pair[b, kv_idx])
+                    & ((branch == 0) | (branch == branch_ids[b, q_idx])))
+
+        rows, width = sequence_ids.shape
+        return create_block_mask(mask_mod, rows, None, width, width, device=sequence_ids.device)
+    mask = shared_prompt_mask(sequence_ids, branch_ids)
+    if attn_implementation == "eager":
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask
+
+
+def logical_token_count(inputs: dict) -> torch.Tensor:
+    """Tokens of the batch's sequences as the padded path holds them (a shared prompt counts for both sequences):
+    each sequence's length is its last position + 1."""
+    sequence_ids = inputs[SEQUENCE_IDS]
+    num_sequences = int(sequence_ids.max().item()) + 1
+    last = inputs["position_ids"].new_full((num_sequences + 1,), -1).scatter_reduce(
+        0, (sequence_ids % (num_sequences + 1)).reshape(-1), inputs["position_ids"].reshape(-1), reduce="amax")
+    return (last[:num_sequences] + 1).sum()

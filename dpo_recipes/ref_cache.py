@@ -62,8 +62,10 @@ def token_ids_hash(dataset, columns=("prompt_ids", "chosen_ids", "rejected_ids")
     return h.hexdigest()
 
 
-def cache_key(*, weights: str, tokenizer: str, data_fingerprint: str, args, attn_implementation: str | None) -> str:
-    """Everything the reference log-probs depend on."""
+def cache_key(*, weights: str, tokenizer: str, data_fingerprint: str, args, layout: dict,
+              attn_implementation: str | None) -> str:
+    """Everything the reference log-probs depend on. `layout`: the batch layout (padding_free, prefix_sharing), which
+    changes the kernels' rounding, not the values' meaning."""
     parts = {
         "weights": weights,
         "tokenizer": tokenizer,
@@ -71,7 +73,7 @@ def cache_key(*, weights: str, tokenizer: str, data_fingerprint: str, args, attn
         "max_length": args.max_length,
         "truncation_mode": args.truncation_mode,
         "ld_alpha": args.ld_alpha,
-        "padding_free": args.padding_free,  # changes the kernels' rounding, not the values' meaning
+        **{f"layout_{name}": bool(value) for name, value in sorted(layout.items())},
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "attn_implementation": attn_implementation,
     }

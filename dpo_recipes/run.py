@@ -20,7 +20,7 @@ from .errors import exit_on_user_error
 from .evaluation import finish_run_outputs, release_training_memory
 from .losses import load_losses_file
 from .margins import add_reward_margins
-from .modeling import load_model, load_tokenizer, resolve_model_path
+from .modeling import check_shared_prompt_support, load_model, load_tokenizer, resolve_model_path
 from .reporting import plot_log_history, warn_version_drift, write_json, write_manifest
 from .resilience import (
     MarkCompleteCheckpoints,
@@ -61,6 +61,8 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
         train_dataset, eval_dataset = add_reward_margins(script_args, training_args, train_dataset, eval_dataset)
 
     # 4. Model and LoRA config (QLoRA when load_in_4bit).
+    if training_args.prefix_sharing:
+        check_shared_prompt_support(model_path, model_args, trust_remote_code, training_args.max_length)
     model, peft_config = load_model(model_path, model_args, trust_remote_code)
 
     # 5. Trainer: TRL's DPOTrainer with our loss registry.

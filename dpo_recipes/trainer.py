@@ -23,15 +23,15 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import use_adapter
 
-from .losses import MADPO_DEFAULTS, TRL_NAMES, check_loss_config, knob_values, madpo_weights, preference_loss
+from .losses import LOSSES, MADPO_DEFAULTS, TRL_NAMES, check_loss_config, knob_values, madpo_weights, preference_loss
 from . import ref_cache
 from .margins import check_margins
-from .names import MARGIN_COLUMN, ROW_ID_COLUMN, SEQUENCE_IDS
-from .packing import pack_sequences, packed_sequence_logps
+from .names import BRANCH_IDS, MARGIN_COLUMN, PREFIX_SHARING_ATTENTION, ROW_ID_COLUMN, SEQUENCE_IDS
+from .packing import logical_token_count, model_attention_mask, pack_pairs, pack_sequences, packed_sequence_logps
 from .resilience import TrainingStopped, any_rank, invalid_grad_norm, non_finite_gradient
 
 _REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
-_MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "completion_mask", SEQUENCE_IDS)
+_MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "completion_mask", SEQUENCE_IDS, BRANCH_IDS)
 
 
 @dataclass
@@ -40,6 +40,7 @@ class PreferenceCollator(DataCollatorForPreference):
     padded batch TRL builds (and truncates) is unpadded and packed into rows (packing.py)."""
 
     padding_free: bool = False
+    prefix_sharing: bool = False
 
     def torch_call(self, examples):
         batch = super().torch_call(examples)
@@ -47,7 +48,12 @@ class PreferenceCollator(DataCollatorForPreference):
             keep = batch.pop("attention_mask").bool()
             ids = [row[m].tolist() for row, m in zip(batch["input_ids"], keep)]
             completion = [row[m].tolist() for row, m in zip(batch["completion_mask"], keep)]
-            batch.update(pack_sequences(ids, completion, self.max_length, self.pad_token_id))
+            if self.prefix_sharing:  # the kept tokens are TRL's (it truncated each sequence above)
+                pairs = len(examples)
+                batch.update(pack_pairs(ids[:pairs], ids[pairs:], completion[:pairs], completion[pairs:],
+                                        self.max_length, self.pad_token_id))
+            else:
+                batch.update(pack_sequences(ids, completion, self.max_length, self.pad_token_id))
         if MARGIN_COLUMN in examples[0]:
             batch[MARGIN_COLUMN] = torch.tensor([float(e[MARGIN_COLUMN]) for e in examples])
         if ROW_ID_COLUMN in examples[0]:
@@ -115,7 +121,20 @@ class PreferenceTrainer(DPOTrainer):
                 truncation_mode=config.truncation_mode,
                 pad_to_multiple_of=config.pad_to_multiple_of,
                 padding_free=config.padding_free,
+                prefix_sharing=getattr(config, "prefix_sharing", False),
             )
+        if getattr(config, "prefix_sharing", False):  # the same guards as the config's, for Python users
+            if not config.padding_free:
+                raise ValueError("prefix_sharing needs padding_free=True (pairs are packed into rows)")
+            if not all(t in LOSSES for t in config.loss_type):
+                raise ValueError(f"prefix_sharing is implemented for loss_type {list(LOSSES)}, not {config.loss_type}")
+            model = kwargs.get("model", args[0] if args else None)
+            attention = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+            if attention not in PREFIX_SHARING_ATTENTION:
+                raise ValueError(f"prefix_sharing needs attn_implementation in {list(PREFIX_SHARING_ATTENTION)}, "
+                                 f"got {attention!r}")
+        # The batch layout, for the reference cache's key: TRL precomputes inside __init__, while padding_free is off.
+        self.layout = {"padding_free": config.padding_free, "prefix_sharing": getattr(config, "prefix_sharing", False)}
         # TRL 1.16 warns and turns padding_free off; we implement it (packing.py), so hide it from TRL's __init__.
         padding_free, config.padding_free = config.padding_free, False
         # Without a project-only feature TRL computes the loss, under its names (rdpo is its robust).
@@ -223,6 +242,7 @@ class PreferenceTrainer(DPOTrainer):
             tokenizer=ref_cache.tokenizer_hash(self._tokenizer),
             data_fingerprint=ref_cache.token_ids_hash(dataset),
             args=self.args,
+            layout=self.layout,
             attn_implementation=self.model.config._attn_implementation,
         )
         cache_dir = self.args.ref_logps_cache_dir or ref_cache.DEFAULT_CACHE_DIR
@@ -239,8 +259,8 @@ class PreferenceTrainer(DPOTrainer):
 
     def compute_ref_log_probs(self, model, inputs):
         """Reference log-probs (chosen, rejected); TRL's own for padded batches, the same recipe for packed ones."""
-        if SEQUENCE_IDS not in inputs:
-            return super().compute_ref_log_probs(model, inputs)
+        if SEQUENCE_IDS not in inputs:  # TRL hands every other key to the model: keep only the model's inputs
+            return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k in _MODEL_KEYS})
         adapter = contextlib.nullcontext()
         if self.ref_model is None and is_peft_model(self.model):
             unwrapped = self.accelerator.unwrap_model(self.model)
@@ -289,6 +309,10 @@ class PreferenceTrainer(DPOTrainer):
         if return_outputs:  # Trainer.prediction_step wants logits; the fused head does not build them
             with torch.no_grad():
                 mask_or_positions = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
+                if BRANCH_IDS in inputs:
+                    core = self.accelerator.unwrap_model(model)
+                    mask_or_positions["attention_mask"] = model_attention_mask(
+                        inputs, core.config._attn_implementation, core.dtype)
                 outputs = model(input_ids=inputs["input_ids"], use_cache=False, **mask_or_positions)
             return loss, outputs
         return loss
@@ -327,8 +351,8 @@ class PreferenceTrainer(DPOTrainer):
         metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
         metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
         if mode == "train":
-            real_tokens = (inputs[SEQUENCE_IDS] >= 0) if SEQUENCE_IDS in inputs else inputs["attention_mask"]
-            self._total_train_tokens += gather(real_tokens.sum()).sum().item() // self._tp_size
+            real_tokens = logical_token_count(inputs) if SEQUENCE_IDS in inputs else inputs["attention_mask"].sum()
+            self._total_train_tokens += gather(real_tokens).sum().item() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
         if "madpo" in self.loss_types and MARGIN_COLUMN in inputs:
             knobs = {k: self.loss_knobs[k] for k in MADPO_DEFAULTS}

@@ -57,6 +57,9 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
          "ld_alpha is applied by TRL's loss only and cannot be combined with cdpo"),
         (["--use_weighting", "true", "--padding_free", "true"], "use_weighting is applied by TRL's loss only"),
         (["--bnb_4bit_quant_storage", "bfloat16"], "bnb_4bit_quant_storage is only used with load_in_4bit"),
+        (["--prefix_sharing", "true"], "prefix_sharing needs padding_free: true"),
+        (["--prefix_sharing", "true", "--padding_free", "true", "--attn_implementation", "flash_attention_2"],
+         "prefix_sharing needs attn_implementation in ['sdpa', 'eager', 'flex_attention'], got 'flash_attention_2'"),
     ],
 )
 def test_combinations_that_cannot_work(args, message):
@@ -137,3 +140,21 @@ def test_peft_without_lora_dropout_key_is_not_refused(tmp_path):
     config.write_text("tiny_model: llama\ndataset_name: data/demo\nuse_cpu: true\nbf16: false\nuse_peft: true\n")
     _, _, model = parse_config(["--config", str(config)])
     assert model.use_peft and model.lora_dropout == 0.05
+
+
+@pytest.mark.parametrize("family, config, message", [
+    ("mamba", {}, "prefix_sharing needs a model whose forward takes a 4D attention mask"),
+    ("mistral", {"sliding_window": 32}, "cannot keep mistral's sliding window (32 tokens) with max_length 128"),
+])
+def test_prefix_sharing_stops_before_the_model_loads(tiny_llama, tmp_path, family, config, message):
+    """A model that would ignore (or misread) the shared-prompt mask: one line, exit 2, and no weights needed."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    AutoConfig.for_model(family, **config).save_pretrained(tmp_path)  # a config only: loading weights would fail
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(tmp_path)
+    proc = run([sys.executable, "recipes/demo-cpu/train.py", "--config", DEMO, "--model_name_or_path", str(tmp_path),
+                "--padding_free", "true", "--prefix_sharing", "true", "--output_dir", str(tmp_path / "out")],
+               check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {tmp_path}: ") and message in last and "Traceback" not in proc.stderr

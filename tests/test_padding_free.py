@@ -9,7 +9,8 @@ from datasets import load_dataset
 from conftest import REPO, TOKEN_METRICS
 from dpo_recipes.config import parse_config
 from dpo_recipes.modeling import load_model, load_tokenizer
-from dpo_recipes.packing import SEQUENCE_IDS, first_fit_decreasing, pack_sequences
+from dpo_recipes.packing import (BRANCH_IDS, SEQUENCE_IDS, first_fit_decreasing, pack_pairs, pack_sequences,
+                                 shared_prompt_mask)
 from dpo_recipes.trainer import MARGIN_COLUMN, PreferenceTrainer
 
 
@@ -34,9 +35,15 @@ def test_pack_sequences_positions_restart_and_ids_map_back():
     assert "attention_mask" not in packed
 
 
-def make_trainer(tiny_llama, loss_type, padding_free, tmp_path, extra=()):
+LAYOUTS = {"padded": ("--padding_free", "false"), "packed": ("--padding_free", "true"),
+           "shared": ("--padding_free", "true", "--prefix_sharing", "true")}
+
+
+def make_trainer(tiny_llama, loss_type, layout, tmp_path, extra=()):
+    """layout: padded, packed (padding_free) or shared (prefix_sharing + padding_free); True/False: packed/padded."""
+    layout = {True: "packed", False: "padded"}.get(layout, layout)
     args = ["--config", str(REPO / "recipes/demo-cpu/config.yaml"), "--model_name_or_path", str(tiny_llama),
-            "--loss_type", loss_type, "--padding_free", str(padding_free).lower(), "--eval_strategy", "no",
+            "--loss_type", loss_type, *LAYOUTS[layout], "--eval_strategy", "no",
             "--max_length", "96", "--output_dir", str(tmp_path / "out"), *extra]
     script, train, model_args = parse_config(args)
     tokenizer = load_tokenizer(str(tiny_llama), model_args, False, None)
@@ -67,16 +74,31 @@ def loss_and_grads(trainer, rows):
     return loss.detach(), grads, torch.cat([chosen, rejected]).detach(), logratios, batch, token_metrics
 
 
+def expected_ipo(logratios, lengths, beta, normalize):
+    """IPO by hand from the log-ratios (chosen then rejected) and completion lengths."""
+    chosen, rejected = logratios.chunk(2)
+    if normalize:
+        chosen, rejected = chosen / lengths[0].clamp(min=1), rejected / lengths[1].clamp(min=1)
+    return ((chosen - rejected - 1 / (2 * beta)) ** 2).mean()
+
+
+@pytest.mark.parametrize("layout", ["packed", "shared"])
 @pytest.mark.parametrize("loss_type, extra", [
     ("sigmoid", ()), ("ipo", ()), ("ipo", ("--ipo_normalize", "false")), ("cdpo", ("--label_smoothing", "0.2")),
     ("rdpo", ("--label_smoothing", "0.2")), ("madpo", ()),
 ])
-def test_packed_equals_padded(tiny_llama, tmp_path, loss_type, extra):
+def test_packed_equals_padded(tiny_llama, tmp_path, loss_type, extra, layout):
     rows = list(range(16))
-    padded = loss_and_grads(make_trainer(tiny_llama, loss_type, False, tmp_path, extra), rows)
-    packed = loss_and_grads(make_trainer(tiny_llama, loss_type, True, tmp_path, extra), rows)
+    padded = loss_and_grads(make_trainer(tiny_llama, loss_type, "padded", tmp_path, extra), rows)
+    trainer = make_trainer(tiny_llama, loss_type, layout, tmp_path, extra)
+    packed = loss_and_grads(trainer, rows)
     assert SEQUENCE_IDS in packed[4] and "attention_mask" not in packed[4]
+    assert (BRANCH_IDS in packed[4]) is (layout == "shared")
     assert packed[4]["input_ids"].numel() < padded[4]["input_ids"].numel()  # padding really removed
+    if layout == "shared":  # and each prompt computed once: fewer real tokens than the sequences hold
+        assert (packed[4][SEQUENCE_IDS] >= 0).sum() < padded[4]["attention_mask"].sum() * 0.9
+    logratios = padded[3]
+    assert (logratios.chunk(2)[0] - logratios.chunk(2)[1]).abs().min() > 1e-3  # h != 0: the knobs matter
     # The loss agrees within 1e-5 (relative where the loss is large: the paper's summed IPO is about 30 here).
     assert abs(packed[0].item() - padded[0].item()) <= 1e-5 * max(1.0, abs(padded[0].item()))
     # Summed log-probs (about -150 nats over about 40 tokens) agree to fp32 rounding: per token within 1e-5, the
@@ -91,17 +113,91 @@ def test_packed_equals_padded(tiny_llama, tmp_path, loss_type, extra):
     flat = lambda grads: torch.cat([g.flatten() for g in grads.values()])  # noqa: E731
     difference = (flat(packed[1]) - flat(padded[1])).norm() / flat(padded[1]).norm()
     assert difference < 1e-4, difference
-    # TRL's per-token metrics count the same tokens in both layouts
+    # TRL's per-token metrics count the same tokens in both layouts, and num_tokens the padded path's tokens
     assert packed[5] == pytest.approx(padded[5], rel=1e-5)
+    assert trainer._total_train_tokens == padded[4]["attention_mask"].sum().item()
+    if loss_type == "ipo":  # the knob reaches the loss: the other IPO form gives another loss
+        normalize = "false" not in extra
+        completion = padded[4]["completion_mask"].sum(dim=1).chunk(2)
+        assert packed[0].item() == pytest.approx(expected_ipo(packed[3], completion, 0.1, normalize).item(), rel=1e-5)
+        other = expected_ipo(packed[3], completion, 0.1, not normalize).item()
+        assert abs(other - packed[0].item()) > 0.1 * abs(packed[0].item())
+
+
+def single_sequence_logps(model, ids: list[int], completion: list[int]) -> float:
+    """One sequence alone, no packing, no mask, no fused head: log-softmax of the logits, summed over the completion."""
+    input_ids = torch.tensor([ids])
+    logits = model(input_ids=input_ids, use_cache=False).logits[0, :-1].float()
+    per_token = logits.log_softmax(-1).gather(1, input_ids[0, 1:, None])[:, 0]
+    return (per_token * torch.tensor(completion[1:])).sum().item()
+
+
+@pytest.mark.parametrize("layout", ["packed", "shared"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_row_equals_single_sequence_forward(tiny_llama, tmp_path, layout, attention):
+    """Every sequence of a packed batch scores as it does alone through the model's plain forward. (flash-attention
+    reads packing from position_ids the same way, but cannot run on CPU: it is not tested here.)"""
+    trainer = make_trainer(tiny_llama, "sigmoid", layout, tmp_path, ("--attn_implementation", attention))
+    assert trainer.model.config._attn_implementation == attention
+    examples = [trainer.train_dataset[i] for i in range(8)]
+    batch = trainer.data_collator(examples)
+    assert batch["input_ids"].size(0) < 16  # several of the 16 sequences share a row
+    trainer.model.eval()
+    with torch.no_grad():
+        (chosen, rejected), _, _ = trainer.pair_logps(trainer.model, batch)
+        for i, example in enumerate(examples):
+            for side, packed in (("chosen", chosen), ("rejected", rejected)):
+                ids = (example["prompt_ids"] + example[f"{side}_ids"])[:96]
+                completion = ([0] * len(example["prompt_ids"]) + [1] * len(example[f"{side}_ids"]))[:96]
+                alone = single_sequence_logps(trainer.model, ids, completion)
+                assert packed[i].item() == pytest.approx(alone, rel=1e-5, abs=1e-4), (i, side)
+
+
+def test_shared_layout_positions_and_mask():
+    """[prompt[:-1] | prompt[-1] chosen | prompt[-1] rejected]: rejected positions continue from the prompt, and
+    the branches never see each other."""
+    packed = pack_pairs([[1, 2, 3, 4, 5]], [[1, 2, 3, 6]], [[0, 0, 0, 1, 1]], [[0, 0, 0, 1]], 16, 0)
+    assert packed["input_ids"].tolist() == [[1, 2, 3, 4, 5, 3, 6]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 4, 2, 3]]
+    assert packed[BRANCH_IDS].tolist() == [[0, 0, 1, 1, 1, 2, 2]]
+    assert packed[SEQUENCE_IDS].tolist() == [[0, 0, 0, 0, 0, 1, 1]]
+    mask = shared_prompt_mask(packed[SEQUENCE_IDS], packed[BRANCH_IDS])[0, 0]
+    assert mask[6].tolist() == [True, True, False, False, False, True, True]  # rejected: prompt[:-1], its branch
+    assert mask[4].tolist() == [True] * 5 + [False] * 2  # chosen: the whole prompt and itself
+    # keep_end truncation can keep different prompt tokens for the two replies: only the common start is shared
+    packed = pack_pairs([[2, 3, 4, 5]], [[1, 2, 3, 6]], [[0, 0, 1, 1]], [[0, 0, 0, 1]], 16, 0)
+    assert packed[BRANCH_IDS].tolist() == [[1, 1, 1, 1, 2, 2, 2, 2]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize("mode", ["keep_start", "keep_end"])
+def test_shared_layout_keeps_the_padded_paths_tokens(tiny_llama, tmp_path, mode):
+    """Truncation: each sequence of the shared layout, read back, is the padded batch's sequence token for token."""
+    padded = make_trainer(tiny_llama, "sigmoid", "padded", tmp_path, ("--truncation_mode", mode, "--max_length", "40"))
+    shared = make_trainer(tiny_llama, "sigmoid", "shared", tmp_path, ("--truncation_mode", mode, "--max_length", "40"))
+    examples = [padded.train_dataset[i] for i in range(16)]
+    assert max(len(e["prompt_ids"]) + len(e["chosen_ids"]) for e in examples) > 40  # truncation happens
+    want = padded.data_collator(examples)
+    got = shared.data_collator(examples)
+    mask = shared_prompt_mask(got[SEQUENCE_IDS], got[BRANCH_IDS])
+    for s in range(32):  # a sequence is what its last token sees
+        keep = want["attention_mask"][s].bool()
+        r, last = (got[SEQUENCE_IDS] == s).nonzero()[-1].tolist()
+        visible = mask[r, 0, last]
+        assert got["input_ids"][r][visible].tolist() == want["input_ids"][s][keep].tolist(), s
+        assert got["completion_mask"][r][visible].tolist() == want["completion_mask"][s][keep].tolist(), s
+        assert got["position_ids"][r][visible].tolist() == list(range(int(keep.sum()))), s
 
 
 def test_attention_does_not_cross_sequences(tiny_llama, tmp_path):
     """A sequence's log-prob does not depend on which other sequences share its row."""
-    trainer = make_trainer(tiny_llama, "sigmoid", True, tmp_path)
-    trainer.model.eval()
-    with torch.no_grad():
-        together = trainer.pair_logps(trainer.model, trainer.data_collator([trainer.train_dataset[i] for i in range(8)]))
-        for i in range(8):
-            alone = trainer.pair_logps(trainer.model, trainer.data_collator([trainer.train_dataset[i]]))
-            torch.testing.assert_close(alone[0][0][0], together[0][0][i], rtol=1e-6, atol=1e-5)
-            torch.testing.assert_close(alone[0][1][0], together[0][1][i], rtol=1e-6, atol=1e-5)
+    for layout in ("packed", "shared"):
+        trainer = make_trainer(tiny_llama, "sigmoid", layout, tmp_path)
+        trainer.model.eval()
+        with torch.no_grad():
+            together = trainer.pair_logps(trainer.model,
+                                          trainer.data_collator([trainer.train_dataset[i] for i in range(8)]))
+            for i in range(8):
+                alone = trainer.pair_logps(trainer.model, trainer.data_collator([trainer.train_dataset[i]]))
+                torch.testing.assert_close(alone[0][0][0], together[0][0][i], rtol=1e-6, atol=1e-5)
+                torch.testing.assert_close(alone[0][1][0], together[0][1][i], rtol=1e-6, atol=1e-5)

@@ -67,3 +67,22 @@ def test_key_follows_what_the_values_depend_on(tiny_llama, tmp_path, change, hit
     trainer, forwards = build(tiny_llama, tmp_path, *change)
     assert (forwards == 0) is hit
     assert (trainer.ref_cache_hits == ["train", "eval"]) is hit
+
+
+@pytest.mark.parametrize("layout", [("--padding_free", "true"), ("--padding_free", "true", "--prefix_sharing", "true")])
+def test_key_records_the_batch_layout(tiny_llama, tmp_path, layout):
+    """TRL precomputes while the trainer hides padding_free from it: the key must still see the real layout."""
+    build(tiny_llama, tmp_path)
+    trainer, forwards = build(tiny_llama, tmp_path, *layout)
+    assert forwards > 0 and trainer.ref_cache_hits == []
+    again, forwards = build(tiny_llama, tmp_path, *layout)
+    assert forwards == 0 and again.ref_cache_hits == ["train", "eval"]
+
+
+def test_shared_prompt_precompute_gives_the_padded_values(tiny_llama, tmp_path):
+    padded, _ = build(tiny_llama, tmp_path)
+    shared, _ = build(tiny_llama, tmp_path, "--padding_free", "true", "--prefix_sharing", "true")
+    for split in ("train_dataset", "eval_dataset"):
+        for column in ("ref_chosen_logps", "ref_rejected_logps"):
+            torch.testing.assert_close(torch.tensor(getattr(shared, split)[column]),
+                                       torch.tensor(getattr(padded, split)[column]), rtol=1e-6, atol=1e-4)
