@@ -97,7 +97,7 @@ def test_smoke_with_a_bad_recipe_config_is_one_line(tmp_path):
     (recipe / "config.yaml").write_text((REPO / "recipes/demo-cpu/config.yaml").read_text() + "beta: -1\n")
     proc = run([sys.executable, "-m", "dpo_recipes.smoke", "run", str(recipe), "--out", str(tmp_path / "out")],
                check=False, timeout=300)
-    assert_one_line(proc, "config: beta must be > 0, got -1", through_make=False)
+    assert_one_line(proc, "config: beta must be a finite number > 0, got -1", through_make=False)
 
 
 ZERO3 = {"distributed_type": "DEEPSPEED", "deepspeed_config": {"deepspeed_config_file":
