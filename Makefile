@@ -25,6 +25,7 @@ help:
 	@echo "make plots RUN=<dir>                                    training curves (PNG) of a run into <dir>/plots"
 	@echo "make merge RUN=<dir> OUT=<dir> [ARGS=...]               merge a LoRA/QLoRA run into standalone weights"
 	@echo "make estimate RECIPE=<name> [GPUS=n GPU_MEM=GiB]        predicted memory per GPU and whether it fits"
+	@echo "make migrate CONFIG=<old.yaml> [OUT=<new.yaml>]         convert an alignment-handbook / TRL 0.x DPO config"
 	@echo "make test                                               run the whole test suite"
 	@echo "make bench                                              CPU benchmarks into bench/results/ (about 40 min)"
 	@echo "make bench-gpu                                          GPU benchmark of real recipes (needs a CUDA GPU)"
@@ -82,6 +83,12 @@ merge: install check-run
 estimate: install
 	@$(PY) -m dpo_recipes.estimate $(RECIPE) $(if $(GPUS),--gpus $(GPUS)) $(if $(GPU_MEM),--gpu_mem $(GPU_MEM)) \
 		$(if $(VARIANT),--variant $(VARIANT))
+
+# An alignment-handbook / TRL 0.x DPO config in this project's keys, every change explained (docs/migrating.md).
+.PHONY: migrate
+migrate: install
+	@test -n "$(CONFIG)" || { echo "error: make migrate needs CONFIG=<old config.yaml> [OUT=<new config.yaml>]" >&2; exit 2; }
+	$(PY) -m dpo_recipes.migrate $(CONFIG) $(if $(OUT),-o $(OUT)) $(ARGS)
 
 test: install
 	$(PY) -m pytest tests

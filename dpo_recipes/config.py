@@ -22,8 +22,9 @@ from trl import DPOConfig, ModelConfig, TrlParser
 
 from .data import check_data_args
 from .errors import UserError
-from .losses import LOSSES, check_knobs, knob_values, load_losses_file, uses_label_smoothing
+from .losses import LOSSES, check_loss_config, load_losses_file
 from .names import PREFIX_SHARING_ATTENTION
+from .renames import CHANGES
 
 
 @dataclass
@@ -201,10 +202,21 @@ def _pop_custom_knobs(argv: list[str], config: dict) -> dict:
     return {k: _check_knob_type(k, v, custom[k], "config") for k, v in knobs.items()}
 
 
-def _unknown(key: str, where: str, known: set[str]) -> UserError:
-    close = difflib.get_close_matches(key, sorted(known), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return UserError(f"{where}: unknown key '{key}'{hint}")
+def _unknown(keys: list[str], where: str, known: set[str], file: bool = False) -> UserError:
+    """One error for all unknown keys: what replaced a renamed or removed key (renames.py), else the closest key."""
+    parts = []
+    for key in keys:
+        if key in CHANGES:
+            hint = CHANGES[key].short()
+        else:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else ""
+        parts.append(f"'{key}'" + (f" ({hint})" if hint else ""))
+    noun = "unknown key" if len(keys) == 1 else f"{len(keys)} unknown keys"
+    message = f"{where}: {noun} {', '.join(parts)}"
+    if file and any(key in CHANGES for key in keys):
+        message += f"; `python -m dpo_recipes.migrate {where}` writes a converted copy (docs/migrating.md)"
+    return UserError(message)
 
 
 def _field_types() -> dict[str, typing.Any]:
@@ -276,17 +288,16 @@ def parse_config(argv: list[str] | None = None):
         load_losses_file(Path(config_path).parent / "losses.py")  # a recipe's own losses register their knobs
         known = _known_keys() | set(_custom_knobs())
         layer.pop("env", None)  # TrlParser's env block is not supported: keep secrets out of configs
-        for key in layer:
-            if key not in known:
-                raise _unknown(key, config_path, known)
+        unknown = [key for key in layer if key not in known]
+        if unknown:
+            raise _unknown(unknown, config_path, known, file=True)
         _check_yaml_types(layer, config_path)
         config.update(layer)
     known = known | set(_custom_knobs())
-    for token in argv:
-        if token.startswith("--"):
-            key = token[2:].split("=", 1)[0]
-            if key not in known and key.removeprefix("no_") not in known:  # --no_x negates a boolean x
-                raise _unknown(key, "command line", known)
+    keys = [token[2:].split("=", 1)[0] for token in argv if token.startswith("--")]
+    unknown = [key for key in keys if key not in known and key.removeprefix("no_") not in known]  # --no_x: not x
+    if unknown:
+        raise _unknown(unknown, "command line", known)
 
     knobs = _pop_custom_knobs(argv, config)
     parser = _Parser(DATACLASSES)
@@ -310,21 +321,8 @@ def parse_config(argv: list[str] | None = None):
 def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: ModelConfig) -> None:
     """Combinations that cannot work, or would silently do nothing, stop here with one line."""
     ours = [t for t in args.loss_type if t in LOSSES]
-    if ours and len(ours) != len(args.loss_type):
-        theirs = [t for t in args.loss_type if t not in LOSSES]
-        raise UserError(f"config: loss_type mixes this project's losses {ours} with TRL-only losses {theirs}; "
-                        "combine losses from one group")
-    if args.padding_free and not ours:
-        raise UserError(f"config: padding_free is implemented for loss_type {list(LOSSES)}, not {args.loss_type}")
     if args.prefix_sharing:
         check_prefix_sharing(args, model_args, ours)
-    if args.beta <= 0:
-        raise UserError(f"config: beta must be > 0, got {args.beta}")
-    if not 0.0 <= args.label_smoothing < 0.5:
-        raise UserError(f"config: label_smoothing must be in [0, 0.5), got {args.label_smoothing}")
-    if args.label_smoothing > 0 and ours and not any(uses_label_smoothing(t) for t in ours):
-        raise UserError(f"config: label_smoothing={args.label_smoothing} has no effect with loss_type {ours}; "
-                        f"use cdpo or rdpo, or set label_smoothing 0")
     custom = args.loss_knobs or {}
     if not isinstance(custom, dict):
         raise UserError(f"config: loss_knobs must be a mapping of knob: value, got {custom!r}")
@@ -336,11 +334,10 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
             raise UserError(f"config: key '{key}' is a knob of loss_type {', '.join(owners)}, which is not selected "
                             f"(loss_type {args.loss_type}); it would do nothing")
         custom[key] = _check_knob_type(key, value, _custom_knobs()[key], "config")
-    for loss_type in ours:  # each loss's own knobs, range-checked by the loss itself
-        try:
-            check_knobs(loss_type, beta=args.beta, **knob_values(args))
-        except ValueError as err:
-            raise UserError(f"config: {err}") from None
+    try:  # the loss and its knobs: the same check as PreferenceTrainer's, so both accept the same configs
+        check_loss_config(args)
+    except ValueError as err:
+        raise UserError(f"config: {err}") from None
     if script_args.reward_model_name_or_path and "madpo" not in args.loss_type:
         raise UserError(f"config: reward_model_name_or_path is only used by loss_type madpo, got {args.loss_type}")
     if not 0.0 < script_args.eval_fraction < 1.0:
@@ -360,9 +357,6 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     if args.sync_ref_model and model_args.use_peft:
         raise UserError("config: sync_ref_model is not supported with use_peft (the reference is the base model "
                         "with adapters disabled)")
-    if ours and (args.ld_alpha is not None or args.f_divergence_type != "reverse_kl" or args.use_weighting):
-        raise UserError(f"config: ld_alpha, f_divergence_type and use_weighting are TRL-only options and are not "
-                        f"applied by loss_type {ours}")
 
 
 def check_prefix_sharing(args: PreferenceConfig, model_args: ModelConfig, ours: list[str]) -> None:

@@ -112,8 +112,8 @@ def check_knobs(loss_type: str, *, beta: float, **knobs) -> None:
     if loss.check is not None:
         try:
             loss.check(**{k: knobs.get(k, default) for k, default in loss.knobs.items()})
-        except ValueError as err:
-            raise ValueError(f"{loss_type}: {err}") from None
+        except ValueError as err:  # name the loss unless the message does (madpo_tau ...)
+            raise ValueError(str(err) if str(err).startswith(loss_type) else f"{loss_type}: {err}") from None
 
 
 def preference_loss(
@@ -228,3 +228,43 @@ def madpo(pairs: Pairs, *, beta: float, **knobs) -> torch.Tensor:
 
 # The built-in names (a recipe's losses.py adds to LOSSES, not to this tuple).
 LOSS_TYPES = BUILT_IN = tuple(LOSSES)
+
+# Built-in losses TRL implements with the same formula, under TRL's name: TRL computes them unless a project-only
+# feature needs this project's path.
+TRL_NAMES = {"sigmoid": "sigmoid", "ipo": "ipo", "rdpo": "robust", "robust": "robust"}
+
+
+def project_only_features(args) -> list[str]:
+    """What in a DPOConfig only this project's loss path implements; empty: TRL's own loss path gives the answer."""
+    features = [t for t in args.loss_type if t in LOSSES and t not in TRL_NAMES]
+    if "ipo" in args.loss_type and not getattr(args, "ipo_normalize", True):
+        features.append("ipo_normalize false")
+    features += [k for k in ("padding_free", "prefix_sharing") if getattr(args, k, False)]
+    return features
+
+
+def check_loss_config(args) -> bool:
+    """Whether the loss of a DPOConfig needs this project's path (True) or is TRL's own (False). Raise ValueError for
+    what neither path supports, or what would silently do nothing; the CLI (config.validate) and the trainer both
+    call this, so they accept and compute the same."""
+    features = project_only_features(args)
+    trl_only = [t for t in args.loss_type if t not in LOSSES]
+    if features and trl_only:
+        raise ValueError(f"loss_type {trl_only} is TRL's and cannot be combined with {', '.join(features)}, which "
+                         f"only this project's loss path implements")
+    options = [k for k, off in (("ld_alpha", None), ("f_divergence_type", "reverse_kl"), ("use_weighting", False))
+               if getattr(args, k) != off]
+    if features and options:
+        raise ValueError(f"{', '.join(options)} {'is' if len(options) == 1 else 'are'} applied by TRL's loss only "
+                         f"and cannot be combined with {', '.join(features)}")
+    if not (math.isfinite(args.beta) and args.beta > 0):
+        raise ValueError(f"beta must be a finite number > 0, got {args.beta}")
+    if not 0.0 <= args.label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {args.label_smoothing}")
+    ours = [t for t in args.loss_type if t in LOSSES]
+    if args.label_smoothing > 0 and ours and not trl_only and not any(uses_label_smoothing(t) for t in ours):
+        raise ValueError(f"label_smoothing={args.label_smoothing} has no effect with loss_type {ours}; use cdpo or "
+                         "rdpo, or set label_smoothing 0")
+    for loss_type in ours:  # each loss's own knobs, range-checked by the loss itself
+        check_knobs(loss_type, beta=args.beta, **knob_values(args))
+    return bool(features)

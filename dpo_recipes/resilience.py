@@ -5,12 +5,15 @@ overwritten by accident, and a non-finite loss or gradient stops training at onc
 - `StopOnSignal` turns SIGTERM/SIGINT into "save a checkpoint of this step, then stop" (all ranks agree).
 - `MarkCompleteCheckpoints` writes `checkpoint-N/checkpoint_complete.json` (file sizes) once every rank has saved,
   so a checkpoint torn by a kill mid-save is recognised and skipped on resume.
-- `StopOnNonFinite` checks gradients before each optimizer step; the trainer checks the loss (trainer.py).
+- `StopOnNonFinite` checks gradients before each optimizer step; the trainer checks the loss, and under DeepSpeed the
+  engine's global gradient norm (trainer.py): DeepSpeed steps inside `backward` and frees the gradients before any
+  callback could see them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -176,13 +179,22 @@ class StopOnSignal(TrainerCallback):
             signal.signal(sig, handler)
 
 
+def non_finite_gradient(step: int, output_dir: str) -> TrainingStopped:
+    return TrainingStopped(f"non-finite gradient at step {step}; training stopped, the last complete checkpoint in "
+                           f"{output_dir} is kept (lower learning_rate or check the data)")
+
+
+def invalid_grad_norm(norm) -> bool:
+    """A gradient norm that is not a finite number >= 0 (DeepSpeed reports an inf/NaN group norm as -1)."""
+    return norm is not None and not (math.isfinite(float(norm)) and float(norm) >= 0)
+
+
 class StopOnNonFinite(TrainerCallback):
-    """Stop before an optimizer step would apply a non-finite gradient (the last good checkpoint stays)."""
+    """Stop before an optimizer step would apply a non-finite gradient (the last good checkpoint stays). Under
+    DeepSpeed the gradients are gone by now; PreferenceTrainer.training_step checks the engine's norm instead."""
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         bad = bool(grads) and not torch.isfinite(torch.nn.utils.get_total_norm(grads)).item()
         if any_rank(bad):
-            raise TrainingStopped(f"non-finite gradient at step {state.global_step + 1}; training stopped, the last "
-                                  f"complete checkpoint in {args.output_dir} is kept (lower learning_rate or check "
-                                  "the data)")
+            raise non_finite_gradient(state.global_step + 1, args.output_dir)

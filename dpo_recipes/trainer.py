@@ -1,9 +1,12 @@
-"""PreferenceTrainer: TRL's DPOTrainer with its loss taken from `dpo_recipes.losses`.
+"""PreferenceTrainer: TRL's DPOTrainer, with the losses and features TRL lacks taken from `dpo_recipes.losses`.
 
-TRL 1.x computes its losses inside one long `_compute_loss` with no hook, so for this project's loss types
-(`losses.LOSSES`, a recipe's own included) we override `compute_loss` with a short path: one policy forward through TRL's fused LM head,
-the reference log-probs from TRL's own `compute_ref_log_probs` (or the precomputed columns), then the registry's loss
-and TRL's metric names. Any other TRL loss type goes to TRL unchanged.
+A loss TRL implements (sigmoid, ipo, rdpo as TRL's robust, and every TRL-only type) goes to TRL's own `_compute_loss`
+unchanged, with all of TRL's options (ld_alpha, f_divergence_type, use_weighting). Only when a project-only feature
+needs it (cdpo, madpo, a recipe's own registered loss, summed IPO, padding-free rows, shared prompts:
+`losses.project_only_features`) does `compute_loss` take a short path of ours: one policy forward through TRL's fused
+LM head, the reference log-probs from TRL's own `compute_ref_log_probs` (or the precomputed columns), then the
+registry's loss and TRL's metric names.
+`losses.check_loss_config` refuses what neither path supports, here and in config.validate alike.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import use_adapter
 
-from .losses import LOSSES, MADPO_DEFAULTS, knob_values, madpo_weights, preference_loss
+from .losses import LOSSES, MADPO_DEFAULTS, TRL_NAMES, check_loss_config, knob_values, madpo_weights, preference_loss
 from . import ref_cache
 from .margins import check_margins
 from .names import BRANCH_IDS, MARGIN_COLUMN, PREFIX_SHARING_ATTENTION, ROW_ID_COLUMN, SEQUENCE_IDS
 from .packing import logical_token_count, model_attention_mask, pack_pairs, pack_sequences, packed_sequence_logps
-from .resilience import TrainingStopped, any_rank
+from .resilience import TrainingStopped, any_rank, invalid_grad_norm, non_finite_gradient
 
 _REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 _MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "completion_mask", SEQUENCE_IDS, BRANCH_IDS)
@@ -107,6 +110,7 @@ class PreferenceTrainer(DPOTrainer):
     def __init__(self, *args, processing_class=None, data_collator=None, row_origin=None, **kwargs):
         """row_origin: optional, training row index -> where it came from ('file: line N'), for error messages."""
         config = kwargs["args"]
+        use_registry = check_loss_config(config)  # ValueError for what neither loss path supports
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if data_collator is None and tokenizer is not None:
             if tokenizer.pad_token is None:
@@ -133,6 +137,10 @@ class PreferenceTrainer(DPOTrainer):
         self.layout = {"padding_free": config.padding_free, "prefix_sharing": getattr(config, "prefix_sharing", False)}
         # TRL 1.16 warns and turns padding_free off; we implement it (packing.py), so hide it from TRL's __init__.
         padding_free, config.padding_free = config.padding_free, False
+        # Without a project-only feature TRL computes the loss, under its names (rdpo is its robust).
+        loss_type = config.loss_type
+        if not use_registry:
+            config.loss_type = [TRL_NAMES.get(t, t) for t in loss_type]
         train_dataset = kwargs.get("train_dataset")
         if train_dataset is not None and ROW_ID_COLUMN not in train_dataset.column_names:
             kwargs["train_dataset"] = train_dataset.add_column(ROW_ID_COLUMN, list(range(len(train_dataset))))
@@ -141,7 +149,7 @@ class PreferenceTrainer(DPOTrainer):
         super().__init__(*args, processing_class=processing_class, data_collator=data_collator, **kwargs)
         self.add_callback(TokenCount(self))
         config.padding_free = self.padding_free = padding_free
-        self.use_registry = all(t in LOSSES for t in self.loss_types)
+        config.loss_type, self.use_registry = loss_type, use_registry
         self.loss_knobs = knob_values(config)
         if "madpo" in self.loss_types:  # stop at the start, not at the first batch without margins
             evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval": self.eval_dataset}
@@ -180,6 +188,11 @@ class PreferenceTrainer(DPOTrainer):
                 f"non-finite loss at step {self.state.global_step + 1} (training rows: {self._name_rows()}); "
                 f"training stopped, the last complete checkpoint in {self.args.output_dir} is kept"
             )
+        # DeepSpeed has just stepped inside backward and freed the gradients, so StopOnNonFinite cannot see them; its
+        # global norm is inf (ZeRO skipped the step) or not a valid norm. fp16's loss scaler skips overflows itself.
+        if self.is_deepspeed_enabled and self.accelerator.sync_gradients and not self.args.fp16:
+            if any_rank(invalid_grad_norm(self.accelerator.deepspeed_engine_wrapped.get_global_grad_norm())):
+                raise non_finite_gradient(self.state.global_step + 1, self.args.output_dir)
         return loss
 
     def _name_rows(self) -> str:

@@ -55,7 +55,7 @@ def test_recipe_config_selects_its_loss_and_knob(recipe):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--slic_delta", "-1"], "config: slic: slic_delta must be > 0, got -1.0"),
+    (["--slic_delta", "-1"], "config: slic_delta must be > 0, got -1.0"),
     (["--slic_delta", "abc"], "config: key 'slic_delta' must be float, got str 'abc'"),
     (["--slic_deta", "1"], "command line: unknown key 'slic_deta' (did you mean 'slic_delta'?)"),
     (["--loss_type", "sigmoid"], "config: key 'slic_delta' is a knob of loss_type slic, which is not selected"),

@@ -237,17 +237,20 @@ def test_no_gradient_flows_into_margins():
     assert torch.allclose(chosen.grad, expected, atol=1e-15, rtol=0)
 
 
-def test_robust_is_rdpo():
-    chosen = torch.linspace(-3, 3, 13, dtype=torch.float64)
-    rejected = torch.linspace(2, -1, 13, dtype=torch.float64)
+def test_robust_and_rdpo_by_hand_on_a_grid():
+    """Both names against the closed form softplus(-x) - e x / (1-2e), x = b h, and its derivative in h,
+    b (-s(-x) - e / (1-2e)), computed here independently of the registry (TRL's robust: test_trainer_losses.py)."""
+    beta, h = 0.3, torch.linspace(-6, 6, 13, dtype=torch.float64)
     for eps in (0.0, 0.2, 0.45):
-        a = chosen.clone().requires_grad_()
-        b = chosen.clone().requires_grad_()
-        la = preference_loss("robust", a, rejected, beta=0.3, label_smoothing=eps)
-        lb = preference_loss("rdpo", b, rejected, beta=0.3, label_smoothing=eps)
-        la.sum().backward()
-        lb.sum().backward()
-        assert torch.equal(la, lb) and torch.equal(a.grad, b.grad)
+        x = beta * h
+        expected = [math.log1p(math.exp(-v)) - eps * v / (1 - 2 * eps) for v in x.tolist()]
+        expected_grad = [beta * (-1 / (1 + math.exp(v)) - eps / (1 - 2 * eps)) for v in x.tolist()]
+        for name in ("robust", "rdpo"):
+            chosen = h.clone().requires_grad_()
+            per_pair = preference_loss(name, chosen, torch.zeros_like(h), beta=beta, label_smoothing=eps)
+            per_pair.sum().backward()
+            assert per_pair.tolist() == pytest.approx(expected, abs=1e-12), (name, eps)
+            assert chosen.grad.tolist() == pytest.approx(expected_grad, abs=1e-12), (name, eps)
 
 
 def test_zero_smoothing_reduces_to_dpo():

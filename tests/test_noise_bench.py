@@ -78,3 +78,33 @@ def test_quick_mode_runs_every_part(tmp_path):
     assert all(len(history) >= 1 for history in result["overconfidence"].values())
     assert (tmp_path / "noise.png").stat().st_size > 10_000
     assert "| dpo |" in (tmp_path / "noise.md").read_text()
+
+
+def test_readme_noise_table_is_noise_json():
+    """Every number of the README's label-noise table, as printed, is the committed noise.json's value rounded to the
+    digits shown; every variant and every column is there."""
+    summary = json.loads((REPO / "bench/results/noise.json").read_text())["summary"]
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Label-noise robustness"):]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header[0] == "variant" and lines[1].startswith("|---")
+    metrics = {"accuracy": "accuracy", "Brier": "brier", "margin": "mean_margin", "ECE": "ece"}
+    columns = []
+    for name in header[1:]:
+        metric, rate = name.split(" eps=")
+        columns.append((metrics[metric], rate))
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    rows = rows[: next((i for i, r in enumerate(rows) if r[0] not in summary), len(rows))]
+    assert [r[0] for r in rows] == list(summary)
+    checked = 0
+    for variant, *cells in rows:
+        assert len(cells) == len(columns), variant
+        for (metric, rate), cell in zip(columns, cells):
+            stats = summary[variant][rate][metric]
+            for shown, value in zip(cell.split("±"), (stats["mean"], stats["std"])):
+                shown = shown.strip()
+                digits = len(shown.split(".")[1]) if "." in shown else 0
+                assert shown == f"{value:.{digits}f}", (variant, metric, rate, shown, value)
+                checked += 1
+    assert checked >= len(summary) * len(columns)

@@ -1,6 +1,8 @@
 """The loss registry through the real trainer: a tiny Llama with a LoRA adapter on bundled conversational data.
 
-(a) Our sigmoid / ipo / rdpo give bit-for-bit TRL's loss, gradients and metrics on the same batch and model.
+(a) Our sigmoid / ipo / rdpo give bit-for-bit TRL's loss, gradients and metrics on the same batch and model. By default
+    TRL computes these (test_loss_paths.py); ours run when a project-only feature needs them (padding-free, a cdpo or
+    madpo term in the same loss), so the comparison forces our path.
 (b) With a fresh adapter the policy is the reference (h = 0), so the first logged loss of a real training step is known
     in closed form for every variant. (c) The logged metrics keep TRL's names. (d) TRL's own loss types still work.
 """
@@ -36,7 +38,7 @@ def make_trainer(model_dir, out, dataset, loss_type, use_peft=True, **overrides)
     args = PreferenceConfig(
         output_dir=str(out),
         loss_type=loss_type,
-        beta=BETA,
+        beta=overrides.pop("beta", BETA),
         max_length=128,
         per_device_train_batch_size=len(dataset),  # one batch is the whole data set: the first loss is its mean
         per_device_eval_batch_size=len(dataset),
@@ -89,7 +91,8 @@ def loss_grads_metrics(trainer, compute_loss, inputs):
 def test_same_loss_gradients_and_metrics_as_trl(tiny_llama, tmp_path, pairs, ours, trl_name, overrides):
     use_peft = overrides.pop("use_peft", True)
     trainer = make_trainer(tiny_llama, tmp_path, pairs, [ours], use_peft=use_peft, **overrides)
-    assert trainer.use_registry
+    assert not trainer.use_registry  # TRL's own loss by default; compare the project's path with it
+    trainer.use_registry = True
     torch.manual_seed(0)
     with torch.no_grad():  # move the policy away from the reference so h != 0
         for name, param in trainer.model.named_parameters():
@@ -199,3 +202,83 @@ def test_trl_loss_types_still_work(tiny_llama, tmp_path, pairs):
     log = first_log(trainer)
     assert log["loss"] == 1.0
     assert "entropy" in log and "rewards/margins" in log  # logged by TRL's own loss path
+
+
+def independent_logratios(trainer, batch):
+    """Per-pair (chosen, rejected) log-ratios and completion lengths from plain forwards of the full logits: the policy
+    with its adapter, the reference with the adapter off. No code of the trainer's loss paths is involved."""
+    model = trainer.model
+    ids, mask, completion = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+
+    def summed_logps():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].double()
+        per_token = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return (per_token * completion[:, 1:]).sum(1)
+
+    with torch.no_grad():
+        policy = summed_logps()
+        with model.disable_adapter():
+            reference = summed_logps()
+    return (policy - reference).chunk(2), completion.sum(1).double().chunk(2)
+
+
+def by_hand(loss_type, chosen, rejected, lengths, eps=0.0, ipo_normalize=True, margins=None, b=1.0):
+    """Each paper's per-pair formula, written out again (logsigmoid(x) = -log(1 + exp(-x)))."""
+    logsig = lambda x: -torch.log1p(torch.exp(-x))  # noqa: E731
+    h = chosen - rejected
+    if loss_type == "sigmoid":
+        return -logsig(b * h)
+    if loss_type == "cdpo":
+        return -(1 - eps) * logsig(b * h) - eps * logsig(-b * h)
+    if loss_type in ("rdpo", "robust"):
+        return (-(1 - eps) * logsig(b * h) + eps * logsig(-b * h)) / (1 - 2 * eps)
+    if loss_type == "ipo":
+        if ipo_normalize:
+            h = chosen / lengths[0] - rejected / lengths[1]
+        return (h - 1 / (2 * b)) ** 2
+    # madpo, with the paper's defaults c_max 2, c_min 1/2, lambda 1, tau ln 999
+    m, tau = margins, math.log(999.0)
+    c = 0.5 + 1.5 / (1 + (2 - 1) / (1 - 0.5) * torch.exp(m.abs() - tau))
+    w = torch.where(m > -tau, torch.sigmoid(c * m) / torch.sigmoid(m), torch.ones_like(m))
+    return w * -logsig(b * h)
+
+
+@pytest.mark.parametrize(
+    "loss_type, knobs, without_knobs",
+    [
+        ("sigmoid", {}, None),
+        ("cdpo", {"label_smoothing": 0.2}, ("sigmoid", {})),
+        ("rdpo", {"label_smoothing": 0.2}, ("sigmoid", {})),
+        ("robust", {"label_smoothing": 0.3}, ("rdpo", {"label_smoothing": 0.2})),
+        ("ipo", {}, ("ipo", {"ipo_normalize": False})),
+        ("ipo", {"ipo_normalize": False}, ("ipo", {})),
+        ("madpo", {}, ("sigmoid", {})),
+    ],
+    ids=["sigmoid", "cdpo", "rdpo", "robust", "ipo", "ipo-summed", "madpo"],
+)
+def test_each_variant_by_hand_away_from_the_reference(tiny_llama, tmp_path, pairs, loss_type, knobs, without_knobs):
+    """h != 0, where eps, ipo_normalize and the margins change the loss: the trainer's loss (whichever path it takes)
+    equals the paper's formula on log-ratios computed independently, and differs from the same formula without the
+    knob by far more than the tolerance (so a knob the trainer dropped would fail)."""
+    data = pairs.add_column(MARGIN_COLUMN, MARGINS)
+    trainer = make_trainer(tiny_llama, tmp_path, data, [loss_type], beta=1.0, **knobs)  # b h of order 1
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 2.0)
+    trainer.model.eval()  # no dropout anywhere: the plain forwards below see the same function
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    (chosen, rejected), lengths = independent_logratios(trainer, batch)
+    margins = batch[MARGIN_COLUMN].double()  # in the batch's (shuffled) order
+    eps, normalize = knobs.get("label_smoothing", 0.0), knobs.get("ipo_normalize", True)
+    expected = by_hand(loss_type, chosen, rejected, lengths, eps, normalize, margins).mean().item()
+    with torch.no_grad():
+        got = trainer.compute_loss(trainer.model, dict(batch)).item()
+    assert (chosen - rejected).abs().mean() > 1.0  # really away from the reference
+    assert got == pytest.approx(expected, rel=2e-5, abs=1e-6)
+    if without_knobs is not None:
+        other_type, other = without_knobs
+        other_eps, other_normalize = other.get("label_smoothing", 0.0), other.get("ipo_normalize", True)
+        baseline = by_hand(other_type, chosen, rejected, lengths, other_eps, other_normalize, margins).mean().item()
+        assert abs(baseline - expected) > 100 * (2e-5 * abs(expected) + 1e-6), (baseline, expected)
