@@ -31,16 +31,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from trl.data_utils import common_prefix_length
 
 from .config import ScriptArguments, validate_report_args
 from .data import load_preference_data
 from .errors import UserError, exit_on_user_error
-from .margins import render_ids
 from .model_card import hub_repo_id, push_folder, write_model_card
 from .modeling import load_tokenizer, resolve_model_path
 from .names import REPORT_JSON, REPORT_MD, RUN_CONFIG
+from .packing import completion_logps
 from .reporting import write_json
+from .tokenization import generation_prompt_ids, reward_ids, tokenize_pair
 
 # ScriptArguments fields that only shape the report (they can be changed for `make eval` without retraining).
 REPORT_FIELDS = ("eval_report_pairs", "eval_report_prompts", "eval_report_samples", "eval_report_max_new_tokens",
@@ -152,47 +152,6 @@ def load_run_models(run_dir: Path, base_path: str, model_args, trust_remote_code
 # Tokenization: TRL's DPO rendering, so that the numbers match the trainer's
 
 
-def _template_kwargs(example: dict) -> dict:
-    kwargs = dict(example.get("chat_template_kwargs") or {})
-    tools = example.get("tools")
-    if tools is not None:
-        kwargs["tools"] = json.loads(tools) if isinstance(tools, str) else tools
-    return kwargs
-
-
-def _ids(tokenizer, value, **kwargs) -> list[int]:
-    if isinstance(value, list):  # conversational: the tokenizer's chat template
-        return list(tokenizer.apply_chat_template(value, tokenize=True, return_dict=True, **kwargs)["input_ids"])
-    return list(tokenizer(text=value)["input_ids"])
-
-
-def tokenize_pair(tokenizer, example: dict) -> dict:
-    """prompt_ids, chosen_ids and rejected_ids as TRL's DPOTrainer builds them (the completion starts where the
-    rendered prompt and the rendered prompt + completion diverge; text completions get the EOS token)."""
-    kwargs = _template_kwargs(example)
-    prompt, chosen, rejected = example["prompt"], example["chosen"], example["rejected"]
-    if isinstance(prompt, list):
-        prompt_ids = _ids(tokenizer, prompt, add_generation_prompt=True, **kwargs)
-        chosen_full = _ids(tokenizer, prompt + chosen, **kwargs)
-        rejected_full = _ids(tokenizer, prompt + rejected, **kwargs)
-    else:
-        eos = tokenizer.eos_token
-        chosen = chosen if chosen.endswith(eos) else chosen + eos
-        rejected = rejected if rejected.endswith(eos) else rejected + eos
-        prompt_ids = _ids(tokenizer, prompt)
-        chosen_full, rejected_full = _ids(tokenizer, prompt + chosen), _ids(tokenizer, prompt + rejected)
-    n = min(common_prefix_length(prompt_ids, chosen_full), common_prefix_length(prompt_ids, rejected_full))
-    return {"prompt_ids": prompt_ids[:n], "chosen_ids": chosen_full[n:], "rejected_ids": rejected_full[n:]}
-
-
-def generation_prompt_ids(tokenizer, example: dict) -> list[int]:
-    """The prompt as the model sees it before replying (chat template with the generation prompt)."""
-    prompt = example["prompt"]
-    if isinstance(prompt, list):
-        return _ids(tokenizer, prompt, add_generation_prompt=True, **_template_kwargs(example))
-    return _ids(tokenizer, prompt)
-
-
 def prompt_text(prompt) -> str:
     if isinstance(prompt, list):
         return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
@@ -215,16 +174,8 @@ def pair_logps(model, tokenized: list[dict], settings: ReportSettings, device) -
     chosen, rejected = [], []
     for start in tqdm(range(0, len(tokenized), settings.batch_size), desc="pair log-probs", leave=False):
         batch = collator(tokenized[start : start + settings.batch_size])
-        mask = batch["completion_mask"]
-        labels = batch["input_ids"].masked_fill(mask == 0, -100)
-        out = model(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            labels=labels.to(device),
-            use_cache=False,
-            fused_lm_head=True,
-        )
-        logps = out.log_probs[:, -(mask.size(1) - 1) :].sum(dim=1).double().cpu()
+        model_inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "completion_mask")}
+        logps = completion_logps(model, model_inputs)[0].double().cpu()
         c, r = logps.chunk(2)
         chosen.append(c)
         rejected.append(r)
@@ -386,7 +337,7 @@ def load_judge(path: str, device, trust_remote_code: bool = False):
 
 @torch.no_grad()
 def judge_scores(judge, judge_tokenizer, prompts: list, replies: list[str]) -> list[float]:
-    """The reward of each (prompt, reply), rendered as the reward model was trained (margins.render_ids), one
+    """The reward of each (prompt, reply), rendered as the reward model was trained (tokenization.reward_ids), one
     sequence at a time so that no padding enters the score."""
 
     device = next(judge.parameters()).device
@@ -394,7 +345,7 @@ def judge_scores(judge, judge_tokenizer, prompts: list, replies: list[str]) -> l
     for prompt, reply in zip(prompts, replies):
         completion = [{"role": "assistant", "content": reply}] if isinstance(prompt, list) else reply
         try:
-            ids = render_ids(judge_tokenizer, {"prompt": prompt, "chosen": completion}, "chosen")
+            ids = reward_ids(judge_tokenizer, {"prompt": prompt, "chosen": completion}, "chosen")
         except ValueError as err:  # e.g. a conversational prompt and a tokenizer without a chat template
             raise UserError(f"judge_model: cannot render a held-out prompt: {str(err).splitlines()[0]}") from None
         scores.append(float(judge(input_ids=torch.tensor([ids], device=device)).logits[0, 0]))

@@ -20,10 +20,10 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from trl.data_utils import is_conversational
 
 from .errors import UserError
 from .names import MARGIN_COLUMN
+from .tokenization import reward_ids
 
 
 def check_margins(dataset: Dataset, where: str) -> None:
@@ -51,22 +51,6 @@ def margins_from_scores(dataset: Dataset, chosen_column: str, rejected_column: s
     return dataset.add_column(MARGIN_COLUMN, [float(c) - float(r) for c, r in zip(chosen, rejected)])
 
 
-def render_ids(tokenizer, example: dict, side: str) -> list[int]:
-    """Token ids of prompt + `side` ("chosen" or "rejected") as TRL's RewardTrainer builds them for training."""
-    completion = example[side]
-    if "prompt" in example:  # explicit prompt; otherwise the completion holds the whole conversation
-        completion = example["prompt"] + completion
-    if is_conversational(example):
-        kwargs = dict(example.get("chat_template_kwargs") or {})
-        if example.get("tools") is not None:
-            kwargs["tools"] = example["tools"]
-        return list(tokenizer.apply_chat_template(completion, tokenize=True, return_dict=True, **kwargs)["input_ids"])
-    eos = tokenizer.eos_token
-    if eos and not completion.endswith(eos):
-        completion = completion + eos
-    return list(tokenizer(text=completion)["input_ids"])
-
-
 def load_reward_model(path: str, trust_remote_code: bool = False, device=None):
     """(model, tokenizer) of a one-output sequence-classification reward model, in eval mode."""
     try:
@@ -91,7 +75,7 @@ def score_pairs(model, tokenizer, dataset: Dataset, batch_size: int = 8) -> list
     model reads its last non-pad token), batched by length so little is padded."""
     if len(dataset) == 0:  # a process with no share of the rows
         return []
-    sequences = [render_ids(tokenizer, row, side) for side in ("chosen", "rejected") for row in dataset]
+    sequences = [reward_ids(tokenizer, row, side) for side in ("chosen", "rejected") for row in dataset]
     pad_id = model.config.pad_token_id
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     scores = torch.empty(len(sequences), dtype=torch.float64)
