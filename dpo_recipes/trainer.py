@@ -92,8 +92,6 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         if getattr(config, "prefix_sharing", False):  # the same guards as the config's, for Python users
             if not config.padding_free:
                 raise ValueError("prefix_sharing needs padding_free=True (pairs are packed into rows)")
-            if not all(t in LOSSES for t in config.loss_type):
-                raise ValueError(f"prefix_sharing is implemented for loss_type {list(LOSSES)}, not {config.loss_type}")
             model = kwargs.get("model", args[0] if args else None)
             attention = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
             if attention not in PREFIX_SHARING_ATTENTION:
