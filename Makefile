@@ -49,9 +49,11 @@ check-variant:
 	@test -z "$(VARIANT)" || test -f $(RECIPE_DIR)/variants/$(VARIANT).yaml || { echo "error: recipe $(RECIPE) has no VARIANT '$(VARIANT)'; variants: $$(ls $(RECIPE_DIR)/variants 2>/dev/null | sed 's/\.yaml//' | tr '\n' ' ')" >&2; exit 2; }
 
 # A GPU recipe on a machine without the GPUs stops here with one line (pointing to `make smoke`), not deep inside.
+# dpo_recipes.launch is `accelerate launch` after a pre-flight (config and data checked in one plain process), and
+# it exits with the training processes' code instead of raising the launcher's traceback (docs/launching.md).
 train: install check-recipe check-variant
 	@$(PY) -m dpo_recipes.smoke check-device $(ACCELERATE_CONFIG) --recipe $(RECIPE) $(LAUNCH_ARGS)
-	$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_ARGS) \
+	$(PY) -m dpo_recipes.launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_ARGS) \
 		$(RECIPE_DIR)/train.py $(CONFIG_ARGS) $(ARGS)
 
 # The recipe through its own launcher on CPU: tiny model of its family, bundled data, 3 steps, result reloaded.

@@ -292,10 +292,26 @@ def _mixed_types(ds: Dataset, source: Source, label: str, columns: list[str]) ->
                     "every row needs the same type")
 
 
+def _is_empty(path: Path) -> bool:
+    """A file with no bytes, or a text file (JSON, JSON Lines, CSV, plain or gzip) with only blank lines."""
+    if path.stat().st_size == 0:
+        return True
+    if not any(suffix.lower() in (".json", ".jsonl", ".csv") for suffix in path.suffixes):
+        return False
+    try:
+        with _open_text(path) as f:
+            return not any(line.strip() for line in f)
+    except (OSError, UnicodeDecodeError, EOFError):
+        return False
+
+
 def _load_local(path_or_builder: str, kwargs: dict, files: list[Path], name: str) -> DatasetDict:
     try:
         return load_dataset(path_or_builder, **kwargs)
     except Exception as err:  # pyarrow, pandas and datasets errors: find the line ourselves when we can
+        for file in files:
+            if _is_empty(file):
+                raise UserError(f"{file}: the file is empty (no rows)") from None
         for file in files:
             if file.suffix.lower() in (".jsonl", ".json", ".gz"):
                 message = _diagnose_json(file)

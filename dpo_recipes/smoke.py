@@ -231,10 +231,12 @@ def run_smoke(recipe_dir: Path, out: Path, variant: str | None = None) -> dict:
     print(f"smoke {name}: launcher {recipe_dir / 'accelerate.yaml'} -> {launcher_path} "
           f"(use_cpu, {cpu_launcher['num_processes']} process(es), no mixed_precision key)", flush=True)
     print(f"smoke {name}: overrides {' '.join(overrides)}", flush=True)
-    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(launcher_path),
+    command = [sys.executable, "-m", "dpo_recipes.launch", "--config_file", str(launcher_path),
                str(recipe_dir / "train.py"), *config_args, *overrides]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(command, cwd=REPO_ROOT, env=env)
+    if proc.returncode == 2:  # a user error, already printed as one line
+        sys.exit(2)
     if proc.returncode != 0:
         raise SmokeFailed(f"smoke {name}: training exited {proc.returncode} (its output is above)")
 

@@ -169,7 +169,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         if self.ref_model is None and is_peft_model(self.model):
             unwrapped = self.accelerator.unwrap_model(self.model)
             adapter = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
-        no_checkpointing = disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
+        no_checkpointing = disable_gradient_checkpointing(self.model, self.args.activation_checkpointing_kwargs)
         with torch.no_grad(), no_checkpointing, adapter, self.accelerator.autocast():
             logps, _, _ = completion_logps(model, inputs)
         return logps.chunk(2)
