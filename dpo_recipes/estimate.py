@@ -45,6 +45,7 @@ from .errors import UserError, exit_on_user_error
 from .losses import load_losses_file
 from .modeling import CACHE_DIR
 from .names import REPO_ROOT
+from .variants import variant_files
 from .tiny import FAMILIES, build_tiny
 
 GiB = 1024**3
@@ -397,7 +398,7 @@ def recipe_setup(recipe: str, variant: str | None = None, gpus: int | None = Non
     recipe_dir = root / "recipes" / recipe
     if recipe not in recipes:
         raise UserError(f"unknown recipe {recipe!r}; recipes: {', '.join(recipes)}")
-    files = [recipe_dir / "config.yaml"] + ([recipe_dir / "variants" / f"{variant}.yaml"] if variant else [])
+    files = [recipe_dir / "config.yaml"] + (variant_files(recipe_dir, variant) if variant else [])
     config = _defaults()
     load_losses_file(recipe_dir / "losses.py")  # a recipe's own loss knobs are keys of its config
     known = _known_keys() | set(_custom_knobs())
@@ -514,14 +515,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("recipe")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs in all (default: the launcher's processes)")
     parser.add_argument("--gpu_mem", type=float, default=None, help="memory of one GPU in GiB (default: 24, 40, 80)")
-    parser.add_argument("--variant", default=None, help="a loss variant of the recipe (variants/<name>.yaml)")
+    parser.add_argument("--variant", default=None, help="a loss variant (variants/<name>.yaml, then the recipe's own)")
     args = parser.parse_args(argv)
     if args.gpus is not None and args.gpus < 1:
         raise UserError(f"GPUS must be >= 1, got {args.gpus}")
     if args.gpu_mem is not None and args.gpu_mem <= 0:
         raise UserError(f"GPU_MEM must be > 0 GiB, got {args.gpu_mem:g}")
-    if args.variant and not (REPO_ROOT / "recipes" / args.recipe / "variants" / f"{args.variant}.yaml").is_file():
-        raise UserError(f"recipe {args.recipe} has no variant {args.variant!r}")
     setup, about = recipe_setup(args.recipe, args.variant, args.gpus)
     result = estimate(setup)
     print(format_estimate(setup, result, about, args.gpu_mem))

@@ -17,7 +17,7 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from .config import parse_config
 from .audit import audit_data
 from .errors import exit_on_user_error
-from .evaluation import finish_run_outputs, release_training_memory
+from .finish import finish_run_outputs, release_training_memory
 from .losses import load_losses_file
 from .margins import add_reward_margins
 from .modeling import check_shared_prompt_support, load_model, load_tokenizer, resolve_model_path

@@ -79,6 +79,8 @@ def run_slurm_script(tmp_path, recipe, launcher: str, *args):
     (repo / "recipes" / recipe).mkdir(parents=True)
     (repo / "recipes" / recipe / "config.yaml").write_text("beta: 0.1\n")
     (repo / "recipes" / recipe / "accelerate.yaml").write_text(launcher)
+    (repo / "variants").mkdir()
+    (repo / "variants" / "ipo.yaml").write_text("loss_type: ipo\n")
     bin_dir.mkdir()
     stand_ins = {
         bin_dir / "scontrol": 'printf "node-a\\nnode-b\\n"\n',
@@ -107,7 +109,7 @@ def test_slurm_script_starts_the_recipes_launcher_per_node_with_its_rank(tmp_pat
     common = (f"-m dpo_recipes.launch --config_file recipes/{recipe}/accelerate.yaml --deepspeed_multinode_launcher "
               "standard --num_machines 2 --num_processes 16 --machine_rank {rank} --main_process_ip node-a "
               f"--main_process_port 29500 recipes/{recipe}/train.py --config recipes/{recipe}/config.yaml --config "
-              f"recipes/{recipe}/variants/ipo.yaml --beta 0.2 | 840 64")
+              f"variants/ipo.yaml --beta 0.2 | 840 64")
     assert calls == [common.format(rank=0), common.format(rank=1)]
 
 
