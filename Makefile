@@ -9,7 +9,9 @@ RECIPE_DIR := recipes/$(RECIPE)
 # A loss variant layered over the recipe's config (recipes/<name>/variants/<VARIANT>.yaml), another launcher config,
 # and extra `accelerate launch` arguments (multi-node: --machine_rank, --main_process_ip; see docs/launching.md).
 VARIANT ?=
-CONFIG_ARGS = --config $(RECIPE_DIR)/config.yaml $(if $(VARIANT),--config $(RECIPE_DIR)/variants/$(VARIANT).yaml)
+# A variant is variants/<VARIANT>.yaml (shared by every recipe), then the recipe's own variants/<VARIANT>.yaml if any.
+VARIANT_FILES = $(if $(VARIANT),$(wildcard variants/$(VARIANT).yaml $(RECIPE_DIR)/variants/$(VARIANT).yaml))
+CONFIG_ARGS = --config $(RECIPE_DIR)/config.yaml $(foreach f,$(VARIANT_FILES),--config $(f))
 ACCELERATE_CONFIG ?= $(RECIPE_DIR)/accelerate.yaml
 LAUNCH_ARGS ?=
 SMOKE_OUT ?= outputs/smoke/$(RECIPE)
@@ -49,12 +51,14 @@ check-recipe:
 	@test -f $(RECIPE_DIR)/train.py || { echo "error: unknown RECIPE '$(RECIPE)'; recipes: $$(ls recipes | tr '\n' ' ')" >&2; exit 2; }
 
 check-variant:
-	@test -z "$(VARIANT)" || test -f $(RECIPE_DIR)/variants/$(VARIANT).yaml || { echo "error: recipe $(RECIPE) has no VARIANT '$(VARIANT)'; variants: $$(ls $(RECIPE_DIR)/variants 2>/dev/null | sed 's/\.yaml//' | tr '\n' ' ')" >&2; exit 2; }
+	@test -z "$(VARIANT)" || test -n "$(VARIANT_FILES)" || { echo "error: recipe $(RECIPE) has no VARIANT '$(VARIANT)'; variants: $$(ls variants $(RECIPE_DIR)/variants 2>/dev/null | grep '\.yaml$$' | sed 's/\.yaml//' | sort -u | tr '\n' ' ')" >&2; exit 2; }
 
 # A GPU recipe on a machine without the GPUs stops here with one line (pointing to `make smoke`), not deep inside.
+# dpo_recipes.launch is `accelerate launch` after a pre-flight (config and data checked in one plain process), and
+# it exits with the training processes' code instead of raising the launcher's traceback (docs/launching.md).
 train: install check-recipe check-variant
 	@$(PY) -m dpo_recipes.smoke check-device $(ACCELERATE_CONFIG) --recipe $(RECIPE) $(LAUNCH_ARGS)
-	$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_ARGS) \
+	$(PY) -m dpo_recipes.launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_ARGS) \
 		$(RECIPE_DIR)/train.py $(CONFIG_ARGS) $(ARGS)
 
 # The recipe through its own launcher on CPU: tiny model of its family, bundled data, 3 steps, result reloaded.

@@ -147,6 +147,67 @@ def measure(config: dict) -> dict:
     }
 
 
+def measure_layouts(config: dict) -> dict:
+    """Padded, padding-free and shared-prompt batches timed in one process, batch by batch: for each batch, one
+    training step's compute (policy forward and backward, reference forward) in each layout, the layouts' order
+    rotating from batch to batch. Paired per batch, so slow phases of a shared machine hit every layout alike."""
+    import torch
+    from datasets import Dataset
+
+    from dpo_recipes.config import parse_config
+    from dpo_recipes.modeling import load_model, load_tokenizer
+    from dpo_recipes.tiny import build_tiny
+    from dpo_recipes.trainer import PreferenceTrainer
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    model_dir = build_tiny(out=WORK / "bench-llama", **MODEL)
+    layouts = {"padded": (), "padding_free": ("--padding_free", "true"),
+               "prefix_sharing": ("--padding_free", "true", "--prefix_sharing", "true")}
+    trainers, pairs = {}, None
+    for name, flags in layouts.items():
+        _, train_args, model_args = parse_config([
+            "--config", str(REPO / "recipes/demo-cpu/config.yaml"), "--model_name_or_path", str(model_dir),
+            "--output_dir", str(WORK / f"layouts-{os.getpid()}"), "--eval_strategy", "no", "--report_to", "none",
+            "--max_length", str(config["max_length"]), "--dataset_num_proc", "1", *flags])
+        tokenizer = load_tokenizer(str(model_dir), model_args, False, None)
+        model, peft_config = load_model(str(model_dir), model_args, False)
+        if pairs is None:
+            n = 2 * config["batch_size"] * (config["batches"] + 1)  # TRL drops pairs whose prompt fills max_length
+            pairs = hh_pairs(n) if config["data"] == "hh" else skewed_pairs(n, tokenizer, config["length_scale"])
+        trainers[name] = PreferenceTrainer(model=model, args=train_args, train_dataset=Dataset.from_list(pairs),
+                                           processing_class=tokenizer, peft_config=peft_config)
+        trainers[name].model.train()
+    names, seconds = list(layouts), {name: [] for name in layouts}
+    tokens = {"logical": 0, **{name: 0 for name in layouts}}
+    kept = len(trainers["padded"].train_dataset)
+    for b in range(min(config["batches"] + 1, kept // config["batch_size"])):  # batch 0 warms up, not counted
+        rows = [trainers["padded"].train_dataset[i] for i in range(b * config["batch_size"], (b + 1) * config["batch_size"])]
+        for name in names[b % 3:] + names[: b % 3]:
+            trainer = trainers[name]
+            batch = trainer.data_collator(rows)
+            batch.pop("row_id", None)
+            started = time.perf_counter()
+            trainer.compute_loss(trainer.model, batch).backward()
+            elapsed = time.perf_counter() - started
+            trainer.model.zero_grad()
+            if b:
+                seconds[name].append(elapsed)
+                real = batch["sequence_ids"] >= 0 if "sequence_ids" in batch else batch["attention_mask"]
+                tokens[name] += int(real.sum())
+                if name == "padded":
+                    tokens["logical"] += int(batch["attention_mask"].sum())
+    result = {name: {"tokens_per_second": tokens["logical"] / sum(seconds[name]),
+                     "seconds_per_batch": statistics.median(seconds[name]), "model_tokens": tokens[name]}
+              for name in layouts}
+    for a, b in (("padding_free", "padded"), ("prefix_sharing", "padding_free"), ("prefix_sharing", "padded")):
+        ratios = [tb / ta for ta, tb in zip(seconds[a], seconds[b])]  # per batch: how much faster a is than b
+        result[f"{a}_over_{b}"] = {"median": statistics.median(ratios), "range": [min(ratios), max(ratios)],
+                                   "total": sum(seconds[b]) / sum(seconds[a])}
+    result["token_count_limit"] = tokens["padding_free"] / tokens["prefix_sharing"]  # real tokens the model runs
+    result["config"] = config
+    return result
+
+
 def run_one(config: dict) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(config)], capture_output=True, text=True,
                           cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"})
@@ -186,7 +247,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="overhead padding_free prefix_sharing ref_cache scaling")
     a = parser.parse_args()
     if a.one:
-        print(json.dumps(measure(json.loads(a.one))))
+        config = json.loads(a.one)
+        print(json.dumps(measure_layouts(config) if config.get("layouts") else measure(config)))
         return
     repeats, steps = (1, 2) if a.quick else (5, 6)  # step times vary with the batch and the machine: 5 repeats
     base = {"rows": 64, "warmup": 2, "steps": steps, "max_length": 512, "batch_size": 4, "trainer": "ours"}
@@ -208,25 +270,17 @@ def main() -> None:
         r["peak_rss_ratio"] = r["padding_free"]["peak_rss_mb"] / r["padded"]["peak_rss_mb"]
         results["padding_free"] = r
     if "prefix_sharing" in todo:
-        print("prefix_sharing: padded vs padding-free vs shared prompts + padding-free", flush=True)
+        # Shared prompts against padding-free and padded, paired batch by batch in one process (measure_layouts):
+        # this machine is shared, and whole training runs of three layouts on two datasets did not fit half an
+        # hour. max_length 256; UltraFeedback-shaped lengths scaled to a quarter to match.
+        print("prefix_sharing: padded vs padding-free vs shared prompts, paired per batch", flush=True)
         results["prefix_sharing"] = {}
-        # Three layouts on two datasets: to keep the run near 25 minutes on a shared 2-core machine, max_length 256
-        # (UltraFeedback-shaped lengths scaled to a quarter), 3 steps of 4 pairs, and the padded layout (the
-        # slowest, and the one the earlier comparison already measures) once per dataset.
-        shared_repeats = 3 if not a.quick else 1
         for data in ("hh", "ultrafeedback_shaped"):
-            print(f" {data}", flush=True)
-            run = {**base, "data": data, "warmup": 1, "steps": 2, "rows": 16, "max_length": 256, "length_scale": 0.25}
-            r = side_by_side({"padded": run, "padding_free": {**run, "padding_free": True},
-                              "prefix_sharing": {**run, "padding_free": True, "prefix_sharing": True}}, shared_repeats,
-                             once=("padded",))
-            pf, ps = r["padding_free"], r["prefix_sharing"]
-            r["speedup_over_padding_free"] = ps["tokens_per_second"] / pf["tokens_per_second"]
-            r["speedup_over_padded"] = ps["tokens_per_second"] / r["padded"]["tokens_per_second"]
-            # The speed-up the saved tokens alone would give: tokens the model runs, padding-free over shared.
-            r["token_count_limit"] = pf["real_tokens"] / ps["real_tokens"]
-            r["computed_token_ratio"] = pf["computed_tokens"] / ps["computed_tokens"]  # row padding included
-            r["peak_rss_ratio_to_padding_free"] = ps["peak_rss_mb"] / pf["peak_rss_mb"]
+            config = {"layouts": True, "data": data, "max_length": 256, "length_scale": 0.25, "batch_size": 4,
+                      "batches": 2 if a.quick else 8}
+            r = run_one(config)
+            print(f" {data}: shared over padding-free {r['prefix_sharing_over_padding_free']['median']:.2f}x "
+                  f"(token-count limit {r['token_count_limit']:.2f}x)", flush=True)
             results["prefix_sharing"][data] = r
     if "ref_cache" in todo:
         print("ref_cache: one epoch, reference on the fly vs cached reference log-probs", flush=True)

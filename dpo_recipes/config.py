@@ -80,6 +80,12 @@ class ScriptArguments:
     score_rejected_column: str = field(
         default="score_rejected", metadata={"help": "madpo without a reward model: the rejected reply's score column."}
     )
+    score_margin_scale: float | None = field(
+        default=None,
+        metadata={"help": "madpo with score columns (an extension, not the paper): the factor that puts score_chosen - "
+                  "score_rejected on the logit scale of a Bradley-Terry reward margin, which MADPO's weights and "
+                  "tau = ln 999 assume. No default: score columns are refused without it (docs/losses.md)."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Replace whatever output_dir holds. Without it a finished run, or another config's run, "
@@ -140,6 +146,16 @@ class PreferenceConfig(DPOConfig):
         metadata={"help": "Knobs of losses registered by a recipe's losses.py. Normally written as top-level keys "
                   "(`my_knob: 0.5`, `--my_knob 0.5`), which are collected here and checked against the loss."},
     )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated name of activation_checkpointing (transformers 5.24)."}
+    )
+
+    def __post_init__(self):
+        # TRL's default (checkpointing on) under transformers' current name: TRL sets the deprecated
+        # `gradient_checkpointing`, so every run would warn about a key the user never wrote.
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True
+        super().__post_init__()
 
 
 DATACLASSES = (ScriptArguments, PreferenceConfig, ModelConfig)
@@ -299,6 +315,12 @@ def parse_config(argv: list[str] | None = None):
     if unknown:
         raise _unknown(unknown, "command line", known)
 
+    given = set(config) | {t[2:].split("=", 1)[0].removeprefix("no_") for t in argv if t.startswith("--")}
+    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        if old in given and new in given:  # transformers would silently ignore the old one
+            raise UserError(f"config: {old} and {new} are both set; {old} is the deprecated name of {new} "
+                            f"(transformers 5.24): keep only {new}")
     knobs = _pop_custom_knobs(argv, config)
     parser = _Parser(DATACLASSES)
     parser.set_defaults_with_config(**config)
@@ -310,6 +332,11 @@ def parse_config(argv: list[str] | None = None):
         training_args.loss_knobs = yaml.safe_load(training_args.loss_knobs)
     training_args.loss_knobs = {**(training_args.loss_knobs or {}), **knobs} or None
     validate(script_args, training_args, model_args)
+    # A lora_dropout the user wrote (ModelConfig's own default is 0.05) that TRL's disable_dropout zeroes.
+    if "lora_dropout" in given and model_args.use_peft and model_args.lora_dropout > 0 and training_args.disable_dropout:
+        raise UserError(f"config: lora_dropout {model_args.lora_dropout} does nothing while disable_dropout is true "
+                        "(TRL sets every dropout to 0, LoRA's included); set lora_dropout: 0.0, or disable_dropout: "
+                        "false to train with dropout")
     if training_args.hub_token:
         # Trainer pickles its arguments into every checkpoint (training_args.bin); keep the token in the
         # environment, where huggingface_hub reads it, and out of anything written to disk.
@@ -321,6 +348,8 @@ def parse_config(argv: list[str] | None = None):
 def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: ModelConfig) -> None:
     """Combinations that cannot work, or would silently do nothing, stop here with one line."""
     ours = [t for t in args.loss_type if t in LOSSES]
+    if model_args.bnb_4bit_quant_storage is not None and not model_args.load_in_4bit:
+        raise UserError("config: bnb_4bit_quant_storage is only used with load_in_4bit")
     if args.prefix_sharing:
         check_prefix_sharing(args, model_args, ours)
     custom = args.loss_knobs or {}
@@ -340,6 +369,12 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
         raise UserError(f"config: {err}") from None
     if script_args.reward_model_name_or_path and "madpo" not in args.loss_type:
         raise UserError(f"config: reward_model_name_or_path is only used by loss_type madpo, got {args.loss_type}")
+    if script_args.score_margin_scale is not None:
+        if "madpo" not in args.loss_type or script_args.reward_model_name_or_path:
+            raise UserError("config: score_margin_scale is only used by loss_type madpo with score columns (no "
+                            "reward_model_name_or_path)")
+        if not script_args.score_margin_scale > 0:
+            raise UserError(f"config: score_margin_scale must be > 0, got {script_args.score_margin_scale}")
     if not 0.0 < script_args.eval_fraction < 1.0:
         raise UserError(f"config: eval_fraction must be in (0, 1), got {script_args.eval_fraction}")
     check_data_args(script_args)

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 from datasets import Dataset, DatasetDict, Features, Json, List, Value, concatenate_datasets, load_dataset
-from trl.data_utils import common_prefix_length
 
 from .errors import UserError
 from .names import MARGIN_COLUMN
+from .tokenization import tokenize_pairs
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -292,10 +292,26 @@ def _mixed_types(ds: Dataset, source: Source, label: str, columns: list[str]) ->
                     "every row needs the same type")
 
 
+def _is_empty(path: Path) -> bool:
+    """A file with no bytes, or a text file (JSON, JSON Lines, CSV, plain or gzip) with only blank lines."""
+    if path.stat().st_size == 0:
+        return True
+    if not any(suffix.lower() in (".json", ".jsonl", ".csv") for suffix in path.suffixes):
+        return False
+    try:
+        with _open_text(path) as f:
+            return not any(line.strip() for line in f)
+    except (OSError, UnicodeDecodeError, EOFError):
+        return False
+
+
 def _load_local(path_or_builder: str, kwargs: dict, files: list[Path], name: str) -> DatasetDict:
     try:
         return load_dataset(path_or_builder, **kwargs)
     except Exception as err:  # pyarrow, pandas and datasets errors: find the line ourselves when we can
+        for file in files:
+            if _is_empty(file):
+                raise UserError(f"{file}: the file is empty (no rows)") from None
         for file in files:
             if file.suffix.lower() in (".jsonl", ".json", ".gz"):
                 message = _diagnose_json(file)
@@ -521,30 +537,12 @@ def _token_lengths_batch(batch: dict, tokenizer, conversational: bool) -> dict:
     valid = [i for i, defect in enumerate(batch["_defect"]) if not defect]
     lengths = {"_prompt_len": [0] * len(batch["_defect"]), "_chosen_len": [0] * len(batch["_defect"]),
                "_rejected_len": [0] * len(batch["_defect"])}
-    if not valid:
-        return lengths
-    prompts = [batch["prompt"][i] for i in valid]
-    if conversational:
-        def tokenize(conversations, generation_prompt=False):
-            return tokenizer.apply_chat_template(conversations, tokenize=True, return_dict=True,
-                                                 add_generation_prompt=generation_prompt)["input_ids"]
-        prompt_ids = tokenize(prompts, generation_prompt=True)
-        full = {side: tokenize([p + batch[side][i] for p, i in zip(prompts, valid)]) for side in ("chosen", "rejected")}
-    else:  # TRL appends EOS to text completions before tokenizing
-        eos = tokenizer.eos_token or ""
-
-        def tokenize(texts):
-            return tokenizer(texts)["input_ids"]
-        prompt_ids = tokenize(prompts)
-        full = {side: tokenize([p + c + ("" if c.endswith(eos) else eos)
-                                for p, c in zip(prompts, (batch[side][i] for i in valid))])
-                for side in ("chosen", "rejected")}
-    for j, i in enumerate(valid):
-        # The completion starts where prompt and prompt+completion tokens diverge (TRL's common-prefix rule).
-        prompt_len = min(common_prefix_length(prompt_ids[j], full[side][j]) for side in ("chosen", "rejected"))
-        lengths["_prompt_len"][i] = prompt_len
-        lengths["_chosen_len"][i] = len(full["chosen"][j]) - prompt_len
-        lengths["_rejected_len"][i] = len(full["rejected"][j]) - prompt_len
+    pairs = tokenize_pairs(tokenizer, *([batch[k][i] for i in valid] for k in ("prompt", "chosen", "rejected")),
+                           conversational) if valid else []
+    for i, pair in zip(valid, pairs):
+        lengths["_prompt_len"][i] = len(pair["prompt_ids"])
+        lengths["_chosen_len"][i] = len(pair["chosen_ids"])
+        lengths["_rejected_len"][i] = len(pair["rejected_ids"])
     return lengths
 
 

@@ -47,6 +47,7 @@ from .modeling import CACHE_DIR
 from .names import REPO_ROOT
 from .pretrained import is_pretrained, materialise
 from .tiny import FAMILIES, build_tiny
+from .variants import variant_files
 
 GiB = 1024**3
 CUDA_CONTEXT = 1 * GiB  # assumed: CUDA context, cuBLAS / NCCL workspaces
@@ -106,6 +107,7 @@ class Architecture:
 # From each model's config.json on the Hugging Face Hub. Used only when the config is not on this machine.
 BUILTIN = {
     "meta-llama/Meta-Llama-3-8B": Architecture(32, 4096, 14336, 32, 8, 128256, False),
+    "meta-llama/Meta-Llama-3-70B": Architecture(80, 8192, 28672, 64, 8, 128256, False),
     "Qwen/Qwen2.5-7B": Architecture(28, 3584, 18944, 28, 4, 152064, False, qkv_bias=True),
     "Qwen/Qwen2.5-0.5B": Architecture(24, 896, 4864, 14, 2, 151936, True, qkv_bias=True),
     "mistralai/Mistral-7B-v0.1": Architecture(32, 4096, 14336, 32, 8, 32000, False),
@@ -116,6 +118,7 @@ BUILTIN = {
 }
 ALIASES = {
     "meta-llama/Meta-Llama-3-8B-Instruct": "meta-llama/Meta-Llama-3-8B",
+    "meta-llama/Meta-Llama-3-70B-Instruct": "meta-llama/Meta-Llama-3-70B",
     "meta-llama/Llama-3.1-8B": "meta-llama/Meta-Llama-3-8B",
     "meta-llama/Llama-3.1-8B-Instruct": "meta-llama/Meta-Llama-3-8B",
     "Qwen/Qwen2.5-7B-Instruct": "Qwen/Qwen2.5-7B",
@@ -269,8 +272,10 @@ def estimate(s: Setup) -> dict:
     # Weights of the policy (for PEFT: the frozen base the adapters sit on)
     if s.load_in_4bit:
         constants = (0.127 if s.double_quant else 0.5) / 8
-        rows.append((f"base weights (NF4 {0.5 + constants:.3f} B/param linear, {s.dtype} rest)",
-                     p["linear"] * (0.5 + constants) + p["other"] * s.weight_bytes))
+        shards = n if s.zero_stage == 3 else 1  # ZeRO-3 shards the 4-bit weights (bnb_4bit_quant_storage = dtype)
+        rows.append((f"base weights (NF4 {0.5 + constants:.3f} B/param linear, {s.dtype} rest"
+                     + (", ZeRO-3 sharded)" if shards > 1 else ")"),
+                     (p["linear"] * (0.5 + constants) + p["other"] * s.weight_bytes) / shards))
     elif s.load_in_8bit:
         rows.append((f"base weights (int8 linear, {s.dtype} rest)", p["linear"] * 1 + p["other"] * s.weight_bytes))
 
@@ -360,11 +365,14 @@ def deepspeed_model_states(trainable: int, gpus: int, stage: int, offload_optimi
 
 def deepspeed_host_ram(trainable: int, gpus: int, nodes: int, stage: int, offload_optimizer: bool,
                        offload_param: bool) -> list[tuple[str, float]]:
-    """CPU RAM per machine for offloaded states (DeepSpeed's estimator, before its 1.5x buffer factor)."""
+    """CPU RAM per machine for offloaded states, as DeepSpeed's estimator counts it: the states, then its 1.5x
+    buffer factor (estimate_zero*_model_states_mem_needs, additional_buffer_factor=1.5) as a row of its own."""
     if not offload_optimizer:
         return []
     per_param = 18 if (stage == 3 and offload_param) else 16
-    return [(f"offloaded model states ({per_param} B/param)", trainable * per_param / nodes)]
+    states = trainable * per_param / nodes
+    return [(f"offloaded model states ({per_param} B/param)", states),
+            ("DeepSpeed's buffer factor (x1.5 of the offloaded states)", 0.5 * states)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -393,7 +401,7 @@ def recipe_setup(recipe: str, variant: str | None = None, gpus: int | None = Non
     recipe_dir = root / "recipes" / recipe
     if recipe not in recipes:
         raise UserError(f"unknown recipe {recipe!r}; recipes: {', '.join(recipes)}")
-    files = [recipe_dir / "config.yaml"] + ([recipe_dir / "variants" / f"{variant}.yaml"] if variant else [])
+    files = [recipe_dir / "config.yaml"] + (variant_files(recipe_dir, variant) if variant else [])
     config = _defaults()
     load_losses_file(recipe_dir / "losses.py")  # a recipe's own loss knobs are keys of its config
     known = _known_keys() | set(_custom_knobs())
@@ -428,14 +436,19 @@ def recipe_setup(recipe: str, variant: str | None = None, gpus: int | None = Non
     elif targets == "all-linear" or targets == ["all-linear"]:
         targets = ALL_LINEAR
     bf16 = config.get("bf16")
+    # transformers' current name, then its deprecated one, then TRL's default (on).
+    checkpointing = next((config[k] for k in ("activation_checkpointing", "gradient_checkpointing")
+                          if config.get(k) is not None), True)
+    # TRL's disable_dropout (default true) sets every dropout to p=0, LoRA's included: no masks are kept then.
+    lora_dropout = 0.0 if config.get("disable_dropout", True) else float(config.get("lora_dropout") or 0.0)
     mixed = bool(config.get("fp16")) or (bf16 if bf16 is not None else not config.get("use_cpu"))
     setup = Setup(
         arch=arch, gpus=gpus or processes, nodes=nodes,
         micro_batch=int(config["per_device_train_batch_size"]), max_length=int(config["max_length"] or 1024),
         dtype=str(config.get("dtype") or "float32"), mixed_precision=bool(mixed),
-        gradient_checkpointing=bool(config.get("gradient_checkpointing")),
+        gradient_checkpointing=bool(checkpointing),
         use_peft=bool(config.get("use_peft")), lora_r=int(config.get("lora_r") or 16),
-        lora_targets=tuple(targets), lora_dropout=float(config.get("lora_dropout") or 0.0),
+        lora_targets=tuple(targets), lora_dropout=lora_dropout,
         load_in_4bit=bool(config.get("load_in_4bit")), load_in_8bit=bool(config.get("load_in_8bit")),
         double_quant=bool(config.get("use_bnb_nested_quant")), optim=str(config.get("optim")),
         zero_stage=zero_stage, offload_optimizer=offload_opt, offload_param=offload_param,
@@ -472,6 +485,9 @@ def format_estimate(setup: Setup, result: dict, about: dict, gpu_mem: float | No
         lines.append(f"  {'TOTAL, ' + label:60s} {result['total'][key] / scale:8.2f}{mark}")
     for label, value in result["host"]:
         lines.append(f"  {'CPU RAM per machine: ' + label:60s} {value / scale:8.2f}")
+    if result["host"]:
+        host_total = sum(value for _, value in result["host"])
+        lines.append(f"  {'CPU RAM per machine: TOTAL (plus the OS and data loading)':60s} {host_total / scale:8.2f}")
     if not s.on_gpu and not gpu_mem:
         return "\n".join(lines + ["", f"a CPU recipe: {total / GiB:.2f} GiB of RAM per process (no GPU)"])
     sizes = [gpu_mem] if gpu_mem else list(COMMON_GPUS)
@@ -502,14 +518,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("recipe")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs in all (default: the launcher's processes)")
     parser.add_argument("--gpu_mem", type=float, default=None, help="memory of one GPU in GiB (default: 24, 40, 80)")
-    parser.add_argument("--variant", default=None, help="a loss variant of the recipe (variants/<name>.yaml)")
+    parser.add_argument("--variant", default=None, help="a loss variant (variants/<name>.yaml, then the recipe's own)")
     args = parser.parse_args(argv)
     if args.gpus is not None and args.gpus < 1:
         raise UserError(f"GPUS must be >= 1, got {args.gpus}")
     if args.gpu_mem is not None and args.gpu_mem <= 0:
         raise UserError(f"GPU_MEM must be > 0 GiB, got {args.gpu_mem:g}")
-    if args.variant and not (REPO_ROOT / "recipes" / args.recipe / "variants" / f"{args.variant}.yaml").is_file():
-        raise UserError(f"recipe {args.recipe} has no variant {args.variant!r}")
     setup, about = recipe_setup(args.recipe, args.variant, args.gpus)
     result = estimate(setup)
     print(format_estimate(setup, result, about, args.gpu_mem))

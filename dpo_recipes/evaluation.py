@@ -25,27 +25,28 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from trl.data_utils import common_prefix_length
 
 from .config import ScriptArguments, validate_report_args
 from .data import load_preference_data
 from .errors import UserError, exit_on_user_error
-from .margins import render_ids
-from .model_card import hub_repo_id, push_folder, write_model_card
+from .generation import completion_token_logps, generate, kl_estimates
+from .judge import judge_scores, load_judge, win_rate
+from .model_card import write_model_card
 from .modeling import load_tokenizer, resolve_model_path
-from .names import REPORT_JSON, REPORT_MD, RUN_CONFIG
-from .reporting import write_json
+from .names import RUN_CONFIG
+from .packing import completion_logps
+from .report_markdown import write_report
+from .stats import mean_se
+from .tokenization import generation_prompt_ids, tokenize_pair
 
 # ScriptArguments fields that only shape the report (they can be changed for `make eval` without retraining).
 REPORT_FIELDS = ("eval_report_pairs", "eval_report_prompts", "eval_report_samples", "eval_report_max_new_tokens",
                  "eval_report_examples", "judge_model")
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
 @dataclasses.dataclass
@@ -149,48 +150,7 @@ def load_run_models(run_dir: Path, base_path: str, model_args, trust_remote_code
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Tokenization: TRL's DPO rendering, so that the numbers match the trainer's
-
-
-def _template_kwargs(example: dict) -> dict:
-    kwargs = dict(example.get("chat_template_kwargs") or {})
-    tools = example.get("tools")
-    if tools is not None:
-        kwargs["tools"] = json.loads(tools) if isinstance(tools, str) else tools
-    return kwargs
-
-
-def _ids(tokenizer, value, **kwargs) -> list[int]:
-    if isinstance(value, list):  # conversational: the tokenizer's chat template
-        return list(tokenizer.apply_chat_template(value, tokenize=True, return_dict=True, **kwargs)["input_ids"])
-    return list(tokenizer(text=value)["input_ids"])
-
-
-def tokenize_pair(tokenizer, example: dict) -> dict:
-    """prompt_ids, chosen_ids and rejected_ids as TRL's DPOTrainer builds them (the completion starts where the
-    rendered prompt and the rendered prompt + completion diverge; text completions get the EOS token)."""
-    kwargs = _template_kwargs(example)
-    prompt, chosen, rejected = example["prompt"], example["chosen"], example["rejected"]
-    if isinstance(prompt, list):
-        prompt_ids = _ids(tokenizer, prompt, add_generation_prompt=True, **kwargs)
-        chosen_full = _ids(tokenizer, prompt + chosen, **kwargs)
-        rejected_full = _ids(tokenizer, prompt + rejected, **kwargs)
-    else:
-        eos = tokenizer.eos_token
-        chosen = chosen if chosen.endswith(eos) else chosen + eos
-        rejected = rejected if rejected.endswith(eos) else rejected + eos
-        prompt_ids = _ids(tokenizer, prompt)
-        chosen_full, rejected_full = _ids(tokenizer, prompt + chosen), _ids(tokenizer, prompt + rejected)
-    n = min(common_prefix_length(prompt_ids, chosen_full), common_prefix_length(prompt_ids, rejected_full))
-    return {"prompt_ids": prompt_ids[:n], "chosen_ids": chosen_full[n:], "rejected_ids": rejected_full[n:]}
-
-
-def generation_prompt_ids(tokenizer, example: dict) -> list[int]:
-    """The prompt as the model sees it before replying (chat template with the generation prompt)."""
-    prompt = example["prompt"]
-    if isinstance(prompt, list):
-        return _ids(tokenizer, prompt, add_generation_prompt=True, **_template_kwargs(example))
-    return _ids(tokenizer, prompt)
+# Prompts as text (for the report)
 
 
 def prompt_text(prompt) -> str:
@@ -215,27 +175,12 @@ def pair_logps(model, tokenized: list[dict], settings: ReportSettings, device) -
     chosen, rejected = [], []
     for start in tqdm(range(0, len(tokenized), settings.batch_size), desc="pair log-probs", leave=False):
         batch = collator(tokenized[start : start + settings.batch_size])
-        mask = batch["completion_mask"]
-        labels = batch["input_ids"].masked_fill(mask == 0, -100)
-        out = model(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            labels=labels.to(device),
-            use_cache=False,
-            fused_lm_head=True,
-        )
-        logps = out.log_probs[:, -(mask.size(1) - 1) :].sum(dim=1).double().cpu()
+        model_inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "completion_mask")}
+        logps = completion_logps(model, model_inputs)[0].double().cpu()
         c, r = logps.chunk(2)
         chosen.append(c)
         rejected.append(r)
     return torch.cat(chosen), torch.cat(rejected)
-
-
-def mean_se(values: torch.Tensor) -> dict:
-    values = values.double()
-    n = values.numel()
-    se = values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
-    return {"mean": values.mean().item(), "se": se, "n": n}
 
 
 def pair_metrics(policy: tuple[torch.Tensor, torch.Tensor], reference: tuple[torch.Tensor, torch.Tensor],
@@ -256,169 +201,6 @@ def pair_metrics(policy: tuple[torch.Tensor, torch.Tensor], reference: tuple[tor
             "reference": {"chosen": mean_se(reference[0]), "rejected": mean_se(reference[1])},
         },
     }
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Generation and the KL estimate
-
-
-def _generation_config(tokenizer, model, max_new_tokens: int, sample: bool, n: int):
-    from transformers import GenerationConfig
-
-    eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
-    # Every option that reshapes the next-token distribution is set to "off": generate() fills options left unset
-    # from the model's generation_config (often top_p 0.9, temperature 0.6), and the KL estimate needs samples from
-    # the policy itself.
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=sample,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        min_p=0.0,
-        typical_p=1.0,
-        epsilon_cutoff=0.0,
-        eta_cutoff=0.0,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        min_new_tokens=0,
-        num_return_sequences=n,
-        eos_token_id=eos,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
-def _eos_ids(config) -> set[int]:
-    eos = config.eos_token_id
-    return set(eos) if isinstance(eos, (list, tuple)) else {eos}
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompt_ids: list[int], max_new_tokens: int, sample: bool, n: int = 1,
-             seed: int = 0) -> list[list[int]]:
-    """`n` completions of the prompt, each cut after its first EOS token (which is kept)."""
-    from transformers.utils import logging as hf_logging
-
-    device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids], device=device)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # transformers calls top_k=0 / min_p=0 invalid flags; here they mean "off"
-    try:
-        config = _generation_config(tokenizer, model, max_new_tokens, sample, n)
-        torch.manual_seed(seed)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    eos = _eos_ids(config)
-    completions = []
-    for row in out[:, len(prompt_ids) :].tolist():
-        cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-        completions.append(row[:cut])
-    return completions
-
-
-@torch.no_grad()
-def completion_token_logps(model, prompt_ids: list[int], completions: list[list[int]], pad_id: int) -> list[torch.Tensor]:
-    """log p(y_t | prompt, y_<t) of every completion token (float64), from the full softmax at those positions."""
-    device = next(model.parameters()).device
-    width = max(len(c) for c in completions)
-    rows = [prompt_ids + c + [pad_id] * (width - len(c)) for c in completions]
-    mask = [[1] * (len(prompt_ids) + len(c)) + [0] * (width - len(c)) for c in completions]
-    input_ids = torch.tensor(rows, device=device)
-    # Only the positions that predict completion tokens need logits (a full vocabulary row each).
-    logits = model(input_ids=input_ids, attention_mask=torch.tensor(mask, device=device), use_cache=False,
-                   logits_to_keep=width + 1).logits[:, :-1].double()
-    logps = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, -width:, None]).squeeze(-1).cpu()
-    return [logps[i, : len(c)] for i, c in enumerate(completions)]
-
-
-def kl_estimates(policy_logps: list[torch.Tensor], reference_logps: list[torch.Tensor]) -> dict:
-    """k1 and k3 Monte-Carlo estimates of KL(pi || pi_ref) from completions sampled from pi, per completion
-    (mean over completions of the per-completion sum) and per token (sum over all tokens / number of tokens, with
-    the ratio estimator's standard error), each with its standard error across completions."""
-    k1 = torch.stack([(p - r).sum() for p, r in zip(policy_logps, reference_logps)])
-    k3 = torch.stack([(torch.exp(r - p) - 1 - (r - p)).sum() for p, r in zip(policy_logps, reference_logps)])
-    lengths = torch.tensor([float(len(p)) for p in policy_logps], dtype=torch.float64)
-    out = {"completions": len(policy_logps), "tokens": int(lengths.sum().item()),
-           "mean_completion_tokens": lengths.mean().item()}
-    for name, per_seq in (("k1", k1), ("k3", k3)):
-        per_token = (per_seq.sum() / lengths.sum()).item()
-        n = per_seq.numel()
-        # Ratio estimator: the per-token mean is (sum of sequence sums) / (sum of lengths), sequences independent.
-        resid = per_seq - per_token * lengths
-        se_token = (math.sqrt((resid**2).sum().item() / (n * (n - 1))) / lengths.mean().item()) if n > 1 else float("nan")
-        out[name] = {"per_completion": mean_se(per_seq), "per_token": {"mean": per_token, "se": se_token}}
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Win-rate against the reference, scored by a reward model
-
-
-def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a proportion (successes may be fractional: ties count half)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def load_judge(path: str, device, trust_remote_code: bool = False):
-    """(model, tokenizer) of a one-output sequence-classification reward model."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype="auto", trust_remote_code=trust_remote_code, use_safetensors=True
-        )
-    except (OSError, ValueError) as err:
-        raise UserError(f"judge_model: cannot load {path!r}: {str(err).splitlines()[0]}") from None
-    if model.config.num_labels != 1:
-        raise UserError(f"judge_model: {path} has {model.config.num_labels} outputs; a reward model has one "
-                        "(num_labels=1)")
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return model.to(device).eval(), tokenizer
-
-
-@torch.no_grad()
-def judge_scores(judge, judge_tokenizer, prompts: list, replies: list[str]) -> list[float]:
-    """The reward of each (prompt, reply), rendered as the reward model was trained (margins.render_ids), one
-    sequence at a time so that no padding enters the score."""
-
-    device = next(judge.parameters()).device
-    scores = []
-    for prompt, reply in zip(prompts, replies):
-        completion = [{"role": "assistant", "content": reply}] if isinstance(prompt, list) else reply
-        try:
-            ids = render_ids(judge_tokenizer, {"prompt": prompt, "chosen": completion}, "chosen")
-        except ValueError as err:  # e.g. a conversational prompt and a tokenizer without a chat template
-            raise UserError(f"judge_model: cannot render a held-out prompt: {str(err).splitlines()[0]}") from None
-        scores.append(float(judge(input_ids=torch.tensor([ids], device=device)).logits[0, 0]))
-    return scores
-
-
-def win_rate(policy_scores: list[float], reference_scores: list[float], policy_replies: list[str],
-             reference_replies: list[str]) -> dict:
-    """Wins, ties (identical replies or equal scores) and losses of the policy; win-rate with ties counted half."""
-    wins = ties = losses = 0
-    for ps, rs, pr, rr in zip(policy_scores, reference_scores, policy_replies, reference_replies):
-        if pr == rr or ps == rs:
-            ties += 1
-        elif ps > rs:
-            wins += 1
-        else:
-            losses += 1
-    n = wins + ties + losses
-    rate = (wins + 0.5 * ties) / n if n else float("nan")
-    low, high = wilson_interval(wins + 0.5 * ties, n)
-    return {"n": n, "wins": wins, "ties": ties, "losses": losses, "win_rate": rate,
-            "ci95": [low, high], "interval": "Wilson score, 95%, ties counted as half a win",
-            "mean_reward": {"policy": sum(policy_scores) / n if n else None,
-                            "reference": sum(reference_scores) / n if n else None}}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -488,92 +270,6 @@ def evaluate(models: RunModels, eval_dataset, settings: ReportSettings) -> dict:
     return report
 
 
-def _pm(stat: dict, digits: int = 3) -> str:
-    return f"{stat['mean']:.{digits}f} ± {stat['se']:.{digits}f}"
-
-
-def format_markdown(report: dict) -> str:
-    s, pairs, kl = report["settings"], report["pairs"], report["kl"]
-    lines = [
-        f"# Evaluation report: {report.get('run_name', '')}".rstrip(),
-        "",
-        f"Run folder `{report.get('run_dir', '')}`, step {report.get('global_step', '?')}, {report['model_kind']} "
-        f"policy; reference: {'the base model with the adapter disabled' if report['model_kind'] != 'full' else 'the initial model'}. "
-        f"Written {report.get('written_at', '')} by {report.get('written_by', '')}. Values are mean ± standard error.",
-        "",
-        f"## Held-out preference pairs ({pairs['pairs']} of {report['held_out_rows']} rows)",
-        "",
-        f"Implicit reward r = beta · (log π − log π_ref), beta = {pairs['beta']:g}; log-probs are summed over the "
-        "completion tokens, as in training (same template and truncation).",
-        "",
-        "| | policy | reference |",
-        "|---|---|---|",
-        f"| chosen log-prob | {_pm(pairs['logps']['policy']['chosen'], 2)} | {_pm(pairs['logps']['reference']['chosen'], 2)} |",
-        f"| rejected log-prob | {_pm(pairs['logps']['policy']['rejected'], 2)} | {_pm(pairs['logps']['reference']['rejected'], 2)} |",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        f"| reward accuracy (r_chosen > r_rejected) | {_pm(pairs['reward_accuracy'])} |",
-        f"| reward margin (r_chosen − r_rejected) | {_pm(pairs['reward_margin'])} |",
-        f"| chosen reward | {_pm(pairs['reward_chosen'])} |",
-        f"| rejected reward | {_pm(pairs['reward_rejected'])} |",
-        "",
-        f"## KL(policy ‖ reference) on {kl['prompts']} held-out prompts",
-        "",
-        f"Monte-Carlo over {kl['completions']} completions sampled from the policy ({kl['samples_per_prompt']} per "
-        f"prompt, temperature 1, no top-k / top-p, at most {s['max_new_tokens']} new tokens; {kl['tokens']} tokens, "
-        f"{kl['mean_completion_tokens']:.1f} per completion). k1 sums log π − log π_ref over the sampled tokens; k3 "
-        "sums ρ − 1 − log ρ with ρ = π_ref / π (never negative, lower variance). Both are unbiased for the KL "
-        "between the policy's and the reference's distributions of such completions.",
-        "",
-        "| estimator | per completion | per token |",
-        "|---|---|---|",
-    ]
-    for name in ("k1", "k3"):
-        lines.append(f"| {name} | {_pm(kl[name]['per_completion'], 4)} | {_pm(kl[name]['per_token'], 4)} |")
-    if "win_rate" in report:
-        w = report["win_rate"]
-        lines += [
-            "",
-            f"## Win-rate against the reference ({w['n']} held-out prompts)",
-            "",
-            f"Judge `{w['judge_model']}` scores the greedy replies of the policy and of the reference. Policy wins "
-            f"{w['wins']}, ties {w['ties']}, losses {w['losses']}: win-rate {w['win_rate']:.3f} "
-            f"(95% Wilson interval [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}], ties counted half). Mean reward: "
-            f"policy {w['mean_reward']['policy']:.3f}, reference {w['mean_reward']['reference']:.3f}.",
-        ]
-    examples = report["generations"][: s["examples"]]
-    if examples:
-        lines += ["", f"## Generations (greedy, at most {s['max_new_tokens']} new tokens; all "
-                  f"{len(report['generations'])} in {REPORT_JSON})"]
-        for i, ex in enumerate(examples, 1):
-            lines += ["", f"### Prompt {i}", "", "```text", ex["prompt"], "```", "",
-                      "| policy | reference |", "|---|---|",
-                      f"| {_cell(ex['policy'])} | {_cell(ex['reference'])} |"]
-    return "\n".join(lines) + "\n"
-
-
-def _cell(text: str) -> str:
-    return (text or "(empty)").replace("|", "\\|").replace("\n", "<br>")
-
-
-def write_report(run_dir: Path, report: dict) -> tuple[Path, Path]:
-
-    old = run_dir / REPORT_JSON
-    if old.is_file():  # `make eval` again: say what is replaced
-        try:
-            when = json.loads(old.read_text()).get("written_at", "an earlier run")
-        except ValueError:
-            when = "an unreadable earlier file"
-        print(f"{run_dir / REPORT_MD}: replacing the report written {when}", file=sys.stderr)
-    write_json(old, report)
-    md = run_dir / REPORT_MD
-    tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(format_markdown(report))
-    tmp.replace(md)
-    return old, md
-
-
 def report_for_run(run_dir, script_args, training: dict, model_args, eval_dataset, written_by: str) -> dict:
     """Load the saved policy and its reference, evaluate on `eval_dataset`, write the report; returns it."""
 
@@ -594,33 +290,6 @@ def report_for_run(run_dir, script_args, training: dict, model_args, eval_datase
     json_path, md_path = write_report(run_dir, report)
     print(f"evaluation report -> {md_path}", flush=True)
     return report
-
-
-def release_training_memory(trainer) -> None:
-    """Drop the trainer's models, optimizer and DeepSpeed engines so that the report's models fit on the device."""
-    import gc
-
-    trainer.accelerator.free_memory()
-    for name in ("model", "model_wrapped", "ref_model", "optimizer", "lr_scheduler", "deepspeed"):
-        if hasattr(trainer, name):
-            setattr(trainer, name, None)
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def finish_run_outputs(output_dir, script_args, training: dict, model_args, eval_dataset) -> None:
-    """The end of a run (run.py step 7, main process): evaluation report, model card, hub push when asked."""
-
-    output_dir = Path(output_dir)
-    if script_args.eval_report:
-        report_for_run(output_dir, script_args, training, model_args, eval_dataset, written_by="the training run")
-    print(f"model card -> {write_model_card(output_dir)}", flush=True)
-    if training.get("push_to_hub"):
-        repo_id = hub_repo_id(training, output_dir)
-        url = push_folder(output_dir, repo_id, private=training.get("hub_private_repo"),
-                          revision=training.get("hub_revision"), commit_message="dpo-recipes: run outputs")
-        print(f"pushed {output_dir} -> {repo_id} ({url})", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

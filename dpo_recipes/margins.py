@@ -6,8 +6,11 @@ Where the margins come from, first match wins:
    RewardTrainer renders them: conversational data through the reward model's own chat template, text as
    prompt + completion + EOS.
 2. A `reward_margin` column already in the data.
-3. Score columns, UltraFeedback style: `score_chosen_column` - `score_rejected_column` (default score_chosen,
-   score_rejected).
+3. Score columns, UltraFeedback style: `score_margin_scale` x (`score_chosen_column` - `score_rejected_column`)
+   (default columns score_chosen, score_rejected). Not the paper's method: MADPO's weight function and tau = ln 999
+   assume Bradley-Terry margins on the logit scale, and UltraFeedback's GPT-4 score differences are >= 0 on a 1-10
+   scale (unscaled, the weights stay within about [0.995, 1.204]). So score columns are used only with an explicit
+   `score_margin_scale`.
 Otherwise madpo stops with one line saying what to provide.
 """
 
@@ -20,10 +23,10 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from trl.data_utils import is_conversational
 
 from .errors import UserError
 from .names import MARGIN_COLUMN
+from .tokenization import reward_ids
 
 
 def check_margins(dataset: Dataset, where: str) -> None:
@@ -40,31 +43,16 @@ def _check_numbers(values, where: str, column: str) -> None:
             raise UserError(f"{where}: row {row}: '{column}' must be a finite number, got {value!r}")
 
 
-def margins_from_scores(dataset: Dataset, chosen_column: str, rejected_column: str, where: str) -> Dataset:
-    """Add `reward_margin` = chosen score - rejected score, from two numeric columns."""
+def margins_from_scores(dataset: Dataset, chosen_column: str, rejected_column: str, where: str,
+                        scale: float = 1.0) -> Dataset:
+    """Add `reward_margin` = scale x (chosen score - rejected score), from two numeric columns."""
     for column in (chosen_column, rejected_column):
         if column not in dataset.column_names:
             raise UserError(f"{where}: no score column '{column}' (columns: {', '.join(dataset.column_names)})")
     chosen, rejected = list(dataset[chosen_column]), list(dataset[rejected_column])
     _check_numbers(chosen, where, chosen_column)
     _check_numbers(rejected, where, rejected_column)
-    return dataset.add_column(MARGIN_COLUMN, [float(c) - float(r) for c, r in zip(chosen, rejected)])
-
-
-def render_ids(tokenizer, example: dict, side: str) -> list[int]:
-    """Token ids of prompt + `side` ("chosen" or "rejected") as TRL's RewardTrainer builds them for training."""
-    completion = example[side]
-    if "prompt" in example:  # explicit prompt; otherwise the completion holds the whole conversation
-        completion = example["prompt"] + completion
-    if is_conversational(example):
-        kwargs = dict(example.get("chat_template_kwargs") or {})
-        if example.get("tools") is not None:
-            kwargs["tools"] = example["tools"]
-        return list(tokenizer.apply_chat_template(completion, tokenize=True, return_dict=True, **kwargs)["input_ids"])
-    eos = tokenizer.eos_token
-    if eos and not completion.endswith(eos):
-        completion = completion + eos
-    return list(tokenizer(text=completion)["input_ids"])
+    return dataset.add_column(MARGIN_COLUMN, [scale * (float(c) - float(r)) for c, r in zip(chosen, rejected)])
 
 
 def load_reward_model(path: str, trust_remote_code: bool = False, device=None):
@@ -91,7 +79,7 @@ def score_pairs(model, tokenizer, dataset: Dataset, batch_size: int = 8) -> list
     model reads its last non-pad token), batched by length so little is padded."""
     if len(dataset) == 0:  # a process with no share of the rows
         return []
-    sequences = [render_ids(tokenizer, row, side) for side in ("chosen", "rejected") for row in dataset]
+    sequences = [reward_ids(tokenizer, row, side) for side in ("chosen", "rejected") for row in dataset]
     pad_id = model.config.pad_token_id
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     scores = torch.empty(len(sequences), dtype=torch.float64)
@@ -145,7 +133,15 @@ def add_reward_margins(script_args, training_args, train_dataset: Dataset, eval_
                     f"with `python -m dpo_recipes.reward_model`), or give a '{MARGIN_COLUMN}' column, or score columns "
                     f"'{chosen}' and '{rejected}' (score_chosen_column, score_rejected_column)"
                 )
-            splits[split] = margins_from_scores(dataset, chosen, rejected, f"{name} ({split})")
+            if script_args.score_margin_scale is None:
+                raise UserError(
+                    f"{name} ({split}): score columns '{chosen}' and '{rejected}' are not reward-model margins "
+                    "(MADPO's weights and tau assume Bradley-Terry margins on the logit scale): set score_margin_scale "
+                    "to the factor that puts their difference on that scale, or use the paper's two steps "
+                    "(reward_model_name_or_path; docs/losses.md)"
+                )
+            splits[split] = margins_from_scores(dataset, chosen, rejected, f"{name} ({split})",
+                                                script_args.score_margin_scale)
     for split, dataset in splits.items():
         if dataset is not None:
             check_margins(dataset, f"{name} ({split})")

@@ -200,6 +200,14 @@ def convert(old: dict, where: str, out_name: str = "new.yaml") -> Migration:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             put(Step(key, "kept out", value, {}, f"not a key of this project{hint}"), f"kept out {_fmt(key, value)}")
+    # TRL's DPOTrainer has zeroed every dropout, LoRA's included, since 0.x (disable_dropout, default true): an old
+    # lora_dropout never acted. It is written as 0.0, so the config says what trained (a non-zero one is refused).
+    dropout = migration.config.get("lora_dropout")
+    if dropout and migration.config.get("use_peft") and migration.config.get("disable_dropout", True):
+        migration.layout = [(lines, key) for lines, key in migration.layout if key != "lora_dropout"]
+        put(Step("lora_dropout", "converted", dropout, {"lora_dropout": 0.0},
+                 "TRL's disable_dropout (default true) set it to 0 in DPO: it never acted"),
+            f"was {_fmt('lora_dropout', dropout)}")
     if any(key in old for key in HANDBOOK_KEYS):
         for key, (value, why) in HANDBOOK_DEFAULTS.items():
             if key not in migration.config:

@@ -22,7 +22,7 @@ CARD_MARK = "<!-- written by dpo-recipes: model_card.py -->"
 # Recipe settings shown in the card's table (the full resolved config is in manifest.json).
 TRAINING_KEYS = ("loss_type", "beta", "label_smoothing", "learning_rate", "lr_scheduler_type", "warmup_steps",
                  "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-                 "max_length", "optim", "bf16", "gradient_checkpointing", "seed")
+                 "max_length", "optim", "bf16", "activation_checkpointing", "seed")
 MODEL_KEYS = ("model_name_or_path", "dtype", "use_peft", "lora_r", "lora_alpha", "lora_dropout",
               "lora_target_modules", "load_in_4bit", "bnb_4bit_quant_type", "use_bnb_nested_quant")
 

@@ -67,6 +67,26 @@ def pack_sequences(input_ids: list[list[int]], completion_mask: list[list[int]],
     return {"input_ids": out_ids, "position_ids": positions, "completion_mask": completion, SEQUENCE_IDS: sequence_ids}
 
 
+def completion_logps(model, inputs: dict, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """The one per-sequence log-prob function (trainer, reference pass, evaluation report): summed completion
+    log-probs and completion lengths of each of a batch's 2B sequences (chosen first, then rejected), and the forward
+    outputs, through TRL's fused LM head. Padded batches (TRL's collator: one sequence per row) and packed ones
+    (padding_free, prefix_sharing: sequence_ids) alike."""
+    if SEQUENCE_IDS in inputs:
+        return packed_sequence_logps(model, inputs, **forward_kwargs)
+    completion_mask = inputs["completion_mask"]
+    outputs = model(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        labels=inputs["input_ids"].masked_fill(completion_mask == 0, -100),
+        use_cache=False,
+        fused_lm_head=True,
+        **forward_kwargs,
+    )
+    per_token = outputs.log_probs[:, -(completion_mask.size(1) - 1) :]  # prompt-learning PEFT prepends tokens
+    return per_token.sum(dim=1), completion_mask.sum(dim=1), outputs
+
+
 def packed_sequence_logps(model, inputs: dict, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor, object]:
     """Summed completion log-probs and completion lengths per sequence (in batch order), and the forward outputs.
     With `output_router_logits` (MoE), outputs.aux_loss is the load-balancing loss over the real tokens only."""

@@ -17,7 +17,7 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from .config import parse_config
 from .audit import audit_data
 from .errors import exit_on_user_error
-from .evaluation import finish_run_outputs, release_training_memory
+from .finish import finish_run_outputs, release_training_memory
 from .losses import load_losses_file
 from .margins import add_reward_margins
 from .modeling import check_shared_prompt_support, load_model, load_tokenizer, resolve_model_path
@@ -101,15 +101,18 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
     mark_run_complete(output_dir, trainer.state.global_step)
 
     # 7. Evaluation report, model card and (only when asked) the hub push: from the saved files, on the main
-    # process, once the training state is freed; the other processes wait (docs/evaluation.md).
+    # process, once the training state is freed (docs/evaluation.md). The other processes leave first: no rank
+    # waits at a barrier while rank 0 generates, which could outlast ddp_timeout.
     is_main = trainer.is_world_process_zero()
     del model
     release_training_memory(trainer)
     # The report loads ordinary models: drop ZeRO-3's process-wide config, or from_pretrained would refuse them.
     unset_hf_deepspeed_config()
+    state = PartialState()
+    state.wait_for_everyone()  # every rank has trained and saved
+    state.destroy_process_group()  # the report below needs no collective; nothing can time out on it
     if is_main:
         finish_run_outputs(output_dir, script_args, training_args.to_dict(), model_args, eval_dataset)
-    PartialState().wait_for_everyone()
     return eval_metrics
 
 

@@ -38,6 +38,7 @@ import yaml
 
 from .errors import UserError, exit_on_user_error
 from .names import REPO_ROOT
+from .variants import variant_files
 
 # Only the standard library and yaml at import time: `make train` runs check-device before every launch.
 
@@ -188,11 +189,7 @@ def smoke_overrides(config: dict, model_dir: Path, data_dir: Path, run_dir: Path
 
 def _run_config_args(recipe_dir: Path, variant: str | None) -> list[str]:
     args = ["--config", str(recipe_dir / "config.yaml")]
-    if variant:
-        path = recipe_dir / "variants" / f"{variant}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in (recipe_dir / "variants").glob("*.yaml"))
-            raise UserError(f"{path}: no such variant; {recipe_dir.name} has {', '.join(known) or 'none'}")
+    for path in variant_files(recipe_dir, variant) if variant else []:
         args += ["--config", str(path)]
     return args
 
@@ -231,10 +228,12 @@ def run_smoke(recipe_dir: Path, out: Path, variant: str | None = None) -> dict:
     print(f"smoke {name}: launcher {recipe_dir / 'accelerate.yaml'} -> {launcher_path} "
           f"(use_cpu, {cpu_launcher['num_processes']} process(es), no mixed_precision key)", flush=True)
     print(f"smoke {name}: overrides {' '.join(overrides)}", flush=True)
-    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(launcher_path),
+    command = [sys.executable, "-m", "dpo_recipes.launch", "--config_file", str(launcher_path),
                str(recipe_dir / "train.py"), *config_args, *overrides]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(command, cwd=REPO_ROOT, env=env)
+    if proc.returncode == 2:  # a user error, already printed as one line
+        sys.exit(2)
     if proc.returncode != 0:
         raise SmokeFailed(f"smoke {name}: training exited {proc.returncode} (its output is above)")
 
@@ -336,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="smoke-test a recipe on CPU")
     run.add_argument("recipe_dir", type=Path)
-    run.add_argument("--variant", default=None, help="a loss variant of the recipe (variants/<name>.yaml)")
+    run.add_argument("--variant", default=None, help="a loss variant (variants/<name>.yaml, then the recipe's own)")
     run.add_argument("--out", type=Path, default=None, help="default: outputs/smoke/<recipe>")
     device = commands.add_parser("check-device", help="stop with one line if the launcher needs GPUs this machine lacks")
     device.add_argument("launcher", type=Path)

@@ -26,7 +26,7 @@ from .losses import LOSSES, MADPO_DEFAULTS, TRL_NAMES, check_loss_config, knob_v
 from . import ref_cache
 from .margins import check_margins
 from .names import BRANCH_IDS, MARGIN_COLUMN, PREFIX_SHARING_ATTENTION, ROW_ID_COLUMN, SEQUENCE_IDS
-from .packing import logical_token_count, model_attention_mask, pack_pairs, pack_sequences, packed_sequence_logps
+from .packing import completion_logps, logical_token_count, model_attention_mask, pack_pairs, pack_sequences
 from .trainer_mixin import StableTrainingMixin
 
 _REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -65,7 +65,7 @@ def scored_tokens(inputs) -> torch.Tensor:
     the index of the sequence whose completion token it scores, or -1. Padded batches: one sequence per row (chosen
     rows first); packed batches: read from sequence_ids."""
     completion = inputs["completion_mask"][:, 1:] != 0
-    if SEQUENCE_IDS in inputs:  # a sequence's first token is never scored (packed_sequence_logps)
+    if SEQUENCE_IDS in inputs:  # a sequence's first token is never scored (packing.packed_sequence_logps)
         scored = completion & (inputs["position_ids"][:, 1:] != 0)
         return inputs[SEQUENCE_IDS][:, 1:].masked_fill(~scored, -1)
     rows = torch.arange(completion.size(0), device=completion.device)[:, None].expand_as(completion)
@@ -92,8 +92,6 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         if getattr(config, "prefix_sharing", False):  # the same guards as the config's, for Python users
             if not config.padding_free:
                 raise ValueError("prefix_sharing needs padding_free=True (pairs are packed into rows)")
-            if not all(t in LOSSES for t in config.loss_type):
-                raise ValueError(f"prefix_sharing is implemented for loss_type {list(LOSSES)}, not {config.loss_type}")
             model = kwargs.get("model", args[0] if args else None)
             attention = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
             if attention not in PREFIX_SHARING_ATTENTION:
@@ -128,22 +126,8 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         """The policy's summed completion log-probs (chosen, rejected), the completion lengths (chosen, rejected) and
         the forward's outputs (for the MoE router loss). One forward through TRL's fused LM head, as TRL does it."""
         router = {"output_router_logits": True} if self.aux_loss_enabled else {}
-        if SEQUENCE_IDS in inputs:  # padding-free batch
-            logps, lengths, outputs = packed_sequence_logps(model, inputs, **router)
-            return logps.chunk(2), lengths.chunk(2), outputs
-        completion_mask = inputs["completion_mask"]
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        outputs = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            labels=labels,
-            use_cache=False,
-            fused_lm_head=True,
-            **router,
-        )
-        per_token = outputs.log_probs[:, -(completion_mask.size(1) - 1) :]
-        logps = per_token.sum(dim=1)
-        return logps.chunk(2), completion_mask.sum(dim=1).chunk(2), outputs
+        logps, lengths, outputs = completion_logps(model, inputs, **router)
+        return logps.chunk(2), lengths.chunk(2), outputs
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         """TRL's one reference pass over the data, behind an on-disk cache keyed on everything the values depend on
@@ -183,9 +167,9 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         if self.ref_model is None and is_peft_model(self.model):
             unwrapped = self.accelerator.unwrap_model(self.model)
             adapter = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
-        no_checkpointing = disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
+        no_checkpointing = disable_gradient_checkpointing(self.model, self.args.activation_checkpointing_kwargs)
         with torch.no_grad(), no_checkpointing, adapter, self.accelerator.autocast():
-            logps, _, _ = packed_sequence_logps(model, inputs)
+            logps, _, _ = completion_logps(model, inputs)
         return logps.chunk(2)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from dpo_recipes.errors import UserError, exit_on_user_error  # noqa: E402
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-RENAMED_KEYS = ("output_dir", "hub_model_id")
+RENAMED_KEYS = ("output_dir", "hub_model_id", "reward_model_name_or_path")
 
 
 def rename_keys(text: str, old: str, new: str) -> tuple[str, list[str]]:

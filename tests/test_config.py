@@ -56,6 +56,7 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
         (["--loss_type", "cdpo", "--label_smoothing", "0.1", "--ld_alpha", "0.5"],
          "ld_alpha is applied by TRL's loss only and cannot be combined with cdpo"),
         (["--use_weighting", "true", "--padding_free", "true"], "use_weighting is applied by TRL's loss only"),
+        (["--bnb_4bit_quant_storage", "bfloat16"], "bnb_4bit_quant_storage is only used with load_in_4bit"),
         (["--prefix_sharing", "true"], "prefix_sharing needs padding_free: true"),
         (["--prefix_sharing", "true", "--padding_free", "true", "--attn_implementation", "flash_attention_2"],
          "prefix_sharing needs attn_implementation in ['sdpa', 'eager', 'flex_attention'], got 'flash_attention_2'"),
@@ -78,6 +79,67 @@ def test_unknown_recipe_lists_recipes():
     proc = run(["make", "--no-print-directory", "train", "RECIPE=nope"], check=False)
     assert proc.returncode != 0
     assert "unknown RECIPE 'nope'" in proc.stderr and "demo-cpu" in proc.stderr
+
+
+def test_lora_dropout_needs_dropout_on():
+    """TRL's disable_dropout (default true) zeroes every nn.Dropout, LoRA's included: a lora_dropout does nothing."""
+    with pytest.raises(UserError) as err:
+        parse_config(["--config", DEMO, "--lora_dropout", "0.05"])
+    assert str(err.value).startswith("config: lora_dropout 0.05 does nothing while disable_dropout is true")
+    _, train, model = parse_config(["--config", DEMO, "--lora_dropout", "0.05", "--disable_dropout", "false"])
+    assert model.lora_dropout == 0.05 and not train.disable_dropout
+
+
+RECIPES = sorted(p.parent.name for p in (REPO / "recipes").glob("*/config.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipes_parse_without_future_warnings(recipe):
+    """A run's log holds only warnings the user should act on: no deprecated key in a recipe, none set by default."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        _, train, _ = parse_config(["--config", str(REPO / "recipes" / recipe / "config.yaml"),
+                                    "--use_cpu", "true", "--bf16", "false"])
+    assert train.activation_checkpointing is not None
+
+
+def test_checkpointing_default_and_deprecated_name(tmp_path):
+    import warnings
+
+    plain = REPO / "recipes/demo-cpu/config.yaml"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        _, train, _ = parse_config(["--config", str(plain), "--activation_checkpointing", "true"])
+    assert train.activation_checkpointing and train.gradient_checkpointing  # the old name mirrors the new one
+    with pytest.raises(UserError, match="gradient_checkpointing and activation_checkpointing are both set"):
+        parse_config(["--config", str(plain), "--gradient_checkpointing", "true"])  # the demo sets the new name
+    old = tmp_path / "old.yaml"
+    old.write_text("tiny_model: llama\ndataset_name: data/demo\nuse_cpu: true\nbf16: false\n"
+                   "gradient_checkpointing: false\n")
+    with pytest.warns(FutureWarning, match="gradient_checkpointing"):  # the user's own old key: worth a warning
+        _, train, _ = parse_config(["--config", str(old)])
+    assert train.activation_checkpointing is False
+
+
+def test_trl_checkpointing_default_is_kept_without_warning(tmp_path):
+    import warnings
+
+    config = tmp_path / "c.yaml"
+    config.write_text("tiny_model: llama\ndataset_name: data/demo\nuse_cpu: true\nbf16: false\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        _, train, _ = parse_config(["--config", str(config)])
+    assert train.activation_checkpointing is True  # TRL's DPOConfig default: checkpointing on
+
+
+def test_peft_without_lora_dropout_key_is_not_refused(tmp_path):
+    """ModelConfig's own default lora_dropout (0.05) is not the user's choice: only a written one is refused."""
+    config = tmp_path / "c.yaml"
+    config.write_text("tiny_model: llama\ndataset_name: data/demo\nuse_cpu: true\nbf16: false\nuse_peft: true\n")
+    _, _, model = parse_config(["--config", str(config)])
+    assert model.use_peft and model.lora_dropout == 0.05
 
 
 @pytest.mark.parametrize("family, config, message", [

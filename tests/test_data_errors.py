@@ -114,7 +114,9 @@ def test_dataset_empty_after_filtering(tmp_path):
 def test_empty_file(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("")
-    assert error_of(path).startswith(f"{path}: ")
+    assert error_of(path) == f"{path}: the file is empty (no rows)"
+    path.write_text("\n  \n")
+    assert error_of(path) == f"{path}: the file is empty (no rows)"
 
 
 def test_too_few_clean_rows_to_carve_a_held_out_set(tmp_path):

@@ -15,8 +15,17 @@ pytestmark = pytest.mark.slow
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
     args = f"--max_steps 6 --logging_steps 1 --eval_steps 3 --save_steps 3 --output_dir {out}"
-    run(["make", "--no-print-directory", "train", f"ARGS={args}"])
+    proc = run(["make", "--no-print-directory", "train", f"ARGS={args}"])
+    (out / "make_train.log").write_text(proc.stdout + proc.stderr)
     return out
+
+
+def test_log_has_no_warning_the_user_cannot_act_on(demo_run):
+    """No FutureWarning from a renamed key (gradient_checkpointing), no launcher or DeepSpeed notice, no dataset-card
+    notice: the demo's log holds its own output only."""
+    log = (demo_run / "make_train.log").read_text()
+    for noise in ("Warning", "WARNING", "deprecated", "were not passed to `accelerate launch`", "Repo card metadata"):
+        assert noise not in log, (noise, [line for line in log.splitlines() if noise in line][:3])
 
 
 def test_outputs_written(demo_run):

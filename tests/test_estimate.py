@@ -291,6 +291,7 @@ def test_peak_memory_of_cpu_training_runs(tmp_path):
 def test_recipes_read_from_their_files():
     """The recipes' settings come from config.yaml, accelerate.yaml and the DeepSpeed JSON they name."""
     qlora, about = recipe_setup("llama3-qlora")
+    assert qlora.lora_dropout == 0.0  # TRL's disable_dropout: no dropout masks to count
     assert (qlora.load_in_4bit, qlora.double_quant, qlora.use_peft, qlora.zero_stage) == (True, True, True, None)
     assert (qlora.micro_batch, qlora.max_length, qlora.gpus, qlora.dtype) == (2, 1024, 1, "bfloat16")
     assert qlora.lora_targets == ALL_LINEAR and about["source"].startswith(("built-in", "config.json"))
@@ -349,3 +350,28 @@ def test_architecture_comes_from_a_local_config_json(tiny_llama, tmp_path):
         config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"], config["vocab_size"])
     with pytest.raises(UserError, match="no config.json for 'someone/unknown-model' on this machine"):
         find_architecture("someone/unknown-model", None)
+
+
+def test_lora_dropout_counted_only_when_dropout_acts(tmp_path):
+    """disable_dropout (TRL's default true) zeroes LoRA's dropout: no masks then; with it off, they are counted."""
+    import shutil
+
+    for name, extra, expected in [("off", "lora_dropout: 0.05\n", 0.0),
+                                  ("on", "lora_dropout: 0.05\ndisable_dropout: false\n", 0.05)]:
+        recipe = tmp_path / "recipes" / name
+        shutil.copytree(REPO / "recipes" / "llama3-qlora", recipe)
+        (recipe / "config.yaml").write_text((recipe / "config.yaml").read_text() + extra)
+        setup, _ = recipe_setup(name, root=tmp_path)
+        assert setup.lora_dropout == expected
+
+
+def test_offload_host_ram_includes_deepspeeds_buffer_factor():
+    """DeepSpeed's estimator multiplies the offloaded states by 1.5 (additional_buffer_factor); the recipe's README
+    quotes the total: 127.67 GiB of states, 63.84 of buffer, 14.19 of bf16 reference, 205.7 GiB per machine."""
+    setup, _ = recipe_setup("qwen2.5-7b-full-zero3-offload")
+    host = dict(estimate(setup)["host"])
+    states = host["offloaded model states (18 B/param)"]
+    assert host["DeepSpeed's buffer factor (x1.5 of the offloaded states)"] == pytest.approx(0.5 * states)
+    assert sum(host.values()) / 2**30 == pytest.approx(205.7, abs=0.05)
+    readme = (REPO / "recipes/qwen2.5-7b-full-zero3-offload/README.md").read_text()
+    assert f"**{sum(host.values()) / 2**30:.1f}**, plus the OS" in readme

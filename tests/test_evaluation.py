@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from conftest import REPO, run
-from dpo_recipes.evaluation import kl_estimates, wilson_interval, win_rate
+from dpo_recipes.generation import kl_estimates
+from dpo_recipes.judge import win_rate
+from dpo_recipes.stats import wilson_interval
 
 SECRET = "hf_evaluationTestSecret0123456789"
 ENV = {"OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest on a shared CPU
@@ -123,7 +125,8 @@ def test_kl_estimate_matches_the_exact_kl(lora_run):
     """With one new token the KL between policy and reference is exact from their next-token distributions. The k1
     and k3 Monte-Carlo estimates from 400 sampled tokens per prompt agree with it within 4 standard errors, although
     the model's generation_config asks for top-k / top-p sampling (which must not leak into the estimate)."""
-    from dpo_recipes.evaluation import completion_token_logps, generate, generation_prompt_ids
+    from dpo_recipes.generation import completion_token_logps, generate
+    from dpo_recipes.tokenization import generation_prompt_ids
 
     models, _ = load(lora_run[0])
     models.policy.generation_config.top_k = 3
@@ -275,7 +278,8 @@ def test_hub_push_is_off_by_default_and_wired(lora_run, tmp_path):
 
     from dpo_recipes.config import PreferenceConfig
     from dpo_recipes.errors import UserError
-    from dpo_recipes.evaluation import finish_run_outputs, read_run_config
+    from dpo_recipes.evaluation import read_run_config
+    from dpo_recipes.finish import finish_run_outputs
     from dpo_recipes.model_card import hub_repo_id
 
     assert PreferenceConfig.__dataclass_fields__["push_to_hub"].default is False

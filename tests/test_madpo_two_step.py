@@ -21,7 +21,7 @@ from dpo_recipes.margins import add_reward_margins
 from dpo_recipes.trainer import MARGIN_COLUMN
 
 DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
-FAST = ["--gradient_checkpointing", "false", "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "1",
+FAST = ["--activation_checkpointing", "false", "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "1",
         "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16", "--warmup_steps", "0"]
 
 
@@ -172,18 +172,36 @@ def scored_rows(n, chosen_key="score_chosen", rejected_key="score_rejected"):
 
 def test_margins_from_ultrafeedback_score_columns(tmp_path):
     data = write_jsonl(tmp_path / "scored.jsonl", scored_rows(20))
-    script_args, training_args, _ = madpo_args("--dataset_name", str(data), "--eval_fraction", "0.25")
+    script_args, training_args, _ = madpo_args("--dataset_name", str(data), "--eval_fraction", "0.25",
+                                               "--score_margin_scale", "0.5")
     train, held_out = load_preference_splits(script_args, seed=0)
     train, held_out = add_reward_margins(script_args, training_args, train, held_out)
     for ds in (train, held_out):
-        assert list(ds[MARGIN_COLUMN]) == [c - r for c, r in zip(ds["score_chosen"], ds["score_rejected"])]
-    assert sorted([*train[MARGIN_COLUMN], *held_out[MARGIN_COLUMN]]) == [2.5 + 1.5 * i for i in range(20)]
+        assert list(ds[MARGIN_COLUMN]) == [0.5 * (c - r) for c, r in zip(ds["score_chosen"], ds["score_rejected"])]
+    assert sorted([*train[MARGIN_COLUMN], *held_out[MARGIN_COLUMN]]) == [0.5 * (2.5 + 1.5 * i) for i in range(20)]
+
+
+def test_score_columns_need_an_explicit_scale(tmp_path):
+    """Score differences are not Bradley-Terry logit margins (the paper's): without score_margin_scale, one line."""
+    data = write_jsonl(tmp_path / "scored.jsonl", scored_rows(8))
+    script_args, training_args, _ = madpo_args("--dataset_name", str(data))
+    train, held_out = load_preference_splits(script_args, seed=0)
+    with pytest.raises(UserError, match=r"\(train\): score columns 'score_chosen' and 'score_rejected' are not "
+                                        r"reward-model margins .* set score_margin_scale"):
+        add_reward_margins(script_args, training_args, train, held_out)
+    for bad, message in ((["--score_margin_scale", "0"], "score_margin_scale must be > 0"),
+                         (["--score_margin_scale", "1", "--reward_model_name_or_path", "rm"],
+                          "score_margin_scale is only used by loss_type madpo with score columns")):
+        with pytest.raises(UserError, match=message):
+            madpo_args("--dataset_name", str(data), *bad)
+    with pytest.raises(UserError, match="score_margin_scale is only used"):
+        parse_config(["--config", DEMO, "--score_margin_scale", "1"])
 
 
 def test_score_column_names_are_configurable(tmp_path):
     data = write_jsonl(tmp_path / "scored.jsonl", scored_rows(8, "rating_good", "rating_bad"))
     script_args, training_args, _ = madpo_args("--dataset_name", str(data), "--score_chosen_column", "rating_good",
-                                               "--score_rejected_column", "rating_bad")
+                                               "--score_rejected_column", "rating_bad", "--score_margin_scale", "1")
     train, held_out = load_preference_splits(script_args, seed=0)
     train, _ = add_reward_margins(script_args, training_args, train, held_out)
     assert list(train[MARGIN_COLUMN]) == [c - r for c, r in zip(train["rating_good"], train["rating_bad"])]
@@ -202,7 +220,7 @@ def test_an_existing_margin_column_is_used_as_given():
 
 
 def test_bad_scores_name_the_row():
-    script_args, training_args, _ = madpo_args()
+    script_args, training_args, _ = madpo_args("--score_margin_scale", "1")
     bad = pairs(3, score_chosen=[1.0, None, 2.0], score_rejected=[0.0, 0.0, 0.0])
     with pytest.raises(UserError, match=r"\(train\): row 1: 'score_chosen' must be a finite number, got None"):
         add_reward_margins(script_args, training_args, bad, None)
@@ -260,3 +278,18 @@ def test_reward_model_step_refuses_4bit_with_one_line(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: config: the reward model step does not support load_in_4bit")
     assert err[0] == "reward model: skipping DPO-only keys beta, loss_type"
+
+
+def test_shipped_madpo_variants_are_the_papers_two_steps():
+    """Every recipe's variants/madpo.yaml scores pairs with a reward model trained on the recipe's data (step 1's
+    default folder), never with score columns."""
+    import yaml
+
+    variants = sorted(REPO.glob("recipes/*/variants/madpo.yaml"))
+    assert variants
+    for path in variants:
+        recipe = path.parent.parent
+        variant = yaml.safe_load(path.read_text())
+        output_dir = yaml.safe_load((recipe / "config.yaml").read_text())["output_dir"]
+        assert variant == {"loss_type": "madpo", "reward_model_name_or_path": f"{output_dir}-reward-model"}, path
+        assert f"python -m dpo_recipes.reward_model --config recipes/{recipe.name}/config.yaml" in path.read_text()

@@ -60,12 +60,13 @@ def test_handbook_zephyr_qlora(tmp_path):
         "torch_dtype": "renamed", "use_flash_attention_2": "converted", "dataset_mixer": "converted",
         "dataset_splits": "converted", "preprocessing_num_workers": "renamed", "evaluation_strategy": "renamed",
         "max_prompt_length": "removed", "warmup_ratio": "converted", "logging_first_step": "added",
+        "lora_dropout": "converted",  # TRL's disable_dropout zeroed it: 0.0 says what trained
     }
     assert_unchanged_keys_kept(migration, old, new)
     script, train, model = parse_config(["--config", str(path), *CPU])
     assert model.dtype == "bfloat16" and model.attn_implementation == "flash_attention_2"
     assert model.use_peft and model.load_in_4bit
-    assert (model.lora_r, model.lora_alpha, model.lora_dropout) == (128, 128, 0.05)
+    assert (model.lora_r, model.lora_alpha, model.lora_dropout) == (128, 128, 0.0)
     assert model.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert train.beta == 0.01 and train.learning_rate == 5e-6 and train.optim == "paged_adamw_32bit"
     assert (train.per_device_train_batch_size, train.gradient_accumulation_steps) == (4, 4)

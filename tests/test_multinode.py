@@ -1,9 +1,10 @@
-"""Multi-node ZeRO-3, with two "machines" on this one: two `accelerate launch` processes with
-accelerate_configs/multinode_zero3.yaml (CPU form), machine_rank 0 and 1, main_process_ip 127.0.0.1, one CPU
+"""Multi-node ZeRO-3, with two "machines" on this one: two `accelerate launch` processes with the recipe's own
+launcher (CPU form) and the documented multi-node arguments, machine_rank 0 and 1, main_process_ip 127.0.0.1, one CPU
 process each, train a few steps together and save one consolidated model. The Slurm script is checked for the
 per-node commands it builds."""
 
 import os
+import re
 import stat
 import subprocess
 
@@ -23,7 +24,6 @@ from dpo_recipes.smoke import (
 )
 
 RECIPE = REPO / "recipes" / "qwen2.5-7b-full-zero3"  # a full fine-tune: the result is the consolidated model
-MULTINODE = REPO / "accelerate_configs" / "multinode_zero3.yaml"
 
 
 @pytest.mark.slow
@@ -32,7 +32,7 @@ def test_two_machines_train_one_consolidated_zero3_model(tmp_path):
     from dpo_recipes.tiny import build_tiny
 
     launcher = tmp_path / "multinode_cpu.yaml"
-    launcher.write_text(yaml.safe_dump(cpu_launcher_config(read_yaml(MULTINODE))))
+    launcher.write_text(yaml.safe_dump(cpu_launcher_config(read_yaml(RECIPE / "accelerate.yaml"))))
     model_dir = build_tiny("qwen2", CACHE_DIR / "tiny-qwen2")
     run_dir = tmp_path / "run"
     train_args = ["--config", str(RECIPE / "config.yaml"),
@@ -44,7 +44,7 @@ def test_two_machines_train_one_consolidated_zero3_model(tmp_path):
         log = open(tmp_path / f"machine{rank}.log", "w")
         machines.append((subprocess.Popen(
             [str(REPO / ".venv/bin/accelerate"), "launch", "--config_file", str(launcher),
-             "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+             "--deepspeed_multinode_launcher", "standard", "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
              "--main_process_ip", "127.0.0.1", "--main_process_port", port,
              str(RECIPE / "train.py"), *train_args],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
@@ -71,33 +71,64 @@ def test_two_machines_train_one_consolidated_zero3_model(tmp_path):
     assert len(changed) > len(trained) // 2, f"only {len(changed)} of {len(trained)} tensors changed"
 
 
-def test_slurm_script_starts_one_launcher_per_node_with_its_rank(tmp_path):
-    """scripts/slurm_multinode.sbatch under stand-ins for the scheduler (srun, scontrol) and for accelerate, which
+def run_slurm_script(tmp_path, recipe, launcher: str, *args):
+    """scripts/slurm_multinode.sbatch under stand-ins for the scheduler (srun, scontrol) and for the launcher, which
     record what they were asked to run; the real multi-machine launch is the test above."""
     bin_dir, repo = tmp_path / "bin", tmp_path / "repo"
     (repo / ".venv" / "bin").mkdir(parents=True)
-    (repo / "recipes" / "llama3-qlora").mkdir(parents=True)
-    (repo / "recipes" / "llama3-qlora" / "config.yaml").write_text("beta: 0.1\n")
+    (repo / "recipes" / recipe).mkdir(parents=True)
+    (repo / "recipes" / recipe / "config.yaml").write_text("beta: 0.1\n")
+    (repo / "recipes" / recipe / "accelerate.yaml").write_text(launcher)
+    (repo / "variants").mkdir()
+    (repo / "variants" / "ipo.yaml").write_text("loss_type: ipo\n")
     bin_dir.mkdir()
     stand_ins = {
         bin_dir / "scontrol": 'printf "node-a\\nnode-b\\n"\n',
         # srun: run the task once per node, as Slurm would, with that node's SLURM_NODEID.
         bin_dir / "srun": 'shift\nfor i in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$i "$@"; done\n',
-        repo / ".venv" / "bin" / "accelerate": 'printf "%s\\n" "$*" >> "$CALLS"\n',
+        repo / ".venv" / "bin" / "python": 'printf "%s | %s %s\\n" "$*" "$TORCH_ELASTIC_SHUTDOWN_TIMEOUT" "$SRUN_CPUS_PER_TASK" >> "$CALLS"\n',
     }
     for path, body in stand_ins.items():
         path.write_text("#!/bin/bash\n" + body)
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
     calls = tmp_path / "calls.txt"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NNODES": "2", "CALLS": str(calls),
-           "SLURM_JOB_NODELIST": "node-[a-b]", "VARIANT": "ipo"}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm_multinode.sbatch"), "llama3-qlora", "--beta", "0.2"],
+           "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_CPUS_PER_TASK": "64", "VARIANT": "ipo"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm_multinode.sbatch"), recipe, *args],
                           cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+    return proc, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_slurm_script_starts_the_recipes_launcher_per_node_with_its_rank(tmp_path):
+    """The offload recipe keeps its own launcher (zero3_offload.json): the multi-node arguments go on the command
+    line, with torchrun on each machine (deepspeed_multinode_launcher standard)."""
+    recipe = "qwen2.5-7b-full-zero3-offload"
+    proc, calls = run_slurm_script(tmp_path, recipe, (REPO / "recipes" / recipe / "accelerate.yaml").read_text(),
+                                   "--beta", "0.2")
     assert proc.returncode == 0, proc.stderr
-    common = ("launch --config_file accelerate_configs/multinode_zero3.yaml --num_machines 2 --num_processes 16 "
-              "--machine_rank {rank} --main_process_ip node-a --main_process_port 29500 recipes/llama3-qlora/train.py "
-              "--config recipes/llama3-qlora/config.yaml --config recipes/llama3-qlora/variants/ipo.yaml --beta 0.2")
-    assert calls.read_text().splitlines() == [common.format(rank=0), common.format(rank=1)]
+    common = (f"-m dpo_recipes.launch --config_file recipes/{recipe}/accelerate.yaml --deepspeed_multinode_launcher "
+              "standard --num_machines 2 --num_processes 16 --machine_rank {rank} --main_process_ip node-a "
+              f"--main_process_port 29500 recipes/{recipe}/train.py --config recipes/{recipe}/config.yaml --config "
+              f"variants/ipo.yaml --beta 0.2 | 840 64")
+    assert calls == [common.format(rank=0), common.format(rank=1)]
+
+
+def test_slurm_script_refuses_a_one_process_launcher(tmp_path):
+    proc, calls = run_slurm_script(tmp_path, "llama3-qlora", (REPO / "recipes/llama3-qlora/accelerate.yaml").read_text())
+    assert proc.returncode == 2 and calls == []
+    assert proc.stderr.strip() == ("error: recipes/llama3-qlora/accelerate.yaml runs one process; several machines "
+                                   "need a DeepSpeed or DDP launcher (set ACCELERATE_CONFIG)")
+
+
+def test_slurm_script_asks_for_cpus_and_an_early_stop_signal():
+    """Without --cpus-per-task each node's task gets one core; without an early signal the kill window (30 s) is
+    shorter than a 7B ZeRO-3 checkpoint save. The lead time must cover the launcher's shutdown wait."""
+    text = (REPO / "scripts" / "slurm_multinode.sbatch").read_text()
+    cpus = re.search(r"^#SBATCH --cpus-per-task=(\d+)$", text, re.M)
+    signal = re.search(r"^#SBATCH --signal=TERM@(\d+)$", text, re.M)
+    wait = re.search(r"TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-(\d+)", text)
+    assert cpus and int(cpus.group(1)) >= 8
+    assert signal and wait and 30 < int(wait.group(1)) < int(signal.group(1))
 
 
 def test_slurm_script_outside_slurm_is_one_line():
@@ -106,3 +137,45 @@ def test_slurm_script_outside_slurm_is_one_line():
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert proc.stderr.strip().endswith("SLURM_NNODES: not inside a Slurm job (use sbatch)")
+
+
+@pytest.mark.slow
+def test_other_ranks_do_not_wait_for_rank_0s_report(tmp_path):
+    """The end-of-run report runs on rank 0 alone, after the other ranks have left: no rank sits at a barrier while
+    rank 0 generates (a report longer than ddp_timeout would time it out on GPUs). The report is slowed by 20 s;
+    rank 1 must have exited before it ends."""
+    from conftest import demo_subset
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = tmp_path / "slow_report.py"
+    script.write_text(
+        "import atexit, os, sys, time\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from dpo_recipes import run\n"
+        f"mark = lambda name: open(os.path.join({str(marks)!r}, name), 'w').write(repr(time.time()))\n"
+        "atexit.register(mark, 'exit-' + os.environ['RANK'])\n"
+        "original = run.finish_run_outputs\n"
+        "def slow(*args, **kwargs):\n"
+        "    time.sleep(20)\n"
+        "    original(*args, **kwargs)\n"
+        "    mark('report-end')\n"
+        "run.finish_run_outputs = slow\n"
+        f"run.main({str(REPO / 'recipes' / 'demo-cpu')!r})\n")
+    launcher = tmp_path / "launcher.yaml"
+    launcher.write_text(yaml.safe_dump({  # on CPU, accelerate starts 2 processes only for DeepSpeed
+        "compute_environment": "LOCAL_MACHINE", "distributed_type": "DEEPSPEED",
+        "deepspeed_config": {"deepspeed_config_file": "accelerate_configs/deepspeed/zero3.json"}, "use_cpu": True,
+        "num_machines": 1, "num_processes": 2, "machine_rank": 0, "main_process_ip": "127.0.0.1",
+        "main_process_port": free_port()}))
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/accelerate"), "launch", "--config_file", str(launcher), str(script),
+         "--config", str(REPO / "recipes/demo-cpu/config.yaml"), "--dataset_name", str(demo_subset(tmp_path / "d", 32, 8)),
+         "--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no", "--eval_report", "false",
+         "--report_to", "none", "--output_dir", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    times = {p.name: float(p.read_text()) for p in marks.iterdir()}
+    assert set(times) == {"exit-0", "exit-1", "report-end"}
+    assert times["exit-1"] < times["report-end"] - 10  # rank 1 left while rank 0 was still in its report

@@ -14,10 +14,11 @@ import yaml
 from conftest import REPO, run
 from dpo_recipes.config import parse_config
 from dpo_recipes.reporting import version_drift
+from dpo_recipes.variants import known_variants, variant_files
 from dpo_recipes.smoke import SMOKE_MAX_PROCESSES, SMOKE_STEPS, cpu_launcher_config, deepspeed_json
 
 RECIPES = sorted(p.name for p in (REPO / "recipes").iterdir() if (p / "train.py").is_file())
-VARIANTS = [(r, v.stem) for r in RECIPES for v in sorted((REPO / "recipes" / r / "variants").glob("*.yaml"))]
+VARIANTS = [(r, v) for r in RECIPES for v in known_variants(REPO / "recipes" / r)]
 GPU_RECIPES = [r for r in RECIPES if not yaml.safe_load((REPO / "recipes" / r / "accelerate.yaml").read_text())
                .get("use_cpu", False)]
 CPU = ["--use_cpu", "true"]  # parse GPU recipes on any machine (transformers refuses bf16 without a GPU otherwise)
@@ -74,15 +75,23 @@ def test_recipe_config_parses(recipe):
 @pytest.mark.parametrize("recipe, variant", VARIANTS)
 def test_variant_layers_over_recipe(recipe, variant):
     folder = REPO / "recipes" / recipe
-    _, train, _ = parse_config(["--config", str(folder / "config.yaml"), "--config", str(folder / "variants" /
-                                f"{variant}.yaml"), *CPU])
+    layers = [token for path in variant_files(folder, variant) for token in ("--config", str(path))]
+    _, train, _ = parse_config(["--config", str(folder / "config.yaml"), *layers, *CPU])
     assert train.loss_type == [variant]
     assert train.output_dir == config(recipe)["output_dir"], "a variant changes the loss, not the rest"
 
 
-def test_every_gpu_recipe_has_the_four_loss_variants():
+def test_every_gpu_recipe_has_the_four_loss_variants_and_its_own_reward_model():
     for recipe in GPU_RECIPES:
-        assert {v for r, v in VARIANTS if r == recipe} == {"ipo", "cdpo", "rdpo", "madpo"}, recipe
+        assert {"ipo", "cdpo", "rdpo", "madpo"} <= {v for r, v in VARIANTS if r == recipe}, recipe
+        own = yaml.safe_load((REPO / "recipes" / recipe / "variants" / "madpo.yaml").read_text())
+        assert own == {"reward_model_name_or_path": f"outputs/{recipe}-reward-model"}, recipe
+
+
+def test_each_variant_exists_once():
+    shared = {p.name: p.read_text() for p in (REPO / "variants").glob("*.yaml")}
+    for path in (REPO / "recipes").glob("*/variants/*.yaml"):
+        assert path.read_text() != shared.get(path.name), f"{path} repeats variants/{path.name}"
 
 
 @pytest.mark.parametrize("name", LAUNCHERS)

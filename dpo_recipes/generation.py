@@ -1,0 +1,99 @@
+"""Generation for the evaluation report: completions with every sampling option that reshapes the policy's
+distribution turned off, the log-probs of given completion tokens, and the Monte-Carlo KL(policy || reference)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .stats import mean_se
+
+
+def _generation_config(tokenizer, model, max_new_tokens: int, sample: bool, n: int):
+    from transformers import GenerationConfig
+
+    eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
+    # Every option that reshapes the next-token distribution is set to "off": generate() fills options left unset
+    # from the model's generation_config (often top_p 0.9, temperature 0.6), and the KL estimate needs samples from
+    # the policy itself.
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        min_p=0.0,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        min_new_tokens=0,
+        num_return_sequences=n,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _eos_ids(config) -> set[int]:
+    eos = config.eos_token_id
+    return set(eos) if isinstance(eos, (list, tuple)) else {eos}
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt_ids: list[int], max_new_tokens: int, sample: bool, n: int = 1,
+             seed: int = 0) -> list[list[int]]:
+    """`n` completions of the prompt, each cut after its first EOS token (which is kept)."""
+    from transformers.utils import logging as hf_logging
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids], device=device)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # transformers calls top_k=0 / min_p=0 invalid flags; here they mean "off"
+    try:
+        config = _generation_config(tokenizer, model, max_new_tokens, sample, n)
+        torch.manual_seed(seed)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    eos = _eos_ids(config)
+    completions = []
+    for row in out[:, len(prompt_ids) :].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        completions.append(row[:cut])
+    return completions
+
+
+@torch.no_grad()
+def completion_token_logps(model, prompt_ids: list[int], completions: list[list[int]], pad_id: int) -> list[torch.Tensor]:
+    """log p(y_t | prompt, y_<t) of every completion token (float64), from the full softmax at those positions."""
+    device = next(model.parameters()).device
+    width = max(len(c) for c in completions)
+    rows = [prompt_ids + c + [pad_id] * (width - len(c)) for c in completions]
+    mask = [[1] * (len(prompt_ids) + len(c)) + [0] * (width - len(c)) for c in completions]
+    input_ids = torch.tensor(rows, device=device)
+    # Only the positions that predict completion tokens need logits (a full vocabulary row each).
+    logits = model(input_ids=input_ids, attention_mask=torch.tensor(mask, device=device), use_cache=False,
+                   logits_to_keep=width + 1).logits[:, :-1].double()
+    logps = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, -width:, None]).squeeze(-1).cpu()
+    return [logps[i, : len(c)] for i, c in enumerate(completions)]
+
+
+def kl_estimates(policy_logps: list[torch.Tensor], reference_logps: list[torch.Tensor]) -> dict:
+    """k1 and k3 Monte-Carlo estimates of KL(pi || pi_ref) from completions sampled from pi, per completion
+    (mean over completions of the per-completion sum) and per token (sum over all tokens / number of tokens, with
+    the ratio estimator's standard error), each with its standard error across completions."""
+    k1 = torch.stack([(p - r).sum() for p, r in zip(policy_logps, reference_logps)])
+    k3 = torch.stack([(torch.exp(r - p) - 1 - (r - p)).sum() for p, r in zip(policy_logps, reference_logps)])
+    lengths = torch.tensor([float(len(p)) for p in policy_logps], dtype=torch.float64)
+    out = {"completions": len(policy_logps), "tokens": int(lengths.sum().item()),
+           "mean_completion_tokens": lengths.mean().item()}
+    for name, per_seq in (("k1", k1), ("k3", k3)):
+        per_token = (per_seq.sum() / lengths.sum()).item()
+        n = per_seq.numel()
+        # Ratio estimator: the per-token mean is (sum of sequence sums) / (sum of lengths), sequences independent.
+        resid = per_seq - per_token * lengths
+        se_token = (math.sqrt((resid**2).sum().item() / (n * (n - 1))) / lengths.mean().item()) if n > 1 else float("nan")
+        out[name] = {"per_completion": mean_se(per_seq), "per_token": {"mean": per_token, "se": se_token}}
+    return out
