@@ -181,7 +181,8 @@ def settings_for(args):
 
 
 def greedy_replies(model, tokenizer, rows, settings) -> list[str]:
-    from dpo_recipes.evaluation import generate, generation_prompt_ids
+    from dpo_recipes.generation import generate
+    from dpo_recipes.tokenization import generation_prompt_ids
 
     replies = []
     for row in rows:
@@ -195,7 +196,9 @@ def reference_outputs(work: Path, data: Path, judge_dir: Path, args) -> dict:
     import torch
 
     from dpo_recipes.config import parse_config
-    from dpo_recipes.evaluation import _load_causal_lm, judge_scores, load_judge, pair_logps, prompt_text, tokenize_pair
+    from dpo_recipes.evaluation import _load_causal_lm, pair_logps, prompt_text
+    from dpo_recipes.judge import judge_scores, load_judge
+    from dpo_recipes.tokenization import tokenize_pair
     from dpo_recipes.modeling import load_tokenizer, resolve_model_path
 
     settings = settings_for(args)
@@ -243,8 +246,10 @@ def run_cell(variant: str, seed: int, args, data: str, train_data: str, madpo_da
     from dpo_recipes.config import parse_config
     from dpo_recipes.data import load_preference_splits
     from dpo_recipes.errors import UserError
-    from dpo_recipes.evaluation import (completion_token_logps, generate, generation_prompt_ids, judge_scores,
-                                        kl_estimates, load_judge, pair_logps, tokenize_pair, win_rate)
+    from dpo_recipes.evaluation import pair_logps
+    from dpo_recipes.generation import completion_token_logps, generate, kl_estimates
+    from dpo_recipes.judge import judge_scores, load_judge, win_rate
+    from dpo_recipes.tokenization import generation_prompt_ids, tokenize_pair
     from dpo_recipes.margins import add_reward_margins
     from dpo_recipes.modeling import load_model, load_tokenizer, resolve_model_path
     from dpo_recipes.resilience import MarkCompleteCheckpoints, complete_checkpoints
@@ -333,7 +338,7 @@ def summarise(cells: list[dict]) -> dict:
     """Per variant: accuracy and margin per held-out pair averaged over the seeds, with a 95% interval over pairs
     (normal approximation); the same for the paired difference against DPO (same pairs, same seeds); k3 KL over
     seeds; the win-rate pooled over seeds and prompts with its Wilson interval."""
-    from dpo_recipes.evaluation import wilson_interval
+    from dpo_recipes.stats import wilson_interval
 
     by_variant: dict[str, list[dict]] = {}
     for cell in cells:

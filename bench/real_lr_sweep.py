@@ -39,7 +39,9 @@ def main(argv=None) -> dict:
 
     from dpo_recipes.config import parse_config
     from dpo_recipes.data import load_preference_splits
-    from dpo_recipes.evaluation import ReportSettings, mean_se, pair_logps, tokenize_pair
+    from dpo_recipes.evaluation import ReportSettings, pair_logps
+    from dpo_recipes.stats import mean_se
+    from dpo_recipes.tokenization import tokenize_pair
     from dpo_recipes.modeling import load_model, load_tokenizer, resolve_model_path
     from dpo_recipes.trainer import PreferenceTrainer
 
