@@ -16,7 +16,7 @@ ACCELERATE_CONFIG ?= $(RECIPE_DIR)/accelerate.yaml
 LAUNCH_ARGS ?=
 SMOKE_OUT ?= outputs/smoke/$(RECIPE)
 
-.PHONY: help install train audit test bench bench-gpu noise-bench real-bench check-recipe check-variant smoke new-recipe eval plots merge estimate check-run
+.PHONY: help install train audit test test-fast bench bench-gpu noise-bench real-bench check-recipe check-variant smoke new-recipe eval plots merge estimate check-run migrate
 
 help:
 	@echo "make train [RECIPE=<name>] [ARGS='--key value ...']   train a recipe (default: demo-cpu, CPU, no downloads)"
@@ -29,6 +29,7 @@ help:
 	@echo "make estimate RECIPE=<name> [GPUS=n GPU_MEM=GiB]        predicted memory per GPU and whether it fits"
 	@echo "make migrate CONFIG=<old.yaml> [OUT=<new.yaml>]         convert an alignment-handbook / TRL 0.x DPO config"
 	@echo "make test                                               run the whole test suite"
+	@echo "make test-fast                                          the fast tier: unit tests only (a few minutes)"
 	@echo "make bench                                              CPU benchmarks into bench/results/ (about 40 min)"
 	@echo "make bench-gpu                                          GPU benchmark of real recipes (needs a CUDA GPU)"
 	@echo "make noise-bench                                        label-noise robustness of the loss variants (CPU)"
@@ -92,13 +93,16 @@ estimate: install
 		$(if $(VARIANT),--variant $(VARIANT))
 
 # An alignment-handbook / TRL 0.x DPO config in this project's keys, every change explained (docs/migrating.md).
-.PHONY: migrate
 migrate: install
 	@test -n "$(CONFIG)" || { echo "error: make migrate needs CONFIG=<old config.yaml> [OUT=<new config.yaml>]" >&2; exit 2; }
 	$(PY) -m dpo_recipes.migrate $(CONFIG) $(if $(OUT),-o $(OUT)) $(ARGS)
 
 test: install
 	$(PY) -m pytest tests
+
+# The fast tier: unit tests of the modules, no commands or launchers (tests marked slow are left out).
+test-fast: install
+	$(PY) -m pytest tests -m "not slow"
 
 # Benchmarks (docs in README "Performance"); results are committed under bench/results/.
 bench: install

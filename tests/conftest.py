@@ -1,26 +1,14 @@
+"""Fixtures and environment for every test; shared helpers are in tests/helpers.py."""
+
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-# The per-token metrics TRL logs for DPO next to the reward metrics
-TOKEN_METRICS = ("entropy", "logits/chosen", "logits/rejected", "mean_token_accuracy")
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def run(cmd, timeout=900, env=None, check=True):
-    """Run a command from the repository root; on failure show the tail of its output."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +21,3 @@ def tiny_llama(tmp_path_factory):
 @pytest.fixture(scope="session")
 def venv_bin():
     return Path(sys.executable).parent
-
-
-def demo_subset(folder, train_rows, test_rows):
-    """A dataset folder with the first rows of each bundled demo split (the same pairs every time)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", train_rows), ("test", test_rows)):
-        lines = (REPO / f"data/demo/{name}.jsonl").read_text().splitlines()[:rows]
-        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    return folder

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 from dpo_recipes.audit import AUDIT_FILE, audit_data
 from dpo_recipes.config import parse_config
 from dpo_recipes.errors import UserError
@@ -237,6 +237,7 @@ def test_make_audit_on_the_demo_recipe(tmp_path):
     assert "Loading weights" not in proc.stdout + proc.stderr  # the audit loads no model
 
 
+@pytest.mark.slow
 def test_audit_entry_point_exits_2_on_bad_data(tmp_path):
     bad = tmp_path / "bad.jsonl"
     broken = '{"prompt": "a", "chosen": '
@@ -294,6 +295,7 @@ def test_every_training_run_audits_its_data_before_the_model_loads(tmp_path):
     assert proc.stdout.index(f"data audit -> {out / AUDIT_FILE}") < proc.stdout.index("Loading weights")
 
 
+@pytest.mark.slow
 def test_audit_entry_point_names_a_tokenizer_it_cannot_load(tmp_path):
     missing = tmp_path / "no-model"
     proc = run([sys.executable, "-m", "dpo_recipes.audit", "--config", DEMO, "--model_name_or_path", str(missing),

@@ -7,7 +7,7 @@ import sys
 import pytest
 from transformers import AutoModelForCausalLM
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 
 pytestmark = pytest.mark.slow
 

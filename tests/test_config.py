@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 from dpo_recipes.config import parse_config
 from dpo_recipes.errors import UserError
 
@@ -68,6 +68,7 @@ def test_combinations_that_cannot_work(args, message):
     assert message in str(err.value)
 
 
+@pytest.mark.slow
 def test_bad_config_exits_2_with_one_line():
     proc = run([sys.executable, "recipes/demo-cpu/train.py", "--config", DEMO, "--bta", "1"], check=False)
     assert proc.returncode == 2
@@ -75,6 +76,7 @@ def test_bad_config_exits_2_with_one_line():
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_unknown_recipe_lists_recipes():
     proc = run(["make", "--no-print-directory", "train", "RECIPE=nope"], check=False)
     assert proc.returncode != 0
@@ -142,6 +144,7 @@ def test_peft_without_lora_dropout_key_is_not_refused(tmp_path):
     assert model.use_peft and model.lora_dropout == 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family, config, message", [
     ("mamba", {}, "prefix_sharing needs a model whose forward takes a 4D attention mask"),
     ("mistral", {"sliding_window": 32}, "cannot keep mistral's sliding window (32 tokens) with max_length 128"),

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 from dpo_recipes.config import ScriptArguments
 from dpo_recipes.data import load_preference_data
 from dpo_recipes.errors import UserError

@@ -6,7 +6,7 @@ import json
 import pytest
 from trl.data_utils import is_conversational
 
-from conftest import REPO
+from tests.helpers import REPO
 from dpo_recipes.config import ScriptArguments
 from dpo_recipes.data import load_preference_data, parse_transcript
 

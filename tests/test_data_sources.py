@@ -11,7 +11,7 @@ from dpo_recipes.config import ScriptArguments, parse_config
 from dpo_recipes.data import Source, load_preference_data, mixture_rows
 from dpo_recipes.errors import UserError
 
-from conftest import REPO
+from tests.helpers import REPO
 
 
 def pairs(n, tag="p"):

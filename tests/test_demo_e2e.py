@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 
 pytestmark = pytest.mark.slow
 

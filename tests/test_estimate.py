@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 from dpo_recipes.estimate import (
     ALL_LINEAR,
     BUILTIN,
@@ -326,6 +326,7 @@ def test_published_figures():
     assert estimate(qlora)["total"]["checkpointed"] <= 24 * GiB
 
 
+@pytest.mark.slow
 def test_make_estimate_prints_a_table_and_refuses_a_bad_recipe():
     ok = run(["make", "--no-print-directory", "estimate", "RECIPE=llama3-qlora", "GPU_MEM=24"])
     assert "base weights (NF4 0.516 B/param linear" in ok.stdout and "24 GiB yes" in ok.stdout

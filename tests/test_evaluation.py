@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 from dpo_recipes.generation import kl_estimates
 from dpo_recipes.judge import win_rate
 from dpo_recipes.stats import wilson_interval

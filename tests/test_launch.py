@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 from dpo_recipes.smoke import free_port
 
 GOOD = '{"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}\n'
@@ -89,6 +89,7 @@ def test_launch_passes_on_the_exit_code(tmp_path, processes):
                                                    "is above)"
 
 
+@pytest.mark.slow
 def test_smoke_with_a_bad_recipe_config_is_one_line(tmp_path):
     recipe = tmp_path / "bad-recipe"
     recipe.mkdir()

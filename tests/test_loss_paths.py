@@ -13,7 +13,7 @@ from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
-from conftest import REPO, TOKEN_METRICS, run
+from tests.helpers import REPO, TOKEN_METRICS, run
 from dpo_recipes.config import PreferenceConfig, parse_config
 from dpo_recipes.errors import UserError
 from dpo_recipes.trainer import MARGIN_COLUMN, ROW_ID_COLUMN, PreferenceTrainer
@@ -148,6 +148,7 @@ def test_trainer_and_cli_accept_the_same_and_pick_the_same_path(tiny_llama, tmp_
     assert python.loss_types == [{"rdpo": "robust"}.get(t, t) for t in overrides["loss_type"]] or python.use_registry
 
 
+@pytest.mark.slow
 def test_cli_refusal_is_one_line_exit_2():
     proc = run([sys.executable, "recipes/demo-cpu/train.py", "--config", DEMO, "--loss_type", "cdpo",
                 "--label_smoothing", "0.1", "--ld_alpha", "0.5"], check=False)

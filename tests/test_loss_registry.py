@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 from dpo_recipes.config import parse_config
 from dpo_recipes.errors import UserError
 from dpo_recipes.losses import BUILT_IN, LOSSES, register_loss

@@ -13,7 +13,7 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 from dpo_recipes.config import parse_config
 from dpo_recipes.data import load_preference_splits
 from dpo_recipes.errors import UserError
@@ -260,6 +260,7 @@ def test_madpo_config_mistakes(args, message):
     assert message in str(err.value)
 
 
+@pytest.mark.slow
 def test_recipe_without_margins_exits_2_with_one_line(tmp_path):
     proc = run([sys.executable, "recipes/demo-cpu/train.py", "--config", DEMO, "--loss_type", "madpo",
                 "--output_dir", str(tmp_path / "out")], check=False)

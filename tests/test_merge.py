@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, demo_subset, run
+from tests.helpers import REPO, demo_subset, run
 
 ENV = {"OMP_NUM_THREADS": "1"}
 TOLERANCE = 1e-5  # largest |logit difference| allowed between the merged model and the adapter model, in float32

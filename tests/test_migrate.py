@@ -7,8 +7,8 @@ import sys
 import pytest
 import yaml
 
-import legacy_configs as legacy
-from conftest import REPO, demo_subset, run
+from tests import legacy_configs as legacy
+from tests.helpers import REPO, demo_subset, run
 from dpo_recipes import audit, migrate
 from dpo_recipes.config import _known_keys, parse_config
 from dpo_recipes.data import sources_from_args
@@ -141,6 +141,7 @@ def test_unknown_keys_are_reported_at_once_with_their_renames(tmp_path):
     assert f"python -m dpo_recipes.migrate {old}" in message
 
 
+@pytest.mark.slow
 def test_unknown_keys_through_a_recipe_exit_2_with_one_line(tmp_path):
     old = tmp_path / "config_qlora.yaml"
     old.write_text(legacy.HANDBOOK_ZEPHYR_QLORA["text"])
@@ -239,6 +240,7 @@ def test_docs_table_lists_every_change():
         assert f"| {change.changed_in or '-'} |" in rows[key], key
 
 
+@pytest.mark.slow
 def test_make_migrate(tmp_path):
     proc = run(["make", "--no-print-directory", "migrate"], check=False)
     assert proc.returncode == 2 and "error: make migrate needs CONFIG=<old config.yaml>" in proc.stderr

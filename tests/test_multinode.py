@@ -12,7 +12,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import REPO
+from tests.helpers import REPO
 from dpo_recipes.smoke import (
     SMOKE_STEPS,
     check_result,
@@ -131,6 +131,7 @@ def test_slurm_script_asks_for_cpus_and_an_early_stop_signal():
     assert signal and wait and 30 < int(wait.group(1)) < int(signal.group(1))
 
 
+@pytest.mark.slow
 def test_slurm_script_outside_slurm_is_one_line():
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm_multinode.sbatch"), "llama3-qlora"], cwd=REPO,
@@ -144,7 +145,7 @@ def test_other_ranks_do_not_wait_for_rank_0s_report(tmp_path):
     """The end-of-run report runs on rank 0 alone, after the other ranks have left: no rank sits at a barrier while
     rank 0 generates (a report longer than ddp_timeout would time it out on GPUs). The report is slowed by 20 s;
     rank 1 must have exited before it ends."""
-    from conftest import demo_subset
+    from tests.helpers import demo_subset
 
     marks = tmp_path / "marks"
     marks.mkdir()

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import yaml
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 
 SOURCE = "qwen2.5-0.5b"  # the quickest recipe to smoke-test
 
@@ -51,6 +51,7 @@ def test_copy_is_renamed_and_passes_its_smoke_test(new_recipe, tmp_path):
     assert report["recipe"] == new_recipe and report["max_logprob_change"] > 1e-4
 
 
+@pytest.mark.slow
 def test_without_own_the_copy_keeps_the_shipped_train_py(new_recipe):
     run(["make", "--no-print-directory", "new-recipe", f"NAME={new_recipe}", f"FROM={SOURCE}"])
     copied, shipped = REPO / "recipes" / new_recipe / "train.py", REPO / "recipes" / SOURCE / "train.py"
@@ -58,6 +59,7 @@ def test_without_own_the_copy_keeps_the_shipped_train_py(new_recipe):
     assert "sys.path" not in shipped.read_text()  # the package is installed; a recipe needs no path tricks
 
 
+@pytest.mark.slow
 def test_existing_name_is_refused_and_nothing_changes():
     before = {p: p.read_bytes() for p in (REPO / "recipes" / "llama3-qlora").rglob("*") if p.is_file()}
     proc = run(["make", "--no-print-directory", "new-recipe", "NAME=llama3-qlora", f"FROM={SOURCE}"], check=False)
@@ -66,6 +68,7 @@ def test_existing_name_is_refused_and_nothing_changes():
     assert {p: p.read_bytes() for p in (REPO / "recipes" / "llama3-qlora").rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["NAME=Bad Name", f"FROM={SOURCE}"], "NAME: 'Bad Name' is not a recipe name"),
     ([f"NAME=x-{uuid.uuid4().hex[:6]}", "FROM=nope"], "FROM: no recipe 'nope'; recipes:"),

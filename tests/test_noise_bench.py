@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 
 sys.path.insert(0, str(REPO / "bench"))
 import noise_bench  # noqa: E402

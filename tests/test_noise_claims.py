@@ -4,7 +4,7 @@
 import importlib.util
 import json
 
-from conftest import REPO
+from tests.helpers import REPO
 
 spec = importlib.util.spec_from_file_location("noise_paired", REPO / "bench" / "noise_paired.py")
 noise_paired = importlib.util.module_from_spec(spec)

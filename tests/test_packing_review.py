@@ -6,7 +6,7 @@ import torch
 from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
 
 from dpo_recipes.trainer import MARGIN_COLUMN
-from test_padding_free import make_trainer
+from tests.test_padding_free import make_trainer
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_trainer_refuses_what_shared_prompts_cannot_do(tiny_llama, tmp_path, cha
     """The Python API refuses what the config refuses (a script that builds PreferenceTrainer skips config.py)."""
     from datasets import load_dataset
 
-    from conftest import REPO
+    from tests.helpers import REPO
     from dpo_recipes.config import PreferenceConfig
     from dpo_recipes.trainer import PreferenceTrainer
     from transformers import AutoModelForCausalLM

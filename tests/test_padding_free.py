@@ -6,7 +6,7 @@ import pytest
 import torch
 from datasets import load_dataset
 
-from conftest import REPO, TOKEN_METRICS
+from tests.helpers import REPO, TOKEN_METRICS
 from dpo_recipes.config import parse_config
 from dpo_recipes.modeling import load_model, load_tokenizer
 from dpo_recipes.packing import (BRANCH_IDS, SEQUENCE_IDS, first_fit_decreasing, pack_pairs, pack_sequences,

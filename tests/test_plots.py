@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, demo_subset, run
+from tests.helpers import REPO, demo_subset, run
 from dpo_recipes.reporting import PLOTS, plot_series
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -86,6 +86,7 @@ def test_make_plots_on_any_run_folder(real_state, tmp_path):
     assert (unfinished / "plots" / "reward_accuracy.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content,message", [(None, "no trainer_state.json"), ("{}", "not a trainer state"),
                                              ('{"log_history": [{"step": 1, "epoch": 0.1}]}', "no logged metrics")])
 def test_make_plots_errors_are_one_line(tmp_path, content, message):

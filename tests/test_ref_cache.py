@@ -4,7 +4,7 @@ import pytest
 import torch
 from datasets import load_dataset
 
-from conftest import REPO
+from tests.helpers import REPO
 from dpo_recipes.config import parse_config
 from dpo_recipes.modeling import load_model, load_tokenizer
 from dpo_recipes.trainer import PreferenceTrainer

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import REPO
+from tests.helpers import REPO
 from dpo_recipes.smoke import cpu_launcher_config, read_yaml, smoke_overrides, write_smoke_data
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 from dpo_recipes.config import parse_config
 from dpo_recipes.errors import UserError
 

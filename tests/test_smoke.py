@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 from dpo_recipes.config import parse_config
 from dpo_recipes.reporting import version_drift
 from dpo_recipes.variants import known_variants, variant_files
@@ -112,6 +112,7 @@ def test_launcher_configs(name):
     assert cpu["distributed_type"] != "MULTI_GPU"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without GPUs")
 @pytest.mark.parametrize("recipe", GPU_RECIPES)
 def test_gpu_recipe_without_gpu_stops_at_once(recipe):
@@ -124,6 +125,7 @@ def test_gpu_recipe_without_gpu_stops_at_once(recipe):
     assert "Traceback" not in proc.stderr and "accelerate launch" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_unknown_variant_is_one_line():
     proc = run(["make", "--no-print-directory", "smoke", "RECIPE=qwen2.5-0.5b", "VARIANT=nope"], check=False)
     assert proc.returncode == 2
@@ -168,6 +170,7 @@ def test_smoke(recipe, tmp_path):
         assert report["saved_dtype"] == ("bfloat16" if ds else cfg.get("dtype", "float32"))
 
 
+@pytest.mark.slow
 def test_smoke_cli_rejects_a_folder_that_is_not_a_recipe(tmp_path):
     proc = run([sys.executable, "-m", "dpo_recipes.smoke", "run", str(tmp_path)], check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path}: not a recipe folder (no train.py)"

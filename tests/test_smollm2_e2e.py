@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from conftest import REPO, run
+from tests.helpers import REPO, run
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOTrainer
 
-from conftest import REPO, TOKEN_METRICS
+from tests.helpers import REPO, TOKEN_METRICS
 from dpo_recipes.config import PreferenceConfig
 from dpo_recipes.errors import UserError
 from dpo_recipes.losses import madpo_weights
