@@ -282,15 +282,17 @@ def test_reward_model_step_refuses_4bit_with_one_line(capsys, tmp_path):
 
 
 def test_shipped_madpo_variants_are_the_papers_two_steps():
-    """Every recipe's variants/madpo.yaml scores pairs with a reward model trained on the recipe's data (step 1's
-    default folder), never with score columns."""
+    """The shared variants/madpo.yaml with every recipe's own layer scores pairs with a reward model trained on the
+    recipe's data (step 1's default folder), never with score columns."""
     import yaml
 
+    shared = yaml.safe_load((REPO / "variants" / "madpo.yaml").read_text())
+    assert shared == {"loss_type": "madpo"}
     variants = sorted(REPO.glob("recipes/*/variants/madpo.yaml"))
     assert variants
     for path in variants:
         recipe = path.parent.parent
-        variant = yaml.safe_load(path.read_text())
+        variant = {**shared, **yaml.safe_load(path.read_text())}
         output_dir = yaml.safe_load((recipe / "config.yaml").read_text())["output_dir"]
         assert variant == {"loss_type": "madpo", "reward_model_name_or_path": f"{output_dir}-reward-model"}, path
-        assert f"python -m dpo_recipes.reward_model --config recipes/{recipe.name}/config.yaml" in path.read_text()
+        assert f"-m dpo_recipes.reward_model --config recipes/{recipe.name}/config.yaml" in path.read_text()
