@@ -60,7 +60,7 @@ def test_non_finite_gradient_stops_deepspeed(tmp_path, zero_json):
     out = tmp_path / "run"
     args = smoke_overrides(read_yaml(RECIPE / "config.yaml"), build_tiny("llama", CACHE_DIR / "tiny-llama"),
                            write_smoke_data(tmp_path), out)
-    args += ["--max_steps", "3", "--gradient_accumulation_steps", "1", "--gradient_checkpointing", "false",
+    args += ["--max_steps", "3", "--gradient_accumulation_steps", "1", "--activation_checkpointing", "false",
              "--eval_report", "false"]
     proc = subprocess.run(
         [str(REPO / ".venv/bin/accelerate"), "launch", "--config_file", str(tmp_path / "launcher.yaml"),
