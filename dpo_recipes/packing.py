@@ -5,12 +5,14 @@ TRL 1.16 accepts `padding_free: true` but falls back to padding. Here it is real
 position_ids (starting at 0), and transformers turns position_ids that restart into a block-diagonal causal mask
 (sdpa, eager) or per-sequence lengths (flash-attention), so attention never crosses sequences. Rows are bounded
 (`max_length`, or the longest sequence if longer), because attention over one huge row would cost the square of
-the whole batch.
+the whole batch, and their loads are balanced, because every row is padded to the widest.
 
 prefix_sharing (Wang & Hegde 2024, arXiv 2410.20305) packs pairs instead of sequences, each as one segment in which
 the two replies share the prompt. Positions cannot express that layout, so the model gets a 4D mask built from
 sequence_ids and branch_ids: a boolean one for sdpa, an additive one for eager, a FlexAttention BlockMask for
-flex_attention (GPU only, not exercised by the CPU tests). The kept tokens are TRL's: the collator truncates each
+flex_attention (GPU only, not exercised by the CPU tests). A pair's row holds up to 2 x `max_length` tokens, what
+two padding-free rows hold: with rows of `max_length`, most HH pairs took a row each and a fifth of the computed
+positions were padding (bench/bench_training.py, prefix_sharing). The kept tokens are TRL's: the collator truncates each
 sequence as the padded path does and shares only the prompt tokens both sequences start with.
 """
 
@@ -25,20 +27,21 @@ from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_fun
 from .names import BRANCH_IDS, SEQUENCE_IDS
 
 
-def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Group sequence indices into rows whose total length is at most `capacity` (longest sequences first)."""
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for r, free in enumerate(room):
-            if lengths[i] <= free:
-                rows[r].append(i)
-                room[r] -= lengths[i]
-                break
-        else:
-            rows.append([i])
-            room.append(capacity - lengths[i])
-    return rows
+def balanced_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Group sequence indices into as few rows of at most `capacity` tokens as fit, with the rows' loads balanced
+    (longest first, each to the least-loaded row), so that the widest row, which sets the padding of every other,
+    is as short as it can be."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for count in range(max(1, -(-sum(lengths) // capacity)), len(lengths) + 1):
+        rows: list[list[int]] = [[] for _ in range(count)]
+        loads = [0] * count
+        for i in order:
+            r = loads.index(min(loads))
+            rows[r].append(i)
+            loads[r] += lengths[i]
+        if max(loads) <= capacity:
+            return rows
+    return [[i] for i in order]
 
 
 def pack_sequences(input_ids: list[list[int]], completion_mask: list[list[int]], row_length: int | None,
@@ -47,7 +50,7 @@ def pack_sequences(input_ids: list[list[int]], completion_mask: list[list[int]],
     sequence_ids, each [rows, width]; no attention_mask, so that transformers reads the packing from position_ids."""
     lengths = [len(ids) for ids in input_ids]
     capacity = max(row_length or 0, max(lengths))
-    rows = first_fit_decreasing(lengths, capacity)
+    rows = balanced_rows(lengths, capacity)
     width = max(sum(lengths[i] for i in row) for row in rows)
     shape = (len(rows), width)
     out_ids = torch.full(shape, pad_token_id, dtype=torch.long)
@@ -181,8 +184,8 @@ def pack_pairs(chosen: list[list[int]], rejected: list[list[int]], chosen_mask: 
             [0] * n + [1] * (len(c) - n) + [2] * (len(r) - n),
         ))
     lengths = [len(s[0]) for s in segments]
-    capacity = max(row_length or 0, max(lengths))
-    rows = first_fit_decreasing(lengths, capacity)
+    capacity = max(2 * (row_length or 0), max(lengths))  # a pair holds two sequences: a row holds what two hold
+    rows = balanced_rows(lengths, capacity)
     width = max(sum(lengths[i] for i in row) for row in rows)
     shape = (len(rows), width)
     out = {"input_ids": torch.full(shape, pad_token_id, dtype=torch.long),

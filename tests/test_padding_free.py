@@ -9,17 +9,29 @@ from datasets import load_dataset
 from tests.helpers import REPO, TOKEN_METRICS
 from dpo_recipes.config import parse_config
 from dpo_recipes.modeling import load_model, load_tokenizer
-from dpo_recipes.packing import (BRANCH_IDS, SEQUENCE_IDS, first_fit_decreasing, pack_pairs, pack_sequences,
+from dpo_recipes.packing import (BRANCH_IDS, SEQUENCE_IDS, balanced_rows, pack_pairs, pack_sequences,
                                  shared_prompt_mask)
 from dpo_recipes.trainer import MARGIN_COLUMN, PreferenceTrainer
 
 
-def test_first_fit_decreasing_bounds_rows_and_places_every_sequence_once():
+def test_balanced_rows_bounds_rows_and_places_every_sequence_once():
     lengths = [90, 10, 50, 50, 30, 70, 5, 100]
-    rows = first_fit_decreasing(lengths, capacity=100)
+    rows = balanced_rows(lengths, capacity=100)
     assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in row) <= 100 for row in rows)
-    assert len(rows) == math.ceil(sum(lengths) / 100)  # this instance packs perfectly
+    assert len(rows) == math.ceil(sum(lengths) / 100)  # this instance fits the fewest rows possible
+
+
+def test_balanced_rows_keep_the_widest_row_short():
+    # First fit would fill one row with 60 + 40 and leave 30 + 30 + 20 for the next: width 100. Balanced: 90.
+    lengths = [60, 40, 30, 30, 20]
+    rows = balanced_rows(lengths, capacity=100)
+    loads = sorted(sum(lengths[i] for i in row) for row in rows)
+    assert len(rows) == 2 and loads == [90, 90]
+
+
+def test_balanced_rows_take_one_row_each_when_nothing_fits_together():
+    assert sorted(map(tuple, balanced_rows([80, 70, 60], capacity=100))) == [(0,), (1,), (2,)]
 
 
 def test_pack_sequences_positions_restart_and_ids_map_back():
@@ -168,6 +180,16 @@ def test_shared_layout_positions_and_mask():
     packed = pack_pairs([[2, 3, 4, 5]], [[1, 2, 3, 6]], [[0, 0, 1, 1]], [[0, 0, 0, 1]], 16, 0)
     assert packed[BRANCH_IDS].tolist() == [[1, 1, 1, 1, 2, 2, 2, 2]]
     assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3]]
+
+
+def test_shared_layout_rows_hold_two_max_length_sequences():
+    """A pair's row holds up to 2 x row_length tokens (what two padding-free rows hold): three pairs of 6 tokens
+    ([1 2 | 3 4 | 3 6]) at row_length 6 take a row of 12 and one of 6."""
+    chosen, rejected = [[1, 2, 3, 4]] * 3, [[1, 2, 3, 6]] * 3
+    masks = [[0, 0, 0, 1]] * 3
+    packed = pack_pairs(chosen, rejected, masks, masks, 6, 0)
+    assert packed["input_ids"].shape == (2, 12)
+    assert sorted((packed[SEQUENCE_IDS] >= 0).sum(dim=1).tolist()) == [6, 12]
 
 
 @pytest.mark.parametrize("mode", ["keep_start", "keep_end"])
