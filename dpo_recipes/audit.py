@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import parse_config
-from .data import DEFECTS, PreferenceData, load_preference_data
+from .data import PreferenceData, load_preference_data
+from .data_sources import DEFECTS
 from .errors import UserError, exit_on_user_error
 from .modeling import load_tokenizer, resolve_model_path
 from .names import AUDIT_FILE

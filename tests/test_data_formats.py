@@ -8,7 +8,8 @@ from trl.data_utils import is_conversational
 
 from tests.helpers import REPO
 from dpo_recipes.config import ScriptArguments
-from dpo_recipes.data import load_preference_data, parse_transcript
+from dpo_recipes.data import load_preference_data
+from dpo_recipes.data_formats import parse_transcript
 
 HH = REPO / "data/hh-rlhf/harmless-base-test.jsonl.gz"
 

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from dpo_recipes.config import ScriptArguments, parse_config
-from dpo_recipes.data import Source, load_preference_data, mixture_rows
+from dpo_recipes.data import load_preference_data, mixture_rows
+from dpo_recipes.data_sources import Source
 from dpo_recipes.errors import UserError
 
 from tests.helpers import REPO

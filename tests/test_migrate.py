@@ -11,7 +11,7 @@ from tests import legacy_configs as legacy
 from tests.helpers import REPO, demo_subset, run
 from dpo_recipes import audit, migrate
 from dpo_recipes.config import _known_keys, parse_config
-from dpo_recipes.data import sources_from_args
+from dpo_recipes.data_sources import sources_from_args
 from dpo_recipes.errors import UserError
 from dpo_recipes.renames import CHANGES
 
