@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO, run
-from dpo_recipes.audit import AUDIT_FILE, audit_data
+from dpo_recipes.audit import AUDIT_FILE, build_report, write_audit
 from dpo_recipes.config import parse_config
+from dpo_recipes.data import load_preference_data
 from dpo_recipes.errors import UserError
 
 DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
@@ -73,12 +74,20 @@ def configure(path, out, *extra):
                          "--output_dir", str(out), "--data_stop_on", "none", *extra])
 
 
+def prepare(script_args, training_args, tokenizer):
+    """The data as a training run prepares it (dpo_recipes/run.py) with the run's tokenizer and settings."""
+    return load_preference_data(script_args, seed=training_args.seed, tokenizer=tokenizer,
+                                max_length=training_args.max_length, truncation_mode=training_args.truncation_mode,
+                                num_proc=training_args.dataset_num_proc)
+
+
 @pytest.fixture(scope="module")
 def audited(crafted, tokenizer, tmp_path_factory):
     path, rows, expected = crafted
     out = tmp_path_factory.mktemp("audit")
     script_args, training_args, _ = configure(path, out)
-    data, report = audit_data(script_args, training_args, tokenizer)
+    data = prepare(script_args, training_args, tokenizer)
+    report = write_audit(data, training_args.output_dir)
     train, eval_ = data.train, data.eval
     return train, eval_, report, training_args, out
 
@@ -173,7 +182,7 @@ def test_stop_on_turns_a_counted_defect_into_an_error(crafted, tokenizer, tmp_pa
     path, _, _ = crafted
     script_args, training_args, _ = configure(path, tmp_path, "--data_stop_on", "identical_pair")
     with pytest.raises(UserError) as err:
-        audit_data(script_args, training_args, tokenizer)
+        prepare(script_args, training_args, tokenizer)
     assert str(err.value) == (f"{path}: line 30: field 'rejected' is identical to chosen (identical_pair; listed in "
                               "data_stop_on, remove it to drop and count such rows)")
 
@@ -190,7 +199,7 @@ def test_implicit_prompt_defects_are_counted(tmp_path, tokenizer):
     path = tmp_path / "hh.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     script_args, training_args, _ = configure(path, tmp_path / "out")
-    _, report = audit_data(script_args, training_args, tokenizer, write=False)
+    report = build_report(prepare(script_args, training_args, tokenizer))
     assert {r: n for r, n in report["dropped"].items() if n} == {"bad_transcript": 2, "prompt_mismatch": 1,
                                                                  "empty_field": 1}
     assert report["kept"] == 6
@@ -204,11 +213,10 @@ def test_conversational_data_without_a_chat_template_names_the_fix(tokenizer, tm
     script_args, training_args, _ = parse_config(["--config", DEMO, "--output_dir", str(tmp_path)])
     with pytest.raises(UserError, match=r"data/demo \(split train\): the data is conversational but the tokenizer of "
                                         r"'.*' has no chat template; set chat_template_path to a Jinja template file"):
-        audit_data(script_args, training_args, bare, write=False)
+        prepare(script_args, training_args, bare)
 
 
 def test_recipe_chat_template_is_the_one_applied(tiny_llama, tmp_path):
-    from dpo_recipes.data import load_preference_data
     from dpo_recipes.modeling import load_tokenizer
 
     template = tmp_path / "plain.jinja"
@@ -250,9 +258,8 @@ def test_audit_entry_point_exits_2_on_bad_data(tmp_path):
 
 
 def test_held_out_pairs_seen_in_training_are_reported_not_dropped(tmp_path):
-    from dpo_recipes.audit import build_report, format_table
+    from dpo_recipes.audit import format_table
     from dpo_recipes.config import ScriptArguments
-    from dpo_recipes.data import load_preference_data
 
     rows = [good(i) for i in range(10)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -263,9 +270,8 @@ def test_held_out_pairs_seen_in_training_are_reported_not_dropped(tmp_path):
 
 
 def test_scores_missing_from_one_source_are_left_out_with_a_warning(tmp_path):
-    from dpo_recipes.audit import build_report, format_table
+    from dpo_recipes.audit import format_table
     from dpo_recipes.config import ScriptArguments
-    from dpo_recipes.data import load_preference_data
 
     scored = [{**good(i), "score_chosen": 5, "score_rejected": 1} for i in range(20)]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scored))

@@ -150,8 +150,8 @@ def test_deepspeed_model_states_follow_deepspeeds_estimators(stage, offload_opt,
 
 def _trainer(tmp_path, tiny_llama, **overrides):
     """A real PreferenceTrainer on the tiny model and the bundled demo data (one optimizer step taken)."""
-    from dpo_recipes.audit import audit_data
     from dpo_recipes.config import parse_config
+    from dpo_recipes.data import load_preference_data
     from dpo_recipes.modeling import load_model, load_tokenizer
     from dpo_recipes.trainer import PreferenceTrainer
 
@@ -162,7 +162,9 @@ def _trainer(tmp_path, tiny_llama, **overrides):
         argv += [f"--{key}", str(value)]
     script_args, training_args, model_args = parse_config(argv)
     tokenizer = load_tokenizer(str(tiny_llama), model_args, False, None)
-    data, _ = audit_data(script_args, training_args, tokenizer, write=False)
+    data = load_preference_data(script_args, seed=training_args.seed, tokenizer=tokenizer,
+                                max_length=training_args.max_length, truncation_mode=training_args.truncation_mode,
+                                num_proc=training_args.dataset_num_proc)
     train, evals = data.train, data.eval
     model, peft_config = load_model(str(tiny_llama), model_args, False)
     trainer = PreferenceTrainer(model=model, args=training_args, train_dataset=train.select(range(8)),
@@ -225,13 +227,14 @@ import json, os, sys, threading, time
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-from dpo_recipes.audit import audit_data
 from dpo_recipes.config import parse_config
+from dpo_recipes.data import load_preference_data
 from dpo_recipes.modeling import load_model, load_tokenizer
 from dpo_recipes.trainer import PreferenceTrainer
 s, t, m = parse_config(sys.argv[1:])
 tok = load_tokenizer(m.model_name_or_path, m, False, None)
-data, _ = audit_data(s, t, tok, write=False)
+data = load_preference_data(s, seed=t.seed, tokenizer=tok, max_length=t.max_length, truncation_mode=t.truncation_mode,
+                            num_proc=t.dataset_num_proc)
 train, ev = data.train, data.eval
 import gc; gc.collect()
 base = peak = rss()
