@@ -6,7 +6,7 @@ import torch
 from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
 
 from dpo_recipes.trainer import MARGIN_COLUMN
-from tests.test_padding_free import make_trainer
+from tests.test_packing import make_trainer
 
 
 @pytest.fixture(scope="module")
