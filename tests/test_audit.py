@@ -1,15 +1,12 @@
-"""The audit on crafted data with known defects (exact counts), its token statistics checked against TRL's own
-tokenization, the chat-template rules, and `make audit`."""
+"""The audit (dpo_recipes/audit.py) on crafted data with known defects (exact counts), its token statistics checked
+against TRL's own tokenization, and the chat-template rules. `make audit` itself: tests/e2e/test_make_audit.py."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, run
+from tests.helpers import REPO
 from dpo_recipes.audit import AUDIT_FILE, build_report, write_audit
 from dpo_recipes.config import parse_config
 from dpo_recipes.data import load_preference_data
@@ -232,31 +229,6 @@ def test_recipe_chat_template_is_the_one_applied(tiny_llama, tmp_path):
     assert (with_own.lengths["train"]["prompt"] > with_custom.lengths["train"]["prompt"]).all()  # Llama 3 headers
 
 
-@pytest.mark.slow
-def test_make_audit_on_the_demo_recipe(tmp_path):
-    proc = run(["make", "--no-print-directory", "audit", "RECIPE=demo-cpu", f"ARGS=--output_dir {tmp_path}"])
-    report = json.loads((tmp_path / AUDIT_FILE).read_text())
-    assert report["rows_read"] == 2200  # data/demo: 2,000 train + 200 test lines
-    assert report["rows_read"] == report["kept"] + sum(report["dropped"].values())
-    assert report["splits"]["train"]["rows"] + report["splits"]["eval"]["rows"] == report["kept"]
-    assert f"data audit -> {tmp_path / AUDIT_FILE}" in proc.stdout
-    assert f"rows read 2200, kept {report['kept']}" in proc.stdout
-    assert "prompt tokens" in proc.stdout and "chosen longer" in proc.stdout
-    assert "Loading weights" not in proc.stdout + proc.stderr  # the audit loads no model
-
-
-@pytest.mark.slow
-def test_audit_entry_point_exits_2_on_bad_data(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    broken = '{"prompt": "a", "chosen": '
-    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n' + broken + "\n")
-    proc = run([sys.executable, "-m", "dpo_recipes.audit", "--config", DEMO, "--dataset_name", str(bad),
-                "--output_dir", str(tmp_path / "out")], check=False)
-    assert proc.returncode == 2
-    expected = f"error: {bad}: line 2: not valid JSON (Expecting value at column {len(broken) + 1})"
-    assert proc.stderr.strip().splitlines()[-1] == expected
-
-
 def test_held_out_pairs_seen_in_training_are_reported_not_dropped(tmp_path):
     from dpo_recipes.audit import format_table
     from dpo_recipes.config import ScriptArguments
@@ -282,30 +254,3 @@ def test_scores_missing_from_one_source_are_left_out_with_a_warning(tmp_path):
     report = build_report(data)
     assert report["settings"]["columns_left_out"] == ["score_chosen", "score_rejected"]
     assert "warning: columns score_chosen, score_rejected left out: not every source has them" in format_table(report)
-
-
-@pytest.mark.slow
-def test_every_training_run_audits_its_data_before_the_model_loads(tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.run(  # one stream, unbuffered, so the order of the lines is the order of the events
-        [sys.executable, "recipes/demo-cpu/train.py", "--config", DEMO, "--max_steps", "1", "--eval_steps", "1",
-         "--save_steps", "1", "--logging_steps", "1", "--output_dir", str(out)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    report = json.loads((out / AUDIT_FILE).read_text())
-    assert report["kept"] == report["splits"]["train"]["rows"] + report["splits"]["eval"]["rows"]
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["datasets"]["train"]["rows"] == report["splits"]["train"]["rows"]  # trained on what was audited
-    assert proc.stdout.index(f"data audit -> {out / AUDIT_FILE}") < proc.stdout.index("Loading weights")
-
-
-@pytest.mark.slow
-def test_audit_entry_point_names_a_tokenizer_it_cannot_load(tmp_path):
-    missing = tmp_path / "no-model"
-    proc = run([sys.executable, "-m", "dpo_recipes.audit", "--config", DEMO, "--model_name_or_path", str(missing),
-                "--output_dir", str(tmp_path / "out")], check=False, env={"HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {missing}: cannot load the tokenizer: ")
-    assert "Traceback" not in proc.stderr

@@ -1,17 +1,19 @@
-"""What a user sees when the input is wrong, through every documented command (`make train`, `make audit`,
-`make smoke`, dpo_recipes.launch single- and multi-process): one line naming the file or line, exit code 2, and no
-traceback, neither the project's nor the launcher's (accelerate's CalledProcessError, torch elastic's
+"""What a user sees when the input is wrong, through every documented command (`make train`, a recipe's train.py,
+`make audit`, `make smoke`, dpo_recipes.launch single- and multi-process): one line naming the file, line or key, exit
+code 2, and no traceback, neither the project's nor the launcher's (accelerate's CalledProcessError, torch elastic's
 ChildFailedError). make adds its own "make: *** [...] Error 2" line, which no recipe can remove."""
 
+import json
 import re
 import sys
 
 import pytest
 
-from tests.helpers import REPO, run
+from tests.helpers import GOOD_PAIR, REPO, jsonl, run
 from dpo_recipes.smoke import free_port
 
-GOOD = '{"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}\n'
+DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
+GOOD = json.dumps(GOOD_PAIR) + "\n"
 MAKE_LINE = re.compile(r"^make(\[\d+\])?: \*\*\* \[.*\] Error 2$")
 
 
@@ -40,7 +42,7 @@ def assert_one_line(proc, message, through_make=True):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target, case", [("train", "broken"), ("train", "empty"), ("train", "missing"),
-                                          ("audit", "empty")])  # make audit's other cases: test_audit.py
+                                          ("audit", "empty")])  # make audit's other cases: test_make_audit.py
 def test_make_with_a_malformed_dataset(tmp_path, case, target):
     path, message = bad_datasets(tmp_path)[case]
     proc = run(["make", "--no-print-directory", target, f"ARGS=--dataset_name {path} --output_dir {tmp_path / 'o'}"],
@@ -101,36 +103,72 @@ def test_smoke_with_a_bad_recipe_config_is_one_line(tmp_path):
     assert_one_line(proc, "config: beta must be a finite number > 0, got -1", through_make=False)
 
 
-ZERO3 = {"distributed_type": "DEEPSPEED", "deepspeed_config": {"deepspeed_config_file":
-                                                                 "accelerate_configs/deepspeed/zero3.json"}}
+def _bad_files(tmp):
+    broken = jsonl(tmp / "broken.jsonl", GOOD_PAIR, '{"prompt": "x", "chosen":')
+    missing = jsonl(tmp / "missing.jsonl", {"prompt": "a", "chosen": "b"})
+    wrong = jsonl(tmp / "wrong.jsonl", GOOD_PAIR, {**GOOD_PAIR, "rejected": ["not", "text"]})
+    empty = jsonl(tmp / "empty.jsonl", {"prompt": "p", "chosen": "x", "rejected": "x"})
+    return {
+        "broken JSON line": (broken, f"{broken}: line 2: not valid JSON (Expecting value at column 26)"),
+        "missing column": (missing, f"{missing}: no column 'rejected' (columns: prompt, chosen); name it with "
+                                    "dataset_columns, e.g. {rejected: <column>}"),
+        "wrong type": (wrong, f"{wrong}: line 2: field 'rejected' is messages, but line 1 has text"),
+        "empty after filtering": (empty, f"{empty}: no rows left after filtering (1 read; dropped: identical_pair 1)"),
+    }
 
 
-@pytest.mark.parametrize("model, launcher, message", [
-    (dict(load_in_4bit=True, dtype="bfloat16"), ZERO3, "QLoRA under DeepSpeed ZeRO-3 needs bnb_4bit_quant_storage "
-                                                       "equal to dtype (bfloat16)"),
-    (dict(load_in_4bit=True, dtype="bfloat16", bnb_4bit_quant_storage="float16"), ZERO3, "got float16"),
-    (dict(load_in_8bit=True, dtype="bfloat16"), ZERO3, "load_in_8bit cannot run under DeepSpeed ZeRO-3"),
-    (dict(load_in_4bit=True, dtype="bfloat16", bnb_4bit_quant_storage="bfloat16"), ZERO3, None),
-    (dict(load_in_4bit=True, dtype="bfloat16"), {"distributed_type": "NO"}, None),  # one GPU: no sharding needed
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["broken JSON line", "missing column", "wrong type", "empty after filtering"])
+def test_recipe_exits_2_with_one_line_before_loading_the_model(tmp_path, case):
+    path, message = _bad_files(tmp_path)[case]
+    proc = run([sys.executable, "recipes/demo-cpu/train.py", "--config", str(REPO / "recipes/demo-cpu/config.yaml"),
+                "--dataset_name", str(path), "--output_dir", str(tmp_path / "out")], check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {message}"]
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {message}"
+    assert "Traceback" not in proc.stderr
+    assert "Loading weights" not in proc.stdout + proc.stderr  # the data is checked before the model loads
+
+
+@pytest.mark.slow
+def test_bad_config_exits_2_with_one_line():
+    proc = run([sys.executable, "recipes/demo-cpu/train.py", "--config", DEMO, "--bta", "1"], check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: command line: unknown key 'bta' (did you mean 'beta'?)"
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_unknown_recipe_lists_recipes():
+    proc = run(["make", "--no-print-directory", "train", "RECIPE=nope"], check=False)
+    assert proc.returncode != 0
+    assert "unknown RECIPE 'nope'" in proc.stderr and "demo-cpu" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, config, message", [
+    ("mamba", {}, "prefix_sharing needs a model whose forward takes a 4D attention mask"),
+    ("mistral", {"sliding_window": 32}, "cannot keep mistral's sliding window (32 tokens) with max_length 128"),
 ])
-def test_quantised_weights_and_zero3(model, launcher, message):
-    from trl import ModelConfig
+def test_prefix_sharing_stops_before_the_model_loads(tiny_llama, tmp_path, family, config, message):
+    """A model that would ignore (or misread) the shared-prompt mask: one line, exit 2, and no weights needed."""
+    from transformers import AutoConfig, AutoTokenizer
 
-    from dpo_recipes.errors import UserError
-    from dpo_recipes.launch import check_quantisation_launcher
+    AutoConfig.for_model(family, **config).save_pretrained(tmp_path)  # a config only: loading weights would fail
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(tmp_path)
+    proc = run([sys.executable, "recipes/demo-cpu/train.py", "--config", DEMO, "--model_name_or_path", str(tmp_path),
+                "--padding_free", "true", "--prefix_sharing", "true", "--output_dir", str(tmp_path / "out")],
+               check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {tmp_path}: ") and message in last and "Traceback" not in proc.stderr
 
-    args = ModelConfig(use_peft=True, **model)
-    if message is None:
-        check_quantisation_launcher(args, launcher)
-        return
-    with pytest.raises(UserError, match=re.escape(message)):
-        check_quantisation_launcher(args, launcher)
 
-
-def test_qlora_zero3_recipe_stores_4bit_in_its_compute_dtype():
-    import yaml
-
-    config = yaml.safe_load((REPO / "recipes/llama3-70b-qlora-zero3/config.yaml").read_text())
-    assert config["load_in_4bit"] and config["bnb_4bit_quant_storage"] == config["dtype"] == "bfloat16"
-    launcher = yaml.safe_load((REPO / "recipes/llama3-70b-qlora-zero3/accelerate.yaml").read_text())
-    assert launcher["deepspeed_config"]["deepspeed_config_file"].endswith("zero3.json")
+@pytest.mark.slow
+def test_cli_refusal_is_one_line_exit_2():
+    proc = run([sys.executable, "recipes/demo-cpu/train.py", "--config", DEMO, "--loss_type", "cdpo",
+                "--label_smoothing", "0.1", "--ld_alpha", "0.5"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: config: ld_alpha is applied by TRL's loss only and cannot be combined with cdpo"]
