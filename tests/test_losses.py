@@ -248,7 +248,7 @@ def test_no_gradient_flows_into_margins():
 
 def test_robust_and_rdpo_by_hand_on_a_grid():
     """Both names against the closed form softplus(-x) - e x / (1-2e), x = b h, and its derivative in h,
-    b (-s(-x) - e / (1-2e)), computed here independently of the registry (TRL's robust: test_trainer_losses.py)."""
+    b (-s(-x) - e / (1-2e)), computed here independently of the registry (TRL's robust: test_trainer.py)."""
     beta, h = 0.3, torch.linspace(-6, 6, 13, dtype=torch.float64)
     for eps in (0.0, 0.2, 0.45):
         x = beta * h
