@@ -202,7 +202,7 @@ def reference_outputs(work: Path, data: Path, judge_dir: Path, args) -> dict:
     from dpo_recipes.modeling import load_tokenizer, resolve_model_path
 
     settings = settings_for(args)
-    key = hashlib.sha256(json.dumps([settings.__dict__, str(judge_dir),
+    key = hashlib.sha256(json.dumps([settings.__dict__, judge_dir.name,  # not its path: a copy of the repo reuses it
                                      (data / "test.jsonl").read_bytes().hex()[:4096]], default=str).encode()).hexdigest()[:16]
     path = work / f"reference-{key}.json"
     if path.is_file():

@@ -23,7 +23,7 @@ from trl import DPOConfig, ModelConfig, TrlParser
 from .data_sources import check_data_args
 from .errors import UserError
 from .losses import LOSSES, check_loss_config, load_losses_file
-from .names import PREFIX_SHARING_ATTENTION
+from .packing import check_shared_prompts
 from .renames import CHANGES
 
 
@@ -180,21 +180,33 @@ def _custom_knobs() -> dict[str, object]:
 
 
 def _check_knob_type(key: str, value, default, where: str):
-    """A custom knob's value must have its default's type (an int is a float; YAML 1.1 may read 1e-3 as a string)."""
+    """A custom knob's value must have its default's type; returns it as that type."""
     if default is None or value is None:
         return value
-    kind = type(default)
-    if kind is float and isinstance(value, str):
+    converted = _config_scalar(value, {type(default)})
+    if converted is None:
+        raise UserError(f"{where}: key '{key}' must be {type(default).__name__}, got {type(value).__name__} {value!r}")
+    return converted
+
+
+def _config_scalar(value, kinds: set[type]):
+    """`value` read as one of `kinds` (bool, int, float, str) the way a config reads it, or None if it is none of
+    them: an int is a float, a float may come as text (YAML 1.1 reads 5e-7 as a string), a str key takes a number
+    as its text, and a bool is never a number."""
+    if isinstance(value, bool):
+        return value if bool in kinds else None
+    if isinstance(value, int) and int in kinds:
+        return value
+    if isinstance(value, (int, float)) and float in kinds:
+        return float(value)
+    if isinstance(value, str) and float in kinds:
         try:
-            value = float(value)
+            return float(value)
         except ValueError:
             pass
-    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
-    if not ok:
-        raise UserError(f"{where}: key '{key}' must be {kind.__name__}, got {type(value).__name__} {value!r}")
-    return value
+    if isinstance(value, (str, int, float)) and str in kinds:
+        return str(value)
+    return None
 
 
 def _pop_custom_knobs(argv: list[str], config: dict) -> dict:
@@ -257,18 +269,7 @@ def _check_yaml_types(config: dict, path: str) -> None:
         scalar = [t for t in allowed if t in (int, float, bool, str)]
         if not scalar or len(allowed - {type(None)}) != len(scalar):
             continue  # lists, dicts, enums: argparse / the dataclass checks them
-        ok = (
-            (bool in scalar and isinstance(value, bool))
-            or (int in scalar and isinstance(value, int) and not isinstance(value, bool))
-            or (float in scalar and isinstance(value, (int, float)) and not isinstance(value, bool))
-            or (str in scalar and isinstance(value, (str, int, float)) and not isinstance(value, bool))
-        )
-        if float in scalar and isinstance(value, str):  # YAML 1.1 reads 5e-7 as a string
-            try:
-                float(value)
-                ok = True
-            except ValueError:
-                pass
+        ok = _config_scalar(value, set(scalar)) is not None
         if not ok:
             names = "/".join(t.__name__ for t in scalar)
             raise UserError(f"{path}: key '{key}' must be {names}, got {type(value).__name__} {value!r}")
@@ -289,27 +290,35 @@ def read_yaml(path: str | Path) -> dict:
     return config
 
 
-def parse_config(argv: list[str] | None = None):
-    """Parse `--config file.yaml` and overrides into (script_args, training_args, model_args), validated."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    known = _known_keys()
+def read_config_layers(paths: list[str | Path]) -> dict:
+    """YAML config files (a recipe, then variants) merged in order, each one's keys checked: later files override
+    the keys they set. A file's folder may hold a losses.py, whose losses register their knobs as keys first."""
     config: dict = {}
-    while "--config" in argv:  # several files: each later one overrides the keys it sets (a recipe, then a variant)
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise UserError("command line: --config needs a file path")
-        config_path = argv[i + 1]
-        del argv[i : i + 2]
-        layer = read_yaml(config_path)
-        load_losses_file(Path(config_path).parent / "losses.py")  # a recipe's own losses register their knobs
+    for path in paths:
+        layer = read_yaml(path)
+        load_losses_file(Path(path).parent / "losses.py")
         known = _known_keys() | set(_custom_knobs())
         layer.pop("env", None)  # TrlParser's env block is not supported: keep secrets out of configs
         unknown = [key for key in layer if key not in known]
         if unknown:
-            raise _unknown(unknown, config_path, known, file=True)
-        _check_yaml_types(layer, config_path)
+            raise _unknown(unknown, str(path), known, file=True)
+        _check_yaml_types(layer, str(path))
         config.update(layer)
-    known = known | set(_custom_knobs())
+    return config
+
+
+def parse_config(argv: list[str] | None = None):
+    """Parse `--config file.yaml` and overrides into (script_args, training_args, model_args), validated."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    paths = []
+    while "--config" in argv:  # several files: each later one overrides the keys it sets (a recipe, then a variant)
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise UserError("command line: --config needs a file path")
+        paths.append(argv[i + 1])
+        del argv[i : i + 2]
+    config = read_config_layers(paths)
+    known = _known_keys() | set(_custom_knobs())
     keys = [token[2:].split("=", 1)[0] for token in argv if token.startswith("--")]
     unknown = [key for key in keys if key not in known and key.removeprefix("no_") not in known]  # --no_x: not x
     if unknown:
@@ -351,7 +360,12 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     if model_args.bnb_4bit_quant_storage is not None and not model_args.load_in_4bit:
         raise UserError("config: bnb_4bit_quant_storage is only used with load_in_4bit")
     if args.prefix_sharing:
-        check_prefix_sharing(args, model_args, ours)
+        try:
+            check_shared_prompts(args.padding_free, model_args.attn_implementation)
+        except ValueError as err:
+            raise UserError(f"config: {err}") from None
+        if not ours:
+            raise UserError(f"config: prefix_sharing is implemented for loss_type {list(LOSSES)}, not {args.loss_type}")
     custom = args.loss_knobs or {}
     if not isinstance(custom, dict):
         raise UserError(f"config: loss_knobs must be a mapping of knob: value, got {custom!r}")
@@ -393,17 +407,6 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     if args.sync_ref_model and model_args.use_peft:
         raise UserError("config: sync_ref_model is not supported with use_peft (the reference is the base model "
                         "with adapters disabled)")
-
-
-def check_prefix_sharing(args: PreferenceConfig, model_args: ModelConfig, ours: list[str]) -> None:
-    if not args.padding_free:
-        raise UserError("config: prefix_sharing needs padding_free: true (pairs are packed into rows)")
-    if not ours:
-        raise UserError(f"config: prefix_sharing is implemented for loss_type {list(LOSSES)}, not {args.loss_type}")
-    attention = model_args.attn_implementation or "sdpa"
-    if attention not in PREFIX_SHARING_ATTENTION:
-        raise UserError(f"config: prefix_sharing needs attn_implementation in {list(PREFIX_SHARING_ATTENTION)}, got "
-                        f"{attention!r} (it cannot take the mask that keeps chosen and rejected apart)")
 
 
 def validate_report_args(script_args: ScriptArguments) -> None:

@@ -40,9 +40,10 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DATACLASSES, _custom_knobs, _known_keys, _unknown, read_yaml
+import yaml
+
+from .config import DATACLASSES, read_config_layers
 from .errors import UserError, exit_on_user_error
-from .losses import load_losses_file
 from .modeling import CACHE_DIR
 from .names import REPO_ROOT
 from .pretrained import is_pretrained, materialise
@@ -394,24 +395,12 @@ def _defaults() -> dict:
 def recipe_setup(recipe: str, variant: str | None = None, gpus: int | None = None,
                  root: Path = REPO_ROOT) -> tuple[Setup, dict]:
     """The Setup of recipes/<recipe> (config.yaml, variant, accelerate.yaml, DeepSpeed JSON), and a description."""
-    import yaml
-
-
     recipes = sorted(p.name for p in (root / "recipes").iterdir() if (p / "config.yaml").is_file())
     recipe_dir = root / "recipes" / recipe
     if recipe not in recipes:
         raise UserError(f"unknown recipe {recipe!r}; recipes: {', '.join(recipes)}")
     files = [recipe_dir / "config.yaml"] + (variant_files(recipe_dir, variant) if variant else [])
-    config = _defaults()
-    load_losses_file(recipe_dir / "losses.py")  # a recipe's own loss knobs are keys of its config
-    known = _known_keys() | set(_custom_knobs())
-    for path in files:
-        layer = read_yaml(path)
-        layer.pop("env", None)
-        for key in layer:
-            if key not in known:
-                raise _unknown(key, str(path), known)
-        config.update(layer)
+    config = {**_defaults(), **read_config_layers(files)}
     launcher = yaml.safe_load((recipe_dir / "accelerate.yaml").read_text()) or {}
     zero_stage, offload_opt, offload_param = None, False, False
     if launcher.get("distributed_type") == "DEEPSPEED":

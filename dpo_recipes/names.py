@@ -13,8 +13,6 @@ SCORE_COLUMNS = ("score_chosen", "score_rejected")  # default names; score_chose
 MARGIN_COLUMN = "reward_margin"  # r(x, y_w) - r(x, y_l), for madpo; see margins.py
 ROW_ID_COLUMN = "row_id"  # the pair's row in the training data, named when a batch goes non-finite
 SEQUENCE_IDS = "sequence_ids"  # packed batches, per token: which of the batch's 2B sequences it is (-1: row padding)
-# Attention implementations that read the shared-prompt mask (flex_attention: a BlockMask, GPU only).
-PREFIX_SHARING_ATTENTION = ("sdpa", "eager", "flex_attention")
 BRANCH_IDS = "branch_ids"  # shared prompts, per token: 0 shared (prompt, row padding), 1 chosen, 2 rejected branch
 
 # Files in a run's output_dir

@@ -26,6 +26,9 @@ from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_fun
 
 from .names import BRANCH_IDS, SEQUENCE_IDS
 
+# Attention implementations that read the shared-prompt mask (flex_attention: a BlockMask, GPU only).
+PREFIX_SHARING_ATTENTION = ("sdpa", "eager", "flex_attention")
+
 
 def balanced_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     """Group sequence indices into as few rows of at most `capacity` tokens as fit, with the rows' loads balanced
@@ -155,6 +158,17 @@ def record_router_logits(model, sink: list):
 # first chosen and the first rejected token are each predicted from that token's hidden state, and the shifted
 # next-token scoring of the fused LM head stays right; it costs one token per pair. Branch positions continue from
 # the shared part, as if the other branch were absent.
+
+
+def check_shared_prompts(padding_free: bool, attn_implementation: str | None) -> None:
+    """What prefix_sharing needs, checked by the config (one line, exit 2) and by PreferenceTrainer (Python users)
+    alike: packed rows, and an attention implementation that takes the layout's mask. ValueError otherwise."""
+    if not padding_free:
+        raise ValueError("prefix_sharing needs padding_free: true (pairs are packed into rows)")
+    attention = attn_implementation or "sdpa"
+    if attention not in PREFIX_SHARING_ATTENTION:
+        raise ValueError(f"prefix_sharing needs attn_implementation in {list(PREFIX_SHARING_ATTENTION)}, got "
+                         f"{attention!r} (it cannot take the mask that keeps chosen and rejected apart)")
 
 
 def shared_prefix_length(chosen: list[int], rejected: list[int], chosen_mask: list[int], rejected_mask: list[int]) -> int:

@@ -25,8 +25,8 @@ from trl.trainer.utils import use_adapter
 from .losses import LOSSES, MADPO_DEFAULTS, TRL_NAMES, check_loss_config, knob_values, madpo_weights, preference_loss
 from . import ref_cache
 from .margins import check_margins
-from .names import BRANCH_IDS, MARGIN_COLUMN, PREFIX_SHARING_ATTENTION, ROW_ID_COLUMN, SEQUENCE_IDS
-from .packing import completion_logps, logical_token_count, model_attention_mask, pack_pairs, pack_sequences
+from .names import BRANCH_IDS, MARGIN_COLUMN, ROW_ID_COLUMN, SEQUENCE_IDS
+from .packing import check_shared_prompts, completion_logps, logical_token_count, model_attention_mask, pack_pairs, pack_sequences
 from .trainer_mixin import StableTrainingMixin
 
 _REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -89,14 +89,9 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
                 padding_free=config.padding_free,
                 prefix_sharing=getattr(config, "prefix_sharing", False),
             )
-        if getattr(config, "prefix_sharing", False):  # the same guards as the config's, for Python users
-            if not config.padding_free:
-                raise ValueError("prefix_sharing needs padding_free=True (pairs are packed into rows)")
+        if getattr(config, "prefix_sharing", False):  # the config's guard, for scripts that skip config.py
             model = kwargs.get("model", args[0] if args else None)
-            attention = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
-            if attention not in PREFIX_SHARING_ATTENTION:
-                raise ValueError(f"prefix_sharing needs attn_implementation in {list(PREFIX_SHARING_ATTENTION)}, "
-                                 f"got {attention!r}")
+            check_shared_prompts(config.padding_free, getattr(getattr(model, "config", None), "_attn_implementation", None))
         # The batch layout, for the reference cache's key: TRL precomputes inside __init__, while padding_free is off.
         self.layout = {"padding_free": config.padding_free, "prefix_sharing": getattr(config, "prefix_sharing", False)}
         # TRL 1.16 warns and turns padding_free off; we implement it (packing.py), so hide it from TRL's __init__.

@@ -289,7 +289,7 @@ def test_padded_reference_pass_hands_the_model_only_its_inputs(tiny_llama, tmp_p
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"padding_free": False}, "prefix_sharing needs padding_free=True"),
+    ({"padding_free": False}, "prefix_sharing needs padding_free: true"),
     ({"loss_type": ["hinge"]}, "cannot be combined with padding_free, prefix_sharing"),
     ({"attention": "flash_attention_2"}, "prefix_sharing needs attn_implementation in"),
 ])
