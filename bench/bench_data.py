@@ -30,7 +30,10 @@ import datasets  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from dpo_recipes.config import ScriptArguments  # noqa: E402
-from dpo_recipes.data import Source, add_token_lengths, load_preference_data, normalise, read_source  # noqa: E402
+from dpo_recipes.data import add_token_lengths, load_preference_data  # noqa: E402
+from dpo_recipes.data_files import read_source  # noqa: E402
+from dpo_recipes.data_formats import normalise  # noqa: E402
+from dpo_recipes.data_sources import Source  # noqa: E402
 from dpo_recipes.reporting import installed_versions  # noqa: E402
 from dpo_recipes.tiny import build_tiny  # noqa: E402
 

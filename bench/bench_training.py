@@ -65,7 +65,7 @@ def hh_pairs(n: int, seed: int = 0) -> list[dict]:
     the last reply) is most of each sequence."""
     import gzip
 
-    from dpo_recipes.data import Defect, normalise_pair
+    from dpo_recipes.data_formats import Defect, normalise_pair
 
     pairs = []
     with gzip.open(REPO / "data/hh-rlhf/harmless-base-test.jsonl.gz", "rt") as f:

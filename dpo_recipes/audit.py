@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from .config import parse_config
-from .data import DEFECTS, PreferenceData, load_preference_data
+from .data import PreferenceData, load_preference_data
+from .data_sources import DEFECTS
 from .errors import UserError, exit_on_user_error
 from .modeling import load_tokenizer, resolve_model_path
 from .names import AUDIT_FILE
 from .reporting import write_json
-
 
 
 def length_stats(values: np.ndarray) -> dict:
@@ -125,26 +125,15 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def audit_data(script_args, training_args, tokenizer, write: bool = True):
-    """Prepare the data with the run's tokenizer and settings, write data_audit.json and print the table.
-    Returns (data, report): data is a PreferenceData (data.train, data.eval, data.train_row_origin); `write` is
-    False on all but the main process."""
-
-    data = load_preference_data(
-        script_args,
-        seed=training_args.seed,
-        tokenizer=tokenizer,
-        max_length=training_args.max_length,
-        truncation_mode=training_args.truncation_mode,
-        num_proc=training_args.dataset_num_proc,
-    )
+def write_audit(data: PreferenceData, output_dir: str | Path) -> dict:
+    """Write the report of the prepared data to output_dir/data_audit.json, print its table, and return it. A run
+    calls it on the main process only."""
     report = build_report(data)
-    if write:
-        output_dir = Path(training_args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_json(output_dir / AUDIT_FILE, report)
-        print(f"data audit -> {output_dir / AUDIT_FILE}\n{format_table(report)}", flush=True)
-    return data, report
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(output_dir / AUDIT_FILE, report)
+    print(f"data audit -> {output_dir / AUDIT_FILE}\n{format_table(report)}", flush=True)
+    return report
 
 
 @exit_on_user_error
@@ -158,8 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
                                    script_args.chat_template_path)
     except OSError as err:  # not a directory, not on the hub, or offline
         raise UserError(f"{model_path}: cannot load the tokenizer: {str(err).splitlines()[0]}") from None
-    _, report = audit_data(script_args, training_args, tokenizer)
-    return report
+    data = load_preference_data(script_args, seed=training_args.seed, tokenizer=tokenizer,
+                                max_length=training_args.max_length, truncation_mode=training_args.truncation_mode,
+                                num_proc=training_args.dataset_num_proc)
+    return write_audit(data, training_args.output_dir)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from trl import DPOConfig, ModelConfig, TrlParser
 
-from .data import check_data_args
+from .data_sources import check_data_args
 from .errors import UserError
 from .losses import LOSSES, check_loss_config, load_losses_file
 from .packing import check_shared_prompts

@@ -6,7 +6,7 @@
 The base model is loaded unquantised in the compute dtype the run used (`dtype`; for QLoRA also its 4-bit compute
 dtype), the adapter is applied with PEFT and folded in with `merge_and_unload`. For a QLoRA run this gives the base
 weights plus the adapter: the 4-bit rounding of the base that training saw is not in the merged model (the
-difference is the quantisation error, reported by tests/test_merge.py and docs/evaluation.md).
+difference is the quantisation error, reported by tests/e2e/test_make_merge.py and docs/evaluation.md).
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Columns of the preference data (data_sources.py, data_formats.py, data.py)
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+SCORE_COLUMNS = ("score_chosen", "score_rejected")  # default names; score_chosen_column / score_rejected_column
+
 # Columns added to the preference data
 MARGIN_COLUMN = "reward_margin"  # r(x, y_w) - r(x, y_l), for madpo; see margins.py
 ROW_ID_COLUMN = "row_id"  # the pair's row in the training data, named when a batch goes non-finite

@@ -14,8 +14,9 @@ from pathlib import Path
 from accelerate import PartialState
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+from .audit import write_audit
 from .config import parse_config
-from .audit import audit_data
+from .data import load_preference_data
 from .errors import exit_on_user_error
 from .finish import finish_run_outputs, release_training_memory
 from .losses import load_losses_file
@@ -55,7 +56,11 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
     # 3. Data: load, normalise, drop (counted) or stop on bad rows, split, mix; the audit goes to data_audit.json.
     # Before the model loads, so a data problem costs seconds. The main process fills the datasets cache first.
     with training_args.main_process_first(desc="data"):
-        data, _ = audit_data(script_args, training_args, tokenizer, write=training_args.process_index == 0)
+        data = load_preference_data(script_args, seed=training_args.seed, tokenizer=tokenizer,
+                                    max_length=training_args.max_length, truncation_mode=training_args.truncation_mode,
+                                    num_proc=training_args.dataset_num_proc)
+        if training_args.process_index == 0:
+            write_audit(data, output_dir)
     train_dataset, eval_dataset = data.train, data.eval
     if "madpo" in training_args.loss_type:  # MADPO's per-pair margins: a reward model, a margin or score columns
         train_dataset, eval_dataset = add_reward_margins(script_args, training_args, train_dataset, eval_dataset)

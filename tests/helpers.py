@@ -1,9 +1,19 @@
 """What the tests share besides fixtures (conftest.py): the repository root, running a command from it, and small
-data helpers. Import as `from tests.helpers import REPO, run`."""
+data helpers (pairs, files of each type, the one-line error a data file stops with). Import as
+`from tests.helpers import REPO, run`."""
 
+import gzip
+import json
 import os
 import subprocess
 from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dpo_recipes.config import ScriptArguments
+from dpo_recipes.data import load_preference_data
+from dpo_recipes.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 # The per-token metrics TRL logs for DPO next to the reward metrics
@@ -26,3 +36,43 @@ def demo_subset(folder, train_rows, test_rows):
         lines = (REPO / f"data/demo/{name}.jsonl").read_text().splitlines()[:rows]
         (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def text_pairs(n, tag="p"):
+    """n standard (text) pairs with distinct prompts."""
+    return [{"prompt": f"{tag} question {i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(n)]
+
+
+def write_rows(path, rows):
+    """Write rows in the format the file name says: .jsonl, .json, .parquet or .csv, optionally .gz."""
+    suffix = path.name.removesuffix(".gz").rsplit(".", 1)[1]
+    frame = pd.DataFrame(rows)
+    if suffix == "jsonl":
+        data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    elif suffix == "json":
+        data = json.dumps(rows).encode()
+    elif suffix == "csv":
+        data = frame.to_csv(index=False).encode()
+    else:
+        frame.to_parquet(path.with_suffix(".tmp"))
+        data = path.with_suffix(".tmp").read_bytes()
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+GOOD_PAIR = {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}
+
+
+def jsonl(path, *lines):
+    """A JSON Lines file of the given rows (dicts) and raw lines (strings)."""
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def error_of(path, **kwargs) -> str:
+    """The one-line error that loading the data at path (with these ScriptArguments) stops with."""
+    with pytest.raises(UserError) as err:
+        load_preference_data(ScriptArguments(dataset_name=str(path), **kwargs), seed=0)
+    message = str(err.value)
+    assert "\n" not in message
+    return message

@@ -1,17 +1,15 @@
-"""The audit on crafted data with known defects (exact counts), its token statistics checked against TRL's own
-tokenization, the chat-template rules, and `make audit`."""
+"""The audit (dpo_recipes/audit.py) on crafted data with known defects (exact counts), its token statistics checked
+against TRL's own tokenization, and the chat-template rules. `make audit` itself: tests/e2e/test_make_audit.py."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, run
-from dpo_recipes.audit import AUDIT_FILE, audit_data
+from tests.helpers import REPO
+from dpo_recipes.audit import AUDIT_FILE, build_report, write_audit
 from dpo_recipes.config import parse_config
+from dpo_recipes.data import load_preference_data
 from dpo_recipes.errors import UserError
 
 DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
@@ -73,12 +71,20 @@ def configure(path, out, *extra):
                          "--output_dir", str(out), "--data_stop_on", "none", *extra])
 
 
+def prepare(script_args, training_args, tokenizer):
+    """The data as a training run prepares it (dpo_recipes/run.py) with the run's tokenizer and settings."""
+    return load_preference_data(script_args, seed=training_args.seed, tokenizer=tokenizer,
+                                max_length=training_args.max_length, truncation_mode=training_args.truncation_mode,
+                                num_proc=training_args.dataset_num_proc)
+
+
 @pytest.fixture(scope="module")
 def audited(crafted, tokenizer, tmp_path_factory):
     path, rows, expected = crafted
     out = tmp_path_factory.mktemp("audit")
     script_args, training_args, _ = configure(path, out)
-    data, report = audit_data(script_args, training_args, tokenizer)
+    data = prepare(script_args, training_args, tokenizer)
+    report = write_audit(data, training_args.output_dir)
     train, eval_ = data.train, data.eval
     return train, eval_, report, training_args, out
 
@@ -173,7 +179,7 @@ def test_stop_on_turns_a_counted_defect_into_an_error(crafted, tokenizer, tmp_pa
     path, _, _ = crafted
     script_args, training_args, _ = configure(path, tmp_path, "--data_stop_on", "identical_pair")
     with pytest.raises(UserError) as err:
-        audit_data(script_args, training_args, tokenizer)
+        prepare(script_args, training_args, tokenizer)
     assert str(err.value) == (f"{path}: line 30: field 'rejected' is identical to chosen (identical_pair; listed in "
                               "data_stop_on, remove it to drop and count such rows)")
 
@@ -190,7 +196,7 @@ def test_implicit_prompt_defects_are_counted(tmp_path, tokenizer):
     path = tmp_path / "hh.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     script_args, training_args, _ = configure(path, tmp_path / "out")
-    _, report = audit_data(script_args, training_args, tokenizer, write=False)
+    report = build_report(prepare(script_args, training_args, tokenizer))
     assert {r: n for r, n in report["dropped"].items() if n} == {"bad_transcript": 2, "prompt_mismatch": 1,
                                                                  "empty_field": 1}
     assert report["kept"] == 6
@@ -204,11 +210,10 @@ def test_conversational_data_without_a_chat_template_names_the_fix(tokenizer, tm
     script_args, training_args, _ = parse_config(["--config", DEMO, "--output_dir", str(tmp_path)])
     with pytest.raises(UserError, match=r"data/demo \(split train\): the data is conversational but the tokenizer of "
                                         r"'.*' has no chat template; set chat_template_path to a Jinja template file"):
-        audit_data(script_args, training_args, bare, write=False)
+        prepare(script_args, training_args, bare)
 
 
 def test_recipe_chat_template_is_the_one_applied(tiny_llama, tmp_path):
-    from dpo_recipes.data import load_preference_data
     from dpo_recipes.modeling import load_tokenizer
 
     template = tmp_path / "plain.jinja"
@@ -224,35 +229,9 @@ def test_recipe_chat_template_is_the_one_applied(tiny_llama, tmp_path):
     assert (with_own.lengths["train"]["prompt"] > with_custom.lengths["train"]["prompt"]).all()  # Llama 3 headers
 
 
-@pytest.mark.slow
-def test_make_audit_on_the_demo_recipe(tmp_path):
-    proc = run(["make", "--no-print-directory", "audit", "RECIPE=demo-cpu", f"ARGS=--output_dir {tmp_path}"])
-    report = json.loads((tmp_path / AUDIT_FILE).read_text())
-    assert report["rows_read"] == 2200  # data/demo: 2,000 train + 200 test lines
-    assert report["rows_read"] == report["kept"] + sum(report["dropped"].values())
-    assert report["splits"]["train"]["rows"] + report["splits"]["eval"]["rows"] == report["kept"]
-    assert f"data audit -> {tmp_path / AUDIT_FILE}" in proc.stdout
-    assert f"rows read 2200, kept {report['kept']}" in proc.stdout
-    assert "prompt tokens" in proc.stdout and "chosen longer" in proc.stdout
-    assert "Loading weights" not in proc.stdout + proc.stderr  # the audit loads no model
-
-
-@pytest.mark.slow
-def test_audit_entry_point_exits_2_on_bad_data(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    broken = '{"prompt": "a", "chosen": '
-    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n' + broken + "\n")
-    proc = run([sys.executable, "-m", "dpo_recipes.audit", "--config", DEMO, "--dataset_name", str(bad),
-                "--output_dir", str(tmp_path / "out")], check=False)
-    assert proc.returncode == 2
-    expected = f"error: {bad}: line 2: not valid JSON (Expecting value at column {len(broken) + 1})"
-    assert proc.stderr.strip().splitlines()[-1] == expected
-
-
 def test_held_out_pairs_seen_in_training_are_reported_not_dropped(tmp_path):
-    from dpo_recipes.audit import build_report, format_table
+    from dpo_recipes.audit import format_table
     from dpo_recipes.config import ScriptArguments
-    from dpo_recipes.data import load_preference_data
 
     rows = [good(i) for i in range(10)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -263,9 +242,8 @@ def test_held_out_pairs_seen_in_training_are_reported_not_dropped(tmp_path):
 
 
 def test_scores_missing_from_one_source_are_left_out_with_a_warning(tmp_path):
-    from dpo_recipes.audit import build_report, format_table
+    from dpo_recipes.audit import format_table
     from dpo_recipes.config import ScriptArguments
-    from dpo_recipes.data import load_preference_data
 
     scored = [{**good(i), "score_chosen": 5, "score_rejected": 1} for i in range(20)]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scored))
@@ -276,30 +254,3 @@ def test_scores_missing_from_one_source_are_left_out_with_a_warning(tmp_path):
     report = build_report(data)
     assert report["settings"]["columns_left_out"] == ["score_chosen", "score_rejected"]
     assert "warning: columns score_chosen, score_rejected left out: not every source has them" in format_table(report)
-
-
-@pytest.mark.slow
-def test_every_training_run_audits_its_data_before_the_model_loads(tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.run(  # one stream, unbuffered, so the order of the lines is the order of the events
-        [sys.executable, "recipes/demo-cpu/train.py", "--config", DEMO, "--max_steps", "1", "--eval_steps", "1",
-         "--save_steps", "1", "--logging_steps", "1", "--output_dir", str(out)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    report = json.loads((out / AUDIT_FILE).read_text())
-    assert report["kept"] == report["splits"]["train"]["rows"] + report["splits"]["eval"]["rows"]
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["datasets"]["train"]["rows"] == report["splits"]["train"]["rows"]  # trained on what was audited
-    assert proc.stdout.index(f"data audit -> {out / AUDIT_FILE}") < proc.stdout.index("Loading weights")
-
-
-@pytest.mark.slow
-def test_audit_entry_point_names_a_tokenizer_it_cannot_load(tmp_path):
-    missing = tmp_path / "no-model"
-    proc = run([sys.executable, "-m", "dpo_recipes.audit", "--config", DEMO, "--model_name_or_path", str(missing),
-                "--output_dir", str(tmp_path / "out")], check=False, env={"HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {missing}: cannot load the tokenizer: ")
-    assert "Traceback" not in proc.stderr

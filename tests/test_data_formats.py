@@ -1,4 +1,5 @@
-"""Every input format comes out in TRL's own format, and the real Anthropic HH sample parses row for row."""
+"""Normalising (dpo_recipes/data_formats.py): every input format comes out in TRL's own format, the real Anthropic HH
+sample parses row for row, and a row or column that cannot be read as a pair stops with one line."""
 
 import gzip
 import json
@@ -6,9 +7,10 @@ import json
 import pytest
 from trl.data_utils import is_conversational
 
-from tests.helpers import REPO
+from tests.helpers import GOOD_PAIR, REPO, error_of, jsonl
 from dpo_recipes.config import ScriptArguments
-from dpo_recipes.data import load_preference_data, parse_transcript
+from dpo_recipes.data import load_preference_data
+from dpo_recipes.data_formats import parse_transcript
 
 HH = REPO / "data/hh-rlhf/harmless-base-test.jsonl.gz"
 
@@ -165,3 +167,45 @@ def test_conversational_output_renders_with_the_tokenizer_chat_template(tmp_path
     row = data.train[0]
     text = tok.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
     assert row["chosen"][0]["content"] in text and row["prompt"][0]["content"] in text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rows and columns that cannot be read as pairs: one line naming the file, the line and the field
+
+
+def test_missing_column(tmp_path):
+    path = jsonl(tmp_path / "d.jsonl", {"prompt": "a", "chosen": "b"})
+    assert error_of(path) == (f"{path}: no column 'rejected' (columns: prompt, chosen); name it with dataset_columns, "
+                              "e.g. {rejected: <column>}")
+
+
+def test_column_mapping_to_a_column_that_is_not_there(tmp_path):
+    path = jsonl(tmp_path / "d.jsonl", GOOD_PAIR)
+    assert error_of(path, dataset_columns="prompt=question") == (
+        f"{path}: columns maps 'prompt' to 'question', which is not a column (columns: prompt, chosen, rejected)")
+
+
+def test_a_row_of_the_wrong_type_stops_by_default_naming_line_and_field(tmp_path):
+    message = {"role": "assistant", "content": "fine"}
+    row = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [message],
+           "rejected": [{**message, "content": "x"}]}
+    path = jsonl(tmp_path / "d.jsonl", row, {**row, "rejected": [{"role": "assistant"}]})
+    assert error_of(path) == (f"{path}: line 2: field 'rejected' message 1 content is not text (wrong_type; listed in "
+                              "data_stop_on, remove it to drop and count such rows)")
+
+
+def test_missing_field_stops_by_default(tmp_path):
+    path = jsonl(tmp_path / "d.jsonl", GOOD_PAIR, {"prompt": "b", "chosen": "c"}, {**GOOD_PAIR, "prompt": "c"})
+    assert error_of(path).startswith(f"{path}: line 2: field 'rejected' is missing (null) (missing_field;")
+
+
+def test_null_score_is_a_missing_field(tmp_path):
+    path = jsonl(tmp_path / "d.jsonl", {**GOOD_PAIR, "score_chosen": 9, "score_rejected": 1},
+                 {**GOOD_PAIR, "prompt": "b", "score_chosen": None, "score_rejected": 1})
+    assert error_of(path).startswith(f"{path}: line 2: field 'score_chosen' is missing (null) (missing_field;")
+
+
+def test_score_column_without_its_partner(tmp_path):
+    path = jsonl(tmp_path / "d.jsonl", {**GOOD_PAIR, "score_chosen": 9})
+    assert error_of(path) == (f"{path}: column 'score_chosen' without its partner; scored pairs need both "
+                              "score_chosen and score_rejected")

@@ -1,12 +1,21 @@
-"""The loss registry against numbers worked out by hand from each paper's formula, and the properties the papers
-state. Everything runs in float64 so the hand values can be checked to 1e-12."""
+"""The loss registry (dpo_recipes/losses.py) against numbers worked out by hand from each paper's formula, and the
+properties the papers state. Everything runs in float64 so the hand values can be checked to 1e-12.
+
+A recipe's own loss: one losses.py in the recipe folder registers it, its config selects it and sets its knobs,
+which are checked like every other key. `make train` training with it: tests/e2e/test_recipe_loss.py."""
 
 import math
+import shutil
+import uuid
 
 import pytest
 import torch
 
-from dpo_recipes.losses import LOSS_TYPES, MADPO_DEFAULTS, check_knobs, madpo_weights, preference_loss
+from tests.helpers import REPO
+from dpo_recipes.config import parse_config
+from dpo_recipes.errors import UserError
+from dpo_recipes.losses import (BUILT_IN, LOSS_TYPES, LOSSES, MADPO_DEFAULTS, check_knobs, madpo_weights,
+                                preference_loss, register_loss)
 
 LN2 = 0.6931471805599453
 TAU = 6.906754778648554  # ln 999, the paper's default threshold
@@ -239,7 +248,7 @@ def test_no_gradient_flows_into_margins():
 
 def test_robust_and_rdpo_by_hand_on_a_grid():
     """Both names against the closed form softplus(-x) - e x / (1-2e), x = b h, and its derivative in h,
-    b (-s(-x) - e / (1-2e)), computed here independently of the registry (TRL's robust: test_trainer_losses.py)."""
+    b (-s(-x) - e / (1-2e)), computed here independently of the registry (TRL's robust: test_trainer.py)."""
     beta, h = 0.3, torch.linspace(-6, 6, 13, dtype=torch.float64)
     for eps in (0.0, 0.2, 0.45):
         x = beta * h
@@ -300,3 +309,72 @@ def test_check_knobs_accepts_the_defaults():
     for loss_type in LOSS_TYPES:
         check_knobs(loss_type, beta=0.1, label_smoothing=0.0, ipo_normalize=True, **MADPO_DEFAULTS)
     check_knobs("cdpo", beta=0.1, label_smoothing=0.49)
+
+
+# --- a recipe's own loss --------------------------------------------------------------------------------------------
+
+# The example of docs/losses.md ("Your own loss"), word for word.
+LOSSES_PY = '''\
+import torch
+
+from dpo_recipes.losses import register_loss
+
+
+def check(slic_delta):
+    if not slic_delta > 0:
+        raise ValueError(f"slic_delta must be > 0, got {slic_delta}")
+
+
+@register_loss("slic", knobs={"slic_delta": 1.0}, check=check)
+def slic(pairs, *, beta, slic_delta):
+    """SLiC-HF's calibration loss (Zhao et al. 2023): a hinge on the scaled log-ratio difference."""
+    return torch.relu(slic_delta - beta * pairs.h)
+'''
+
+
+@pytest.fixture
+def recipe():
+    """A copy of the demo recipe under a fresh name, with losses.py and `loss_type: slic`."""
+    name = f"test-loss-{uuid.uuid4().hex[:8]}"
+    folder = REPO / "recipes" / name
+    shutil.copytree(REPO / "recipes/demo-cpu", folder, symlinks=True)
+    (folder / "losses.py").write_text(LOSSES_PY)
+    config = (folder / "config.yaml").read_text().replace("loss_type: sigmoid", "loss_type: slic\nslic_delta: 0.75")
+    (folder / "config.yaml").write_text(config)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+    LOSSES.pop("slic", None)
+
+
+def test_docs_show_the_example():
+    assert LOSSES_PY in (REPO / "docs/losses.md").read_text()
+
+
+def test_recipe_config_selects_its_loss_and_knob(recipe):
+    _, args, _ = parse_config(["--config", str(recipe / "config.yaml"), "--slic_delta", "0.5"])
+    assert args.loss_type == ["slic"] and args.loss_knobs == {"slic_delta": 0.5}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--slic_delta", "-1"], "config: slic_delta must be > 0, got -1.0"),
+    (["--slic_delta", "abc"], "config: key 'slic_delta' must be float, got str 'abc'"),
+    (["--slic_deta", "1"], "command line: unknown key 'slic_deta' (did you mean 'slic_delta'?)"),
+    (["--loss_type", "sigmoid"], "config: key 'slic_delta' is a knob of loss_type slic, which is not selected"),
+])
+def test_bad_knobs_are_one_line(recipe, argv, message):
+    with pytest.raises(UserError) as err:
+        parse_config(["--config", str(recipe / "config.yaml"), *argv])
+    assert str(err.value).startswith(message)
+
+
+def test_built_in_names_cannot_be_replaced():
+    assert set(BUILT_IN) == {"sigmoid", "ipo", "cdpo", "rdpo", "robust", "madpo"}
+    with pytest.raises(ValueError, match="'sigmoid' is built in"):
+        register_loss("sigmoid")(lambda pairs, *, beta: pairs.h)
+
+
+def test_estimate_reads_a_recipe_with_its_own_loss(recipe):
+    from dpo_recipes.estimate import recipe_setup
+
+    setup, about = recipe_setup(recipe.name)  # before: "unknown key 'slic_delta'"
+    assert about["recipe"] == recipe.name and setup.lora_r == 16

@@ -1,17 +1,17 @@
 """Bring your config: real alignment-handbook and TRL 0.x DPO configs (tests/legacy_configs.py) through
-`python -m dpo_recipes.migrate`, and the one-error report of unknown keys in config.py."""
+`python -m dpo_recipes.migrate`, and the one-error report of unknown keys in config.py. `make migrate` and a recipe
+run on an old config: tests/e2e/test_make_migrate.py."""
 
 import re
-import sys
 
 import pytest
 import yaml
 
 from tests import legacy_configs as legacy
-from tests.helpers import REPO, demo_subset, run
+from tests.helpers import REPO, demo_subset
 from dpo_recipes import audit, migrate
 from dpo_recipes.config import _known_keys, parse_config
-from dpo_recipes.data import sources_from_args
+from dpo_recipes.data_sources import sources_from_args
 from dpo_recipes.errors import UserError
 from dpo_recipes.renames import CHANGES
 
@@ -141,16 +141,6 @@ def test_unknown_keys_are_reported_at_once_with_their_renames(tmp_path):
     assert f"python -m dpo_recipes.migrate {old}" in message
 
 
-@pytest.mark.slow
-def test_unknown_keys_through_a_recipe_exit_2_with_one_line(tmp_path):
-    old = tmp_path / "config_qlora.yaml"
-    old.write_text(legacy.HANDBOOK_ZEPHYR_QLORA["text"])
-    proc = run([sys.executable, "recipes/llama3-qlora/train.py", "--config", str(old)], check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    line = proc.stderr.strip()
-    assert "\n" not in line and line.startswith(f"error: {old}: 8 unknown keys 'torch_dtype' (now 'dtype'"), line
-
-
 def test_unknown_key_without_a_rename_suggests_the_closest():
     with pytest.raises(UserError, match=r"command line: 2 unknown keys 'bta' \(did you mean 'beta'\?\), "
                                         r"'rpo_alpha' \(removed in TRL 0.29\)$"):
@@ -238,14 +228,3 @@ def test_docs_table_lists_every_change():
     assert set(rows) == set(CHANGES)
     for key, change in CHANGES.items():
         assert f"| {change.changed_in or '-'} |" in rows[key], key
-
-
-@pytest.mark.slow
-def test_make_migrate(tmp_path):
-    proc = run(["make", "--no-print-directory", "migrate"], check=False)
-    assert proc.returncode == 2 and "error: make migrate needs CONFIG=<old config.yaml>" in proc.stderr
-    old = tmp_path / "config_full.yaml"
-    old.write_text(legacy.HANDBOOK_ZEPHYR_FULL["text"])
-    proc = run(["make", "--no-print-directory", "migrate", f"CONFIG={old}", f"OUT={tmp_path / 'new.yaml'}"])
-    assert "8 of 31 keys changed" in proc.stdout and "passes this project's config checks" in proc.stdout
-    assert yaml.safe_load((tmp_path / "new.yaml").read_text())["warmup_steps"] == 0.1

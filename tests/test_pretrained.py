@@ -1,12 +1,10 @@
-"""The offline pretrained model (dpo_recipes/pretrained.py): its materialised folder against the GGUF file, the cache
-key, and one-line errors for a missing package or a damaged file."""
+"""The offline pretrained model (dpo_recipes/pretrained.py): the cache key, and one-line errors for a missing package
+or a damaged file. Its materialised folder against the GGUF file: tests/e2e/test_pretrained_model.py."""
 
-import hashlib
 import importlib.metadata
 import shutil
 
 import pytest
-import torch
 
 from dpo_recipes import pretrained
 from dpo_recipes.errors import UserError
@@ -14,10 +12,6 @@ from dpo_recipes.pretrained import PRETRAINED, find_gguf, materialise
 
 NAME = "smollm2-135m-instruct"
 SPEC = PRETRAINED[NAME]
-
-
-def sha256s(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def fake_distribution(root, gguf_bytes):
@@ -30,39 +24,6 @@ def fake_distribution(root, gguf_bytes):
     (root / SPEC.file).parent.mkdir(parents=True)
     (root / SPEC.file).write_bytes(gguf_bytes)
     return [str(root)]
-
-
-@pytest.mark.slow
-def test_materialised_folder_matches_gguf_logits_and_is_deterministic(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from trl import ModelConfig
-
-    from dpo_recipes.modeling import resolve_model_path
-
-    folder = materialise(NAME)  # the project cache: shared with the end-to-end test
-    assert resolve_model_path(ModelConfig(model_name_or_path=NAME), None) == str(folder)
-    gguf, sha = find_gguf(NAME)
-    assert folder.name == f"{NAME}-{sha[:16]}"
-    assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja", "generation_config.json",
-            "README.md"} <= {p.name for p in folder.iterdir()}
-    assert "quantization_config" not in (folder / "config.json").read_text()
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    gguf_tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    messages = [{"role": "user", "content": "What is the capital of France?"},
-                {"role": "assistant", "content": "The capital of France is Paris."}]
-    ids = tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True)["input_ids"]
-    assert ids.tolist() == gguf_tokenizer.apply_chat_template(messages, return_tensors="pt",
-                                                              return_dict=True)["input_ids"].tolist()
-    with torch.no_grad():
-        ours = AutoModelForCausalLM.from_pretrained(folder).eval()(ids).logits
-        theirs = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()(ids).logits
-    assert ours.dtype == torch.float32 and ours.shape == (1, ids.shape[1], 49152)
-    assert (ours - theirs).abs().max().item() <= 1e-5
-
-    again = materialise(NAME, cache_dir=tmp_path)  # a second conversion, elsewhere: the same bytes
-    assert sha256s(again) == sha256s(folder)
 
 
 def test_materialise_reuses_a_finished_folder_without_converting(tmp_path, monkeypatch):

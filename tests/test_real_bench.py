@@ -1,6 +1,6 @@
 """The real-model benchmark's summary (bench/real_bench.py): intervals over pairs, paired differences against DPO,
 the pooled Wilson win-rate, the Markdown and the README section it replaces. (Its training path is the recipe's,
-covered by tests/test_smollm2_e2e.py; a full run is `make real-bench`.)"""
+covered by tests/e2e/test_smollm2.py; a full run is `make real-bench`.)"""
 
 import math
 import sys

@@ -1,13 +1,12 @@
-"""Training curves from trainer_state.json (reporting.plot_series / plot_log_history / plot_run, `make plots`)."""
+"""Training curves of real runs (reporting.plot_series / plot_log_history / plot_run) and `make plots`."""
 
 import json
-import math
 import shutil
 import sys
 
 import pytest
 
-from tests.helpers import REPO, demo_subset, run
+from tests.helpers import demo_subset, run
 from dpo_recipes.reporting import PLOTS, plot_series
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -43,23 +42,6 @@ def test_every_plot_has_its_train_and_eval_series_from_a_real_run(real_state):
         assert value == next(e["loss"] for e in history if e["step"] == step and "loss" in e)
     for name in series:  # the run itself drew them
         assert (real_state / "plots" / name).read_bytes()[:8] == PNG_MAGIC
-
-
-def test_series_skip_missing_and_non_finite_values():
-    history = [
-        {"step": 1, "loss": 0.69, "learning_rate": 1e-3, "rewards/margins": 0.0},
-        {"step": 2, "loss": float("nan"), "learning_rate": 2e-3},
-        {"step": 3, "loss": 0.5, "learning_rate": None, "rewards/margins": float("inf")},
-        {"step": 3, "eval_loss": 0.55, "eval_rewards/margins": 0.2},
-        {"step": 3, "eval_loss": 0.55, "eval_rewards/margins": 0.2},  # the final evaluation repeats the last one
-        {"step": 3, "train_loss": 0.6, "train_runtime": 1.0},
-    ]
-    series = plot_series(history)
-    assert series["loss.png"][1] == {"loss": [(1, 0.69), (3, 0.5)], "eval_loss": [(3, 0.55)]}
-    assert series["learning_rate.png"][1] == {"learning_rate": [(1, 1e-3), (2, 2e-3)]}
-    assert series["reward_margins.png"][1] == {"rewards/margins": [(1, 0.0)], "eval_rewards/margins": [(3, 0.2)]}
-    assert "reward_accuracy.png" not in series and "rewards.png" not in series  # nothing logged: no empty plot
-    assert all(math.isfinite(v) for _, lines in series.values() for pts in lines.values() for _, v in pts)
 
 
 @pytest.mark.slow

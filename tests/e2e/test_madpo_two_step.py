@@ -1,6 +1,7 @@
 """MADPO's margins and the paper's two-step method on a CPU: train a tiny reward model with TRL's RewardTrainer
-(`python -m dpo_recipes.reward_model`), score every pair with it, train MADPO through the recipe. Also the other
-margin sources (score columns, a margin column) and the errors when there is none."""
+(`python -m dpo_recipes.reward_model`), score every pair with it, train MADPO through the recipe; and the recipe's one
+line when there are no margins. The other margin sources (score columns, a margin column) and their errors:
+tests/test_margins.py."""
 
 import json
 import math
@@ -9,14 +10,12 @@ import sys
 
 import pytest
 import torch
-from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.helpers import REPO, run
 from dpo_recipes.config import parse_config
 from dpo_recipes.data import load_preference_splits
-from dpo_recipes.errors import UserError
 from dpo_recipes.margins import add_reward_margins
 from dpo_recipes.trainer import MARGIN_COLUMN
 
@@ -147,119 +146,6 @@ def test_two_processes_share_the_scoring_and_agree(reward_model, mini_demo, tmp_
     assert rank0["margins"] == pytest.approx(expected, abs=1e-5)  # each row's margin lands in its own place
 
 
-# --- the other margin sources, and the errors -------------------------------------------------------------------
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def scored_rows(n, chosen_key="score_chosen", rejected_key="score_rejected"):
-    """UltraFeedback-binarized style: a string prompt, whole conversations, one score per side."""
-    rows = []
-    for i in range(n):
-        question = f"What is {i} plus {i}?"
-        rows.append({
-            "prompt": question,
-            "chosen": [{"role": "user", "content": question}, {"role": "assistant", "content": f"It is {2 * i}."}],
-            "rejected": [{"role": "user", "content": question}, {"role": "assistant", "content": "No idea."}],
-            chosen_key: 7.0 + i,
-            rejected_key: 4.5 - i / 2,
-        })
-    return rows
-
-
-def test_margins_from_ultrafeedback_score_columns(tmp_path):
-    data = write_jsonl(tmp_path / "scored.jsonl", scored_rows(20))
-    script_args, training_args, _ = madpo_args("--dataset_name", str(data), "--eval_fraction", "0.25",
-                                               "--score_margin_scale", "0.5")
-    train, held_out = load_preference_splits(script_args, seed=0)
-    train, held_out = add_reward_margins(script_args, training_args, train, held_out)
-    for ds in (train, held_out):
-        assert list(ds[MARGIN_COLUMN]) == [0.5 * (c - r) for c, r in zip(ds["score_chosen"], ds["score_rejected"])]
-    assert sorted([*train[MARGIN_COLUMN], *held_out[MARGIN_COLUMN]]) == [0.5 * (2.5 + 1.5 * i) for i in range(20)]
-
-
-def test_score_columns_need_an_explicit_scale(tmp_path):
-    """Score differences are not Bradley-Terry logit margins (the paper's): without score_margin_scale, one line."""
-    data = write_jsonl(tmp_path / "scored.jsonl", scored_rows(8))
-    script_args, training_args, _ = madpo_args("--dataset_name", str(data))
-    train, held_out = load_preference_splits(script_args, seed=0)
-    with pytest.raises(UserError, match=r"\(train\): score columns 'score_chosen' and 'score_rejected' are not "
-                                        r"reward-model margins .* set score_margin_scale"):
-        add_reward_margins(script_args, training_args, train, held_out)
-    for bad, message in ((["--score_margin_scale", "0"], "score_margin_scale must be > 0"),
-                         (["--score_margin_scale", "1", "--reward_model_name_or_path", "rm"],
-                          "score_margin_scale is only used by loss_type madpo with score columns")):
-        with pytest.raises(UserError, match=message):
-            madpo_args("--dataset_name", str(data), *bad)
-    with pytest.raises(UserError, match="score_margin_scale is only used"):
-        parse_config(["--config", DEMO, "--score_margin_scale", "1"])
-
-
-def test_score_column_names_are_configurable(tmp_path):
-    data = write_jsonl(tmp_path / "scored.jsonl", scored_rows(8, "rating_good", "rating_bad"))
-    script_args, training_args, _ = madpo_args("--dataset_name", str(data), "--score_chosen_column", "rating_good",
-                                               "--score_rejected_column", "rating_bad", "--score_margin_scale", "1")
-    train, held_out = load_preference_splits(script_args, seed=0)
-    train, _ = add_reward_margins(script_args, training_args, train, held_out)
-    assert list(train[MARGIN_COLUMN]) == [c - r for c, r in zip(train["rating_good"], train["rating_bad"])]
-
-
-def pairs(n, **columns):
-    rows = {"prompt": ["q"] * n, "chosen": ["good"] * n, "rejected": ["bad"] * n}
-    return Dataset.from_dict({**rows, **columns})
-
-
-def test_an_existing_margin_column_is_used_as_given():
-    script_args, training_args, _ = madpo_args()
-    given = pairs(3, reward_margin=[0.5, -1.0, 2.0], score_chosen=[1.0, 1.0, 1.0], score_rejected=[0.0, 0.0, 0.0])
-    train, _ = add_reward_margins(script_args, training_args, given, None)
-    assert list(train[MARGIN_COLUMN]) == [0.5, -1.0, 2.0]
-
-
-def test_bad_scores_name_the_row():
-    script_args, training_args, _ = madpo_args("--score_margin_scale", "1")
-    bad = pairs(3, score_chosen=[1.0, None, 2.0], score_rejected=[0.0, 0.0, 0.0])
-    with pytest.raises(UserError, match=r"\(train\): row 1: 'score_chosen' must be a finite number, got None"):
-        add_reward_margins(script_args, training_args, bad, None)
-
-
-def test_no_margin_source_is_one_clear_error():
-    script_args, training_args, _ = madpo_args()
-    with pytest.raises(UserError, match=r"data/demo \(train\): loss_type madpo needs reward margins: set "
-                                        r"reward_model_name_or_path"):
-        add_reward_margins(script_args, training_args, pairs(2), pairs(2))
-
-
-def test_reward_model_and_margin_column_together_refuse_to_overwrite(tmp_path):
-    script_args, training_args, _ = madpo_args("--reward_model_name_or_path", str(tmp_path))
-    with pytest.raises(UserError, match=r"already has a 'reward_margin' column and reward_model_name_or_path is set"):
-        add_reward_margins(script_args, training_args, pairs(2, reward_margin=[1.0, 2.0]), None)
-
-
-def test_a_folder_that_is_not_a_reward_model_is_one_clear_error(tmp_path):
-    script_args, training_args, _ = madpo_args("--reward_model_name_or_path", str(tmp_path / "missing"))
-    with pytest.raises(UserError, match=r"reward_model_name_or_path: cannot load"):
-        add_reward_margins(script_args, training_args, pairs(2), None)
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--loss_type", "madpo", "--madpo_c_max", "1.0"], "config: madpo_c_max must be a finite number > 1, got 1.0"),
-        (["--loss_type", "madpo", "--madpo_c_min", "1.5"], "config: madpo_c_min must be in (0, 1), got 1.5"),
-        (["--loss_type", "madpo", "--madpo_tau", "0"], "config: madpo_tau must be a finite number > 0, got 0.0"),
-        (["--reward_model_name_or_path", "rm"], "config: reward_model_name_or_path is only used by loss_type madpo"),
-    ],
-)
-def test_madpo_config_mistakes(args, message):
-    with pytest.raises(UserError) as err:
-        parse_config(["--config", DEMO, *args])
-    assert message in str(err.value)
-
-
 @pytest.mark.slow
 def test_recipe_without_margins_exits_2_with_one_line(tmp_path):
     proc = run([sys.executable, "recipes/demo-cpu/train.py", "--config", DEMO, "--loss_type", "madpo",
@@ -268,31 +154,3 @@ def test_recipe_without_margins_exits_2_with_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: data/demo (train): loss_type madpo needs reward margins"), last
     assert "Traceback" not in proc.stderr
-
-
-def test_reward_model_step_refuses_4bit_with_one_line(capsys, tmp_path):
-    from dpo_recipes.reward_model import main
-
-    with pytest.raises(SystemExit) as exit_code:
-        main(["--config", DEMO, "--load_in_4bit", "true", "--output_dir", str(tmp_path / "rm")])
-    assert exit_code.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: config: the reward model step does not support load_in_4bit")
-    assert err[0] == "reward model: skipping DPO-only keys beta, loss_type"
-
-
-def test_shipped_madpo_variants_are_the_papers_two_steps():
-    """The shared variants/madpo.yaml with every recipe's own layer scores pairs with a reward model trained on the
-    recipe's data (step 1's default folder), never with score columns."""
-    import yaml
-
-    shared = yaml.safe_load((REPO / "variants" / "madpo.yaml").read_text())
-    assert shared == {"loss_type": "madpo"}
-    variants = sorted(REPO.glob("recipes/*/variants/madpo.yaml"))
-    assert variants
-    for path in variants:
-        recipe = path.parent.parent
-        variant = {**shared, **yaml.safe_load(path.read_text())}
-        output_dir = yaml.safe_load((recipe / "config.yaml").read_text())["output_dir"]
-        assert variant == {"loss_type": "madpo", "reward_model_name_or_path": f"{output_dir}-reward-model"}, path
-        assert f"-m dpo_recipes.reward_model --config recipes/{recipe.name}/config.yaml" in path.read_text()
