@@ -13,14 +13,16 @@ first on the training split, then scores the cells' training pairs once for MADP
 win-rate. The reference (the base model: LoRA's adapters off) is the same for every cell, so its held-out log-probs,
 greedy replies and their judge scores are computed once and cached.
 
-Per cell, on the held-out split: implicit reward accuracy and margin on `--eval_pairs` pairs (per pair, so the
+Per cell, on the held-out split: implicit reward accuracy and margin on `--eval_pairs` pairs (default: all of them;
+scored in the recipe's layout, shared prompts; per pair, so the
 intervals and the paired differences against DPO use the pairs), KL(policy || reference) from `--samples`
 completions sampled per prompt on `--prompts` prompts (k3 estimator, evaluation.py), the greedy replies on those
 prompts, their judge scores and the win-rate against the reference's replies (ties half, Wilson interval).
 
 Each cell's result is written to bench/results/real/<cell>.json when it finishes and the summary files are rewritten;
 a rerun of the same command skips finished cells and resumes an interrupted one from its last checkpoint (work
-files under bench/tmp/real/, ignored by git). `--readme` copies the Markdown summary into README.md's section.
+files under bench/tmp/real/, ignored by git). A change of the evaluation alone (EVALUATION, --eval_pairs, ...)
+re-evaluates each cell from its final checkpoint without training again. `--readme` copies the Markdown summary into README.md's section.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ VARIANTS = {  # name -> overrides of the recipe's config
     "rdpo": ["--loss_type", "rdpo", "--label_smoothing", "0.1"],
     "madpo": ["--loss_type", "madpo"],
 }
+# The evaluation's version: a change here re-evaluates finished cells from their trained adapters. 2: every held-out
+# pair, scored in the recipe's layout (shared prompts); 1: the first 100 pairs, padded.
+EVALUATION = 2
 README_START, README_END = "<!-- real-bench:start -->", "<!-- real-bench:end -->"
 Z95 = 1.959963984540054
 
@@ -158,7 +163,8 @@ def load_eval_inputs(data: Path, n_pairs: int, n_prompts: int):
     from dpo_recipes.evaluation import unique_prompts
 
     held_out = load_dataset("json", data_files=str(data / "test.jsonl"), split="train")
-    return held_out.select(range(min(n_pairs, len(held_out)))), unique_prompts(held_out, n_prompts)
+    n_pairs = len(held_out) if n_pairs is None else min(n_pairs, len(held_out))
+    return held_out.select(range(n_pairs)), unique_prompts(held_out, n_prompts)
 
 
 def batch_size(args) -> int:
@@ -177,7 +183,8 @@ def settings_for(args):
     return ReportSettings(pairs=args.eval_pairs, prompts=args.prompts, samples=args.samples,
                           max_new_tokens=args.max_new_tokens, examples=5, beta=training.beta,
                           max_length=training.max_length, truncation_mode=training.truncation_mode,
-                          batch_size=2, seed=0)  # pairs of 2: little padding, and batching gains little on CPU
+                          batch_size=8, seed=0, padding_free=training.padding_free,
+                          prefix_sharing=training.prefix_sharing)  # scored in the recipe's layout: shared prompts
 
 
 def greedy_replies(model, tokenizer, rows, settings) -> list[str]:
@@ -232,10 +239,17 @@ def cell_name(variant: str, seed: int, steps: int) -> str:
     return f"{variant}-seed{seed}-steps{steps}"
 
 
+def train_key(variant: str, seed: int, args) -> str:
+    """Everything a cell's training depends on: its checkpoints are reused only under the same key, so a change of
+    the evaluation alone re-evaluates the trained adapter without training again."""
+    settings = [VARIANTS[variant], seed, args.steps, args.learning_rate, args.reward_steps, args.extra]
+    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:10]
+
+
 def cell_key(variant: str, seed: int, args) -> str:
-    """Everything a cell's result depends on: a finished cell or a checkpoint is reused only under the same key."""
-    settings = [VARIANTS[variant], seed, args.steps, args.learning_rate, args.reward_steps, args.eval_pairs,
-                args.prompts, args.samples, args.max_new_tokens, args.extra]
+    """Everything a cell's result depends on: a finished cell is reused only under the same key."""
+    settings = [train_key(variant, seed, args), args.eval_pairs, args.prompts, args.samples, args.max_new_tokens,
+                EVALUATION]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:10]
 
 
@@ -259,7 +273,7 @@ def run_cell(variant: str, seed: int, args, data: str, train_data: str, madpo_da
     started = time.time()
     name = cell_name(variant, seed, args.steps)
     key = cell_key(variant, seed, args)
-    out = WORK / "runs" / f"{name}-{key}"
+    out = WORK / "runs" / f"{name}-{train_key(variant, seed, args)}"
     folder = Path(madpo_data if variant == "madpo" else train_data)
     extra = [*VARIANTS[variant], *data_args(folder), "--output_dir", str(out), "--seed", str(seed),
              "--max_steps", str(args.steps), "--save_strategy", "steps", "--save_steps", str(args.save_steps),
@@ -283,6 +297,7 @@ def run_cell(variant: str, seed: int, args, data: str, train_data: str, madpo_da
     resume = str(complete[-1]) if complete else None
     trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.time() - started
+    eval_started = time.time()
     history = [{k: e[k] for k in ("step", "loss", "rewards/accuracies", "rewards/margins") if k in e}
                for e in trainer.state.log_history if "loss" in e]
 
@@ -319,7 +334,7 @@ def run_cell(variant: str, seed: int, args, data: str, train_data: str, madpo_da
             "win_rate": {k: wins[k] for k in ("n", "wins", "ties", "losses", "win_rate", "ci95")},
             "prefix_sharing": bool(getattr(training, "prefix_sharing", False)), "padding_free": training.padding_free,
             "learning_rate": training.learning_rate,
-            "train_log": history, "train_seconds": train_seconds, "seconds": time.time() - started,
+            "train_log": history, "train_seconds": train_seconds, "eval_seconds": time.time() - eval_started,
             "resumed_from": str(Path(resume).relative_to(REPO)) if resume else None}
 
 
@@ -367,7 +382,8 @@ def summarise(cells: list[dict]) -> dict:
             "win_rate": {"n": n, "win_rate": won / n if n else float("nan"), "ci95": list(wilson_interval(won, n)),
                          "wins": sum(x["wins"] for x in w), "ties": sum(x["ties"] for x in w),
                          "losses": sum(x["losses"] for x in w)},
-            "minutes_per_cell": statistics.fmean(c["seconds"] for c in group) / 60,
+            "train_minutes_per_cell": _mean_minutes([c["train_seconds"] for c in group]),
+            "eval_minutes_per_cell": _mean_minutes([c["eval_seconds"] for c in group]),
         }
         dpo = per_pair.get("dpo")
         if variant != "dpo" and dpo and dpo["seeds"] == per_pair[variant]["seeds"]:
@@ -377,6 +393,16 @@ def summarise(cells: list[dict]) -> dict:
             }
         summary[variant] = entry
     return summary
+
+
+def _minutes(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _mean_minutes(seconds: list) -> float | None:
+    """Mean in minutes over the cells whose time is known (None: trained by an earlier run that did not record it)."""
+    known = [x for x in seconds if x is not None]
+    return statistics.fmean(known) / 60 if known else None
 
 
 def _ci(stat: dict, digits: int = 3) -> str:
@@ -403,7 +429,8 @@ def markdown(result: dict) -> str:
         "over seeds]. Win-rate: greedy replies judged by the reward model trained on the training split, ties half, "
         "pooled over seeds and prompts, Wilson 95% interval (the prompts repeat across seeds, so it is optimistic).",
         "",
-        "| variant | reward accuracy | vs DPO | reward margin | vs DPO | KL k3 | win-rate vs reference | min/cell |",
+        "| variant | reward accuracy | vs DPO | reward margin | vs DPO | KL k3 | win-rate vs reference | "
+        "train / eval min per cell |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for variant, s in summary.items():
@@ -413,7 +440,7 @@ def markdown(result: dict) -> str:
             f"| {variant} | {_ci(s['reward_accuracy'])} | {_ci(vs['reward_accuracy']) if vs else ''} | "
             f"{_ci(s['reward_margin'])} | {_ci(vs['reward_margin']) if vs else ''} | {_ci(s['kl_k3'])} | "
             f"{w['win_rate']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}] ({w['wins']}/{w['ties']}/{w['losses']}) | "
-            f"{s['minutes_per_cell']:.1f} |")
+            f"{_minutes(s['train_minutes_per_cell'])} / {_minutes(s['eval_minutes_per_cell'])} |")
     lines += ["", *conclusions(summary, meta)]
     first = {}
     for cell in sorted(result["cells"], key=lambda c: c["seed"]):
@@ -510,7 +537,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--save_steps", type=int, default=3, help="checkpoint interval (resume point)")
     parser.add_argument("--reward_steps", type=int, default=12, help="reward model (MADPO step one, the judge)")
     parser.add_argument("--reward_eval_pairs", type=int, default=48, help="held-out pairs the reward model is scored on")
-    parser.add_argument("--eval_pairs", type=int, default=100)
+    parser.add_argument("--eval_pairs", type=int, default=None, help="held-out pairs scored (default: all)")
     parser.add_argument("--prompts", type=int, default=10)
     parser.add_argument("--samples", type=int, default=2, help="sampled completions per prompt for the KL")
     parser.add_argument("--max_new_tokens", type=int, default=32)
@@ -557,7 +584,7 @@ def main(argv=None) -> dict:
                 "samples": args.samples, "max_new_tokens": args.max_new_tokens, "reward_steps": args.reward_steps,
                 "reward_eval_pairs": args.reward_eval_pairs, "jobs": args.jobs,
                 "machine": machine(), "minutes": (time.time() - started) / 60,
-                "cell_minutes": sum(c["seconds"] for c in done) / 60, "complete": final and len(done) == len(todo)}
+                "cell_minutes": sum((c["train_seconds"] or 0) + c["eval_seconds"] for c in done) / 60, "complete": final and len(done) == len(todo)}
         result = {"meta": meta, "summary": summarise(done) if done else {}, "reference": reference, "cells": done}
         (out / "real.json").write_text(json.dumps(result, indent=1) + "\n")
         if done:
@@ -578,11 +605,17 @@ def main(argv=None) -> dict:
                 except Exception as err:  # the other cells go on; a rerun of the command retries this one
                     print(f"{cell_name(v, s, args.steps)}: FAILED: {type(err).__name__}: {err}", flush=True)
                     continue
-                (cells_dir / f"{cell['name']}.json").write_text(json.dumps(cell, indent=1) + "\n")
+                earlier = cells_dir / f"{cell['name']}.json"
+                if (cell["resumed_from"] or "").endswith(f"checkpoint-{args.steps}"):
+                    # trained by an earlier run (its final checkpoint), evaluated now: that run's training time
+                    known = json.loads(earlier.read_text()) if earlier.is_file() else {}
+                    cell["train_seconds"] = known.get("train_seconds")
+                    cell["evaluated_from_earlier_training"] = True
+                earlier.write_text(json.dumps(cell, indent=1) + "\n")
                 cells[(v, s)] = cell
                 acc = statistics.fmean(map(float, cell["correct"]))
                 print(f"{cell['name']}: held-out accuracy {acc:.3f}, win-rate {cell['win_rate']['win_rate']:.3f}, "
-                      f"{cell['seconds'] / 60:.1f} min", flush=True)
+                      f"evaluated in {cell['eval_seconds'] / 60:.1f} min", flush=True)
                 write(final=False)
     result = write(final=True)
     print(f"wrote {out / 'real.json'}, real.md, real.png ({result['meta']['minutes']:.1f} min)", flush=True)

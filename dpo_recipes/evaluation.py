@@ -39,7 +39,7 @@ from .judge import judge_scores, load_judge, win_rate
 from .model_card import write_model_card
 from .modeling import load_tokenizer, resolve_model_path
 from .names import RUN_CONFIG
-from .packing import completion_logps
+from .packing import MODEL_INPUTS, PREFIX_SHARING_ATTENTION, completion_logps, pack_padded_batch
 from .report_markdown import write_report
 from .stats import mean_se
 from .tokenization import generation_prompt_ids, tokenize_pair
@@ -62,6 +62,8 @@ class ReportSettings:
     truncation_mode: str = "keep_start"
     batch_size: int = 8
     seed: int = 42
+    padding_free: bool = False  # the run's layout: pairs scored in packed rows, shared prompts once
+    prefix_sharing: bool = False
 
     @classmethod
     def from_args(cls, script_args, training: dict) -> "ReportSettings":
@@ -77,6 +79,8 @@ class ReportSettings:
             truncation_mode=training["truncation_mode"],
             batch_size=int(training["per_device_eval_batch_size"]),
             seed=int(training["seed"]),
+            padding_free=bool(training.get("padding_free", False)),
+            prefix_sharing=bool(training.get("prefix_sharing", False)),
         )
 
 
@@ -165,17 +169,22 @@ def prompt_text(prompt) -> str:
 
 @torch.no_grad()
 def pair_logps(model, tokenized: list[dict], settings: ReportSettings, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs (chosen, rejected) of each pair, batched and truncated as the trainer does."""
+    """Summed completion log-probs (chosen, rejected) of each pair, batched and truncated as the trainer does, in the
+    run's layout (padded, padding-free, or shared prompts where the model's attention takes their mask)."""
     from tqdm.auto import tqdm
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     collator = DataCollatorForPreference(
         pad_token_id=0, max_length=settings.max_length, truncation_mode=settings.truncation_mode
     )
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    shared = settings.prefix_sharing and (attention or "sdpa") in PREFIX_SHARING_ATTENTION
     chosen, rejected = [], []
     for start in tqdm(range(0, len(tokenized), settings.batch_size), desc="pair log-probs", leave=False):
         batch = collator(tokenized[start : start + settings.batch_size])
-        model_inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "completion_mask")}
+        if settings.padding_free:
+            pack_padded_batch(batch, settings.max_length, 0, shared)
+        model_inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
         logps = completion_logps(model, model_inputs)[0].double().cpu()
         c, r = logps.chunk(2)
         chosen.append(c)

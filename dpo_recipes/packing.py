@@ -26,6 +26,8 @@ from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_fun
 
 from .names import BRANCH_IDS, SEQUENCE_IDS
 
+# What a preference batch gives the model: padded (attention_mask) or packed (position_ids, sequence and branch ids).
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "completion_mask", SEQUENCE_IDS, BRANCH_IDS)
 # Attention implementations that read the shared-prompt mask (flex_attention: a BlockMask, GPU only).
 PREFIX_SHARING_ATTENTION = ("sdpa", "eager", "flex_attention")
 
@@ -250,6 +252,21 @@ def model_attention_mask(inputs: dict, attn_implementation: str | None, dtype: t
     if attn_implementation == "eager":
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     return mask
+
+
+def pack_padded_batch(batch: dict, row_length: int | None, pad_token_id: int, prefix_sharing: bool) -> dict:
+    """A padded preference batch (TRL's collator: 2B rows, chosen first, already truncated) unpadded and packed in
+    place: padding-free rows, or the shared-prompt layout. Keys other than the model inputs are kept."""
+    keep = batch.pop("attention_mask").bool()
+    ids = [row[m].tolist() for row, m in zip(batch["input_ids"], keep)]
+    completion = [row[m].tolist() for row, m in zip(batch["completion_mask"], keep)]
+    if prefix_sharing:
+        pairs = len(ids) // 2
+        batch.update(pack_pairs(ids[:pairs], ids[pairs:], completion[:pairs], completion[pairs:], row_length,
+                                pad_token_id))
+    else:
+        batch.update(pack_sequences(ids, completion, row_length, pad_token_id))
+    return batch
 
 
 def logical_token_count(inputs: dict) -> torch.Tensor:

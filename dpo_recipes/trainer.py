@@ -26,11 +26,11 @@ from .losses import LOSSES, MADPO_DEFAULTS, TRL_NAMES, check_loss_config, knob_v
 from . import ref_cache
 from .margins import check_margins
 from .names import BRANCH_IDS, MARGIN_COLUMN, ROW_ID_COLUMN, SEQUENCE_IDS
-from .packing import check_shared_prompts, completion_logps, logical_token_count, model_attention_mask, pack_pairs, pack_sequences
+from .packing import (MODEL_INPUTS, check_shared_prompts, completion_logps, logical_token_count, model_attention_mask,
+                      pack_padded_batch)
 from .trainer_mixin import StableTrainingMixin
 
 _REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
-_MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "completion_mask", SEQUENCE_IDS, BRANCH_IDS)
 
 
 @dataclass
@@ -43,16 +43,8 @@ class PreferenceCollator(DataCollatorForPreference):
 
     def torch_call(self, examples):
         batch = super().torch_call(examples)
-        if self.padding_free:
-            keep = batch.pop("attention_mask").bool()
-            ids = [row[m].tolist() for row, m in zip(batch["input_ids"], keep)]
-            completion = [row[m].tolist() for row, m in zip(batch["completion_mask"], keep)]
-            if self.prefix_sharing:  # the kept tokens are TRL's (it truncated each sequence above)
-                pairs = len(examples)
-                batch.update(pack_pairs(ids[:pairs], ids[pairs:], completion[:pairs], completion[pairs:],
-                                        self.max_length, self.pad_token_id))
-            else:
-                batch.update(pack_sequences(ids, completion, self.max_length, self.pad_token_id))
+        if self.padding_free:  # the kept tokens are TRL's (it truncated each sequence above)
+            pack_padded_batch(batch, self.max_length, self.pad_token_id, self.prefix_sharing)
         if MARGIN_COLUMN in examples[0]:
             batch[MARGIN_COLUMN] = torch.tensor([float(e[MARGIN_COLUMN]) for e in examples])
         if ROW_ID_COLUMN in examples[0]:
@@ -157,7 +149,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
     def compute_ref_log_probs(self, model, inputs):
         """Reference log-probs (chosen, rejected); TRL's own for padded batches, the same recipe for packed ones."""
         if SEQUENCE_IDS not in inputs:  # TRL hands every other key to the model: keep only the model's inputs
-            return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k in _MODEL_KEYS})
+            return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k in MODEL_INPUTS})
         adapter = contextlib.nullcontext()
         if self.ref_model is None and is_peft_model(self.model):
             unwrapped = self.accelerator.unwrap_model(self.model)
@@ -178,7 +170,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         else:
             # The frozen reference: the base model with the adapter off (PEFT), else TRL's separate ref_model.
             reference = model if self.ref_model is None else self.ref_model
-            model_inputs = {k: v for k, v in inputs.items() if k in _MODEL_KEYS}
+            model_inputs = {k: v for k, v in inputs.items() if k in MODEL_INPUTS}
             ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(reference, model_inputs)
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps

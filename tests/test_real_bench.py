@@ -17,7 +17,8 @@ def cell(variant, seed, correct, margins, wins=(1, 0, 1)):
     w, t, lost = wins
     n = w + t + lost
     return {"variant": variant, "seed": seed, "name": f"{variant}-seed{seed}", "correct": correct, "margins": margins,
-            "kl_k3_per_completion": {"mean": 0.1 * (seed + 1)}, "replies": ["a", "b"], "seconds": 60.0,
+            "kl_k3_per_completion": {"mean": 0.1 * (seed + 1)}, "replies": ["a", "b"],
+            "train_seconds": 60.0 if seed == 0 else None, "eval_seconds": 30.0,
             "win_rate": {"n": n, "wins": w, "ties": t, "losses": lost, "win_rate": (w + t / 2) / n, "ci95": [0, 1]}}
 
 
@@ -42,6 +43,8 @@ def test_summary_averages_seeds_per_pair_and_pairs_the_difference_with_dpo():
     low, high = ipo["win_rate"]["ci95"]
     assert 0.3 < low < 0.875 < high < 1.0
     assert ipo["kl_k3"]["mean"] == pytest.approx(0.15)
+    # Times: training known for seed 0 only (seed 1 trained by an earlier run that did not record it)
+    assert dpo["train_minutes_per_cell"] == pytest.approx(1.0) and dpo["eval_minutes_per_cell"] == pytest.approx(0.5)
 
 
 def test_markdown_and_readme_section(tmp_path):
