@@ -391,6 +391,13 @@ def summarise(cells: list[dict]) -> dict:
                 "reward_accuracy": mean_ci([a - b for a, b in zip(per_pair[variant]["correct"], dpo["correct"])]),
                 "reward_margin": mean_ci([a - b for a, b in zip(per_pair[variant]["margin"], dpo["margin"])]),
             }
+            # The same differences seed by seed (each seed's cell against DPO's cell of that seed)
+            pairs = list(zip(group, sorted(by_variant["dpo"], key=lambda c: c["seed"])))
+            entry["vs_dpo_per_seed"] = {
+                "reward_accuracy": [statistics.fmean(map(float, c["correct"])) - statistics.fmean(map(float, d["correct"]))
+                                    for c, d in pairs],
+                "reward_margin": [statistics.fmean(c["margins"]) - statistics.fmean(d["margins"]) for c, d in pairs],
+            }
         summary[variant] = entry
     return summary
 
@@ -424,8 +431,8 @@ def markdown(result: dict) -> str:
         f"run {meta['jobs']} at a time).",
         "",
         "Accuracy and margin: per held-out pair, averaged over seeds, mean with a 95% interval over pairs; "
-        "\"vs DPO\": the paired difference on the same pairs and seeds (an interval that excludes 0 is a difference "
-        "this run supports). KL: k3 estimate of KL(policy || reference) per completion, mean over seeds [95% interval "
+        "\"vs DPO\": the paired difference on the same pairs and seeds; a difference is called supported only when "
+        "that interval excludes 0 and every seed's difference has the same sign. KL: k3 estimate of KL(policy || reference) per completion, mean over seeds [95% interval "
         "over seeds]. Win-rate: greedy replies judged by the reward model trained on the training split, ties half, "
         "pooled over seeds and prompts, Wilson 95% interval (the prompts repeat across seeds, so it is optimistic).",
         "",
@@ -442,6 +449,12 @@ def markdown(result: dict) -> str:
             f"{w['win_rate']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}] ({w['wins']}/{w['ties']}/{w['losses']}) | "
             f"{_minutes(s['train_minutes_per_cell'])} / {_minutes(s['eval_minutes_per_cell'])} |")
     lines += ["", *conclusions(summary, meta)]
+    if result.get("layout_check"):
+        c = result["layout_check"]
+        lines.append(f"- Scoring check: {c['cells']} cells were also evaluated earlier with padded batches on the first "
+                     f"{c['pairs']} held-out pairs (`bench/results/real/padded-100/`); the shared-prompt margins here "
+                     f"differ from those by at most {c['max_abs_margin_difference']:.1e}, and {c['same_sign']} of "
+                     f"{c['compared']} have the same sign.")
     first = {}
     for cell in sorted(result["cells"], key=lambda c: c["seed"]):
         first.setdefault(cell["variant"], cell)
@@ -453,6 +466,25 @@ def markdown(result: dict) -> str:
         lines += [f"| {v} | {_cell(c['replies'][i])} |" for v, c in first.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def layout_check(cells: list[dict], folder: Path) -> dict | None:
+    """The cells' margins against an earlier evaluation of the same trained cells with padded batches (the first
+    pairs of the split): what scoring in the shared-prompt layout changed."""
+    earlier = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+    diffs, same, compared = [], 0, 0
+    for cell in cells:
+        old = earlier.get(cell["name"])
+        if old is None:
+            continue
+        for new_margin, old_margin in zip(cell["margins"], old["margins"]):
+            diffs.append(abs(new_margin - old_margin))
+            same += (new_margin > 0) == (old_margin > 0)
+            compared += 1
+    if not compared:
+        return None
+    return {"cells": sum(c["name"] in earlier for c in cells), "pairs": len(next(iter(earlier.values()))["margins"]),
+            "compared": compared, "same_sign": same, "max_abs_margin_difference": max(diffs)}
 
 
 def conclusions(summary: dict, meta: dict) -> list[str]:
@@ -470,11 +502,16 @@ def conclusions(summary: dict, meta: dict) -> list[str]:
             continue
         for key, name in (("reward_accuracy", "accuracy"), ("reward_margin", "margin")):
             low, high = vs[key]["ci95"]
-            if low > 0 or high < 0:
-                out.append(f"- {variant} vs DPO, held-out reward {name}: {_ci(vs[key])}, a difference this run supports "
-                           f"({'higher' if low > 0 else 'lower'}).")
-    if len(out) == (1 if dpo else 0):
-        out.append("- No variant differs from DPO in held-out reward accuracy or margin by more than these intervals.")
+            per_seed = s["vs_dpo_per_seed"][key]
+            seeds = ", ".join(f"{d:+.3f}" for d in per_seed)
+            if (low > 0 and min(per_seed) > 0) or (high < 0 and max(per_seed) < 0):
+                out.append(f"- {variant} vs DPO, held-out reward {name}: {_ci(vs[key])}, the same sign in every seed "
+                           f"({seeds}): a difference this run supports ({'higher' if low > 0 else 'lower'}).")
+            elif low > 0 or high < 0:
+                out.append(f"- {variant} vs DPO, held-out reward {name}: {_ci(vs[key])} over pairs, but not the same "
+                           f"sign in every seed ({seeds}): not a supported difference.")
+    if not any("a difference this run supports" in line for line in out):
+        out.append("- No variant differs from DPO in held-out reward accuracy or margin in a way this run supports.")
     w = [(v, s["win_rate"]) for v, s in summary.items() if s["win_rate"]["n"]]
     above = [v for v, x in w if x["ci95"][0] > 0.5]
     out.append(f"- Win-rate over the reference with the whole interval above 0.5: {', '.join(above) or 'none'}.")
@@ -585,7 +622,8 @@ def main(argv=None) -> dict:
                 "reward_eval_pairs": args.reward_eval_pairs, "jobs": args.jobs,
                 "machine": machine(), "minutes": (time.time() - started) / 60,
                 "cell_minutes": sum((c["train_seconds"] or 0) + c["eval_seconds"] for c in done) / 60, "complete": final and len(done) == len(todo)}
-        result = {"meta": meta, "summary": summarise(done) if done else {}, "reference": reference, "cells": done}
+        result = {"meta": meta, "summary": summarise(done) if done else {}, "reference": reference, "cells": done,
+                  "layout_check": layout_check(done, cells_dir / "padded-100")}
         (out / "real.json").write_text(json.dumps(result, indent=1) + "\n")
         if done:
             (out / "real.md").write_text(markdown(result) + "\n")

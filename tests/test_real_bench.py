@@ -2,6 +2,7 @@
 the pooled Wilson win-rate, the Markdown and the README section it replaces. (Its training path is the recipe's,
 covered by tests/e2e/test_smollm2.py; a full run is `make real-bench`.)"""
 
+import json
 import math
 import sys
 
@@ -90,3 +91,33 @@ def test_conclusions_follow_the_intervals():
     assert "entirely above 0.5: the target is met" in lines[0]
     assert any(line.startswith("- ipo vs DPO, held-out reward accuracy") and "(lower)" in line for line in lines)
     assert lines[-1] == "- Win-rate over the reference with the whole interval above 0.5: dpo."
+
+
+def test_a_difference_is_supported_only_with_the_same_sign_in_every_seed():
+    cells = [cell("dpo", 0, [True, False, True, False], [0.2, -0.1, 0.3, -0.2]),
+             cell("dpo", 1, [True, True, True, False], [0.4, 0.1, 0.1, -0.4]),
+             cell("ipo", 0, [True, True, False, True], [0.3, 0.3, -0.1, 0.3]),
+             cell("ipo", 1, [True, True, True, True], [0.5, 0.5, 0.5, 0.5])]
+    summary = real_bench.summarise(cells)
+    per_seed = summary["ipo"]["vs_dpo_per_seed"]
+    assert per_seed["reward_accuracy"] == pytest.approx([0.25, 0.25])
+    assert per_seed["reward_margin"] == pytest.approx([0.15, 0.45])
+    meta = {"cells": 4}
+    summary["ipo"]["vs_dpo"]["reward_margin"]["ci95"] = [0.1, 0.5]  # an interval over pairs that excludes 0
+    lines = real_bench.conclusions(summary, meta)
+    assert any(line.startswith("- ipo vs DPO, held-out reward margin") and "a difference this run supports (higher)"
+               in line for line in lines)
+    summary["ipo"]["vs_dpo_per_seed"]["reward_margin"] = [0.3, -0.05]  # one seed the other way
+    lines = real_bench.conclusions(summary, meta)
+    assert any("not a supported difference" in line for line in lines)
+    assert not any("a difference this run supports" in line for line in lines if "margin" in line)
+
+
+def test_layout_check_compares_margins_with_the_earlier_padded_evaluation(tmp_path):
+    (tmp_path / "dpo-seed0.json").write_text(json.dumps({"margins": [0.1, -0.2]}))
+    cells = [cell("dpo", 0, [True, False, True], [0.10002, 0.00001, 0.3]), cell("ipo", 0, [True], [0.5])]
+    check = real_bench.layout_check(cells, tmp_path)
+    assert check["cells"] == 1 and check["pairs"] == 2 and check["compared"] == 2
+    assert check["same_sign"] == 1  # -0.2 against +0.00001
+    assert check["max_abs_margin_difference"] == pytest.approx(0.20001)
+    assert real_bench.layout_check(cells, tmp_path / "absent") is None
