@@ -382,7 +382,6 @@ def summarise(cells: list[dict]) -> dict:
             "win_rate": {"n": n, "win_rate": won / n if n else float("nan"), "ci95": list(wilson_interval(won, n)),
                          "wins": sum(x["wins"] for x in w), "ties": sum(x["ties"] for x in w),
                          "losses": sum(x["losses"] for x in w)},
-            "train_minutes_per_cell": _mean_minutes([c["train_seconds"] for c in group]),
             "eval_minutes_per_cell": _mean_minutes([c["eval_seconds"] for c in group]),
         }
         dpo = per_pair.get("dpo")
@@ -426,9 +425,10 @@ def markdown(result: dict) -> str:
         f"pairs drawn once with a fixed seed, each seen once), seeds {meta['seeds']}; {done} of {meta['cells']} cells "
         f"done. Held-out: {meta['eval_pairs']} pairs, {meta['prompts']} prompts. Reward model (MADPO's margins and the "
         f"judge): {meta['reward_steps']} steps, held-out accuracy {meta['reward_model'].get('eval_accuracy', float('nan')):.3f} "
-        f"on {meta['reward_eval_pairs']} pairs. `{meta['command']}` on {meta['machine']} shared with other jobs, wall "
-        f"time {meta['minutes']:.0f} min (this invocation; {meta['cell_minutes']:.0f} min of cell time in all, cells "
-        f"run {meta['jobs']} at a time).",
+        f"on {meta['reward_eval_pairs']} pairs. `{meta['command']}` on {meta['machine']} shared with other jobs; the "
+        f"last invocation that ran cells took {meta['minutes']:.0f} min, cells run {meta['jobs']} at a time. Training "
+        "times are not compared: cells ran under different loads and some resumed from checkpoints (each cell's "
+        "train_seconds and resumed_from are in its JSON).",
         "",
         "Accuracy and margin: per held-out pair, averaged over seeds, mean with a 95% interval over pairs; "
         "\"vs DPO\": the paired difference on the same pairs and seeds; a difference is called supported only when "
@@ -437,7 +437,7 @@ def markdown(result: dict) -> str:
         "pooled over seeds and prompts, Wilson 95% interval (the prompts repeat across seeds, so it is optimistic).",
         "",
         "| variant | reward accuracy | vs DPO | reward margin | vs DPO | KL k3 | win-rate vs reference | "
-        "train / eval min per cell |",
+        "eval min/cell |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for variant, s in summary.items():
@@ -447,7 +447,7 @@ def markdown(result: dict) -> str:
             f"| {variant} | {_ci(s['reward_accuracy'])} | {_ci(vs['reward_accuracy']) if vs else ''} | "
             f"{_ci(s['reward_margin'])} | {_ci(vs['reward_margin']) if vs else ''} | {_ci(s['kl_k3'])} | "
             f"{w['win_rate']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}] ({w['wins']}/{w['ties']}/{w['losses']}) | "
-            f"{_minutes(s['train_minutes_per_cell'])} / {_minutes(s['eval_minutes_per_cell'])} |")
+            f"{_minutes(s['eval_minutes_per_cell'])} |")
     lines += ["", *conclusions(summary, meta)]
     if result.get("layout_check"):
         c = result["layout_check"]
@@ -611,6 +611,8 @@ def main(argv=None) -> dict:
     print(f"real bench: {len(cells)} of {len(todo)} cells done, {len(pending)} to run, {args.jobs} at a time",
           flush=True)
 
+    earlier_run = json.loads((out / "real.json").read_text())["meta"] if (out / "real.json").is_file() else {}
+
     def write(final: bool) -> dict:
         done = [cells[k] for k in todo if k in cells]
         meta = {"command": "make real-bench", "argv": sys.argv[1:] if argv is None else argv, "steps": args.steps,
@@ -620,8 +622,9 @@ def main(argv=None) -> dict:
                 "eval_pairs": len(reference["chosen"]), "prompts": len(reference["prompts"]),
                 "samples": args.samples, "max_new_tokens": args.max_new_tokens, "reward_steps": args.reward_steps,
                 "reward_eval_pairs": args.reward_eval_pairs, "jobs": args.jobs,
-                "machine": machine(), "minutes": (time.time() - started) / 60,
-                "cell_minutes": sum((c["train_seconds"] or 0) + c["eval_seconds"] for c in done) / 60, "complete": final and len(done) == len(todo)}
+                "machine": machine(),
+                "minutes": (time.time() - started) / 60 if pending else earlier_run.get("minutes", 0.0),
+                "complete": final and len(done) == len(todo)}
         result = {"meta": meta, "summary": summarise(done) if done else {}, "reference": reference, "cells": done,
                   "layout_check": layout_check(done, cells_dir / "padded-100")}
         (out / "real.json").write_text(json.dumps(result, indent=1) + "\n")
