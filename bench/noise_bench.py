@@ -98,7 +98,7 @@ def held_out_margins(trainer) -> list[float]:
     """h = chosen log-ratio - rejected log-ratio for every held-out pair, in order."""
     import torch
 
-    from dpo_recipes.trainer import _MODEL_KEYS
+    from dpo_recipes.packing import MODEL_INPUTS
 
     margins = []
     trainer.model.eval()
@@ -107,7 +107,7 @@ def held_out_margins(trainer) -> list[float]:
             batch = trainer._prepare_inputs(batch)
             (chosen, rejected), _, _ = trainer.pair_logps(trainer.model, batch)
             ref_chosen, ref_rejected = trainer.compute_ref_log_probs(
-                trainer.model, {k: v for k, v in batch.items() if k in _MODEL_KEYS})
+                trainer.model, {k: v for k, v in batch.items() if k in MODEL_INPUTS})
             margins += ((chosen - ref_chosen) - (rejected - ref_rejected)).tolist()
     return margins
 
