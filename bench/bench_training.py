@@ -87,13 +87,19 @@ def measure(config: dict) -> dict:
 
     from dpo_recipes.config import parse_config
     from dpo_recipes.modeling import load_model, load_tokenizer
+    from dpo_recipes.pretrained import materialise
     from dpo_recipes.tiny import build_tiny
     from dpo_recipes.trainer import PreferenceTrainer
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    model_dir = build_tiny(out=WORK / "bench-llama", **MODEL)
+    if config.get("model") == "smollm2-135m-instruct":  # the real model of recipes/smollm2-135m, with its LoRA
+        model_dir = materialise(config["model"])
+        recipe = str(REPO / "recipes/smollm2-135m/config.yaml")
+    else:
+        model_dir = build_tiny(out=WORK / "bench-llama", **MODEL)
+        recipe = str(REPO / "recipes/demo-cpu/config.yaml")
     out = WORK / f"run-{os.getpid()}"
-    args = ["--config", str(REPO / "recipes/demo-cpu/config.yaml"), "--model_name_or_path", str(model_dir),
+    args = ["--config", recipe, "--model_name_or_path", str(model_dir), "--gradient_accumulation_steps", "1",
             "--output_dir", str(out), "--overwrite_output_dir", "true", "--eval_strategy", "no",
             "--save_strategy", "no", "--logging_steps", "1000", "--report_to", "none", "--learning_rate", "1e-4",
             "--max_steps", str(config["warmup"] + config["steps"]), "--max_length", str(config["max_length"]),
@@ -316,6 +322,13 @@ def main() -> None:
         print(f" hh, smollm2-135m-instruct: shared over padding-free "
               f"{r['prefix_sharing_over_padding_free']['median']:.2f}x (token-count limit {r['token_count_limit']:.2f}x)",
               flush=True)
+        # Peak memory of each layout training alone (a few steps of the recipe's micro-batch, its own process)
+        shape = {**base, "model": config["model"], "data": "hh", "max_length": 512, "batch_size": 2, "rows": 16,
+                 "warmup": 1, "steps": 1 if a.quick else 2}
+        memory = side_by_side({"padded": shape, "padding_free": {**shape, "padding_free": True},
+                               "prefix_sharing": {**shape, "padding_free": True, "prefix_sharing": True}}, 1)
+        for name in ("padded", "padding_free", "prefix_sharing"):
+            r[name]["peak_rss_mb"] = memory[name]["peak_rss_mb"]
         results.setdefault("prefix_sharing", {})["hh_smollm2_135m"] = r
     if "ref_cache" in todo:
         print("ref_cache: one epoch, reference on the fly vs cached reference log-probs", flush=True)
