@@ -39,7 +39,7 @@ from .judge import judge_scores, load_judge, win_rate
 from .model_card import write_model_card
 from .modeling import load_tokenizer, resolve_model_path
 from .names import RUN_CONFIG
-from .packing import MODEL_INPUTS, PREFIX_SHARING_ATTENTION, completion_logps, pack_padded_batch
+from .packing import MODEL_INPUTS, completion_logps, pack_padded_batch, takes_shared_prompt_mask
 from .report_markdown import write_report
 from .stats import mean_se
 from .tokenization import generation_prompt_ids, tokenize_pair
@@ -178,7 +178,7 @@ def pair_logps(model, tokenized: list[dict], settings: ReportSettings, device) -
         pad_token_id=0, max_length=settings.max_length, truncation_mode=settings.truncation_mode
     )
     attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    shared = settings.prefix_sharing and (attention or "sdpa") in PREFIX_SHARING_ATTENTION
+    shared = settings.prefix_sharing and takes_shared_prompt_mask(attention)
     chosen, rejected = [], []
     for start in tqdm(range(0, len(tokenized), settings.batch_size), desc="pair log-probs", leave=False):
         batch = collator(tokenized[start : start + settings.batch_size])

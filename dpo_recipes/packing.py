@@ -167,10 +167,15 @@ def check_shared_prompts(padding_free: bool, attn_implementation: str | None) ->
     alike: packed rows, and an attention implementation that takes the layout's mask. ValueError otherwise."""
     if not padding_free:
         raise ValueError("prefix_sharing needs padding_free: true (pairs are packed into rows)")
-    attention = attn_implementation or "sdpa"
-    if attention not in PREFIX_SHARING_ATTENTION:
+    if not takes_shared_prompt_mask(attn_implementation):
         raise ValueError(f"prefix_sharing needs attn_implementation in {list(PREFIX_SHARING_ATTENTION)}, got "
-                         f"{attention!r} (it cannot take the mask that keeps chosen and rejected apart)")
+                         f"{attn_implementation or 'sdpa'!r} (it cannot take the mask that keeps chosen and rejected "
+                         "apart)")
+
+
+def takes_shared_prompt_mask(attn_implementation: str | None) -> bool:
+    """Whether an attention implementation (None: transformers' default, sdpa) reads the shared-prompt mask."""
+    return (attn_implementation or "sdpa") in PREFIX_SHARING_ATTENTION
 
 
 def shared_prefix_length(chosen: list[int], rejected: list[int], chosen_mask: list[int], rejected_mask: list[int]) -> int:
