@@ -49,30 +49,33 @@ def balanced_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return [[i] for i in order]
 
 
+def fill_rows(segments: list[dict[str, list[int]]], capacity: int, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Lay segments (each a dict of equally long per-token lists: input_ids, position_ids, ...) into balanced rows of
+    at most `capacity` tokens, batch order kept inside a row (deterministic, easy to read). Returns one [rows, width]
+    tensor per key; the rows' tail padding has pad ids, sequence id -1, zeros elsewhere, and positions of its own."""
+    lengths = [len(segment["input_ids"]) for segment in segments]
+    rows = balanced_rows(lengths, capacity)
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    padding = {"input_ids": pad_token_id, SEQUENCE_IDS: -1}
+    out = {key: torch.full((len(rows), width), padding.get(key, 0), dtype=torch.long) for key in segments[0]}
+    for r, row in enumerate(rows):
+        start = 0
+        for i in sorted(row):
+            end = start + lengths[i]
+            for key, values in segments[i].items():
+                out[key][r, start:end] = torch.tensor(values)
+            start = end
+        out["position_ids"][r, start:] = torch.arange(width - start)  # the tail padding is a block of its own
+    return out
+
+
 def pack_sequences(input_ids: list[list[int]], completion_mask: list[list[int]], row_length: int | None,
                    pad_token_id: int) -> dict[str, torch.Tensor]:
     """Pack sequences (already truncated) into rows. Returns input_ids, position_ids, completion_mask and
     sequence_ids, each [rows, width]; no attention_mask, so that transformers reads the packing from position_ids."""
-    lengths = [len(ids) for ids in input_ids]
-    capacity = max(row_length or 0, max(lengths))
-    rows = balanced_rows(lengths, capacity)
-    width = max(sum(lengths[i] for i in row) for row in rows)
-    shape = (len(rows), width)
-    out_ids = torch.full(shape, pad_token_id, dtype=torch.long)
-    positions = torch.zeros(shape, dtype=torch.long)
-    completion = torch.zeros(shape, dtype=torch.long)
-    sequence_ids = torch.full(shape, -1, dtype=torch.long)
-    for r, row in enumerate(rows):
-        start = 0
-        for i in sorted(row):  # keep batch order inside a row (deterministic, easy to read)
-            end = start + lengths[i]
-            out_ids[r, start:end] = torch.tensor(input_ids[i])
-            positions[r, start:end] = torch.arange(lengths[i])
-            completion[r, start:end] = torch.tensor(completion_mask[i])
-            sequence_ids[r, start:end] = i
-            start = end
-        positions[r, start:] = torch.arange(width - start)  # the row's tail padding is a block of its own
-    return {"input_ids": out_ids, "position_ids": positions, "completion_mask": completion, SEQUENCE_IDS: sequence_ids}
+    segments = [{"input_ids": ids, "position_ids": list(range(len(ids))), "completion_mask": mask,
+                 SEQUENCE_IDS: [i] * len(ids)} for i, (ids, mask) in enumerate(zip(input_ids, completion_mask))]
+    return fill_rows(segments, max(row_length or 0, max(map(len, input_ids))), pad_token_id)
 
 
 def completion_logps(model, inputs: dict, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -194,35 +197,14 @@ def pack_pairs(chosen: list[list[int]], rejected: list[list[int]], chosen_mask: 
     Returns pack_sequences' keys plus branch_ids; sequence_ids number chosen sequences 0..B-1 (shared prompt
     included) and rejected ones B..2B-1, as in the padded batch."""
     num_pairs = len(chosen)
-    segments = []  # per pair: (ids, positions, completion, sequence ids, branch ids)
+    segments = []
     for i, (c, r, cm, rm) in enumerate(zip(chosen, rejected, chosen_mask, rejected_mask)):
         n = shared_prefix_length(c, r, cm, rm)
-        segments.append((
-            c + r[n:],
-            [*range(len(c)), *range(n, len(r))],
-            cm + rm[n:],
-            [i] * len(c) + [num_pairs + i] * (len(r) - n),
-            [0] * n + [1] * (len(c) - n) + [2] * (len(r) - n),
-        ))
-    lengths = [len(s[0]) for s in segments]
-    capacity = max(2 * (row_length or 0), max(lengths))  # a pair holds two sequences: a row holds what two hold
-    rows = balanced_rows(lengths, capacity)
-    width = max(sum(lengths[i] for i in row) for row in rows)
-    shape = (len(rows), width)
-    out = {"input_ids": torch.full(shape, pad_token_id, dtype=torch.long),
-           "position_ids": torch.zeros(shape, dtype=torch.long),
-           "completion_mask": torch.zeros(shape, dtype=torch.long),
-           SEQUENCE_IDS: torch.full(shape, -1, dtype=torch.long),
-           BRANCH_IDS: torch.zeros(shape, dtype=torch.long)}
-    for r, row in enumerate(rows):
-        start = 0
-        for i in sorted(row):
-            end = start + lengths[i]
-            for key, values in zip(out, segments[i]):
-                out[key][r, start:end] = torch.tensor(values)
-            start = end
-        out["position_ids"][r, start:] = torch.arange(width - start)  # the row's tail padding is a block of its own
-    return out
+        segments.append({"input_ids": c + r[n:], "position_ids": [*range(len(c)), *range(n, len(r))],
+                         "completion_mask": cm + rm[n:], SEQUENCE_IDS: [i] * len(c) + [num_pairs + i] * (len(r) - n),
+                         BRANCH_IDS: [0] * n + [1] * (len(c) - n) + [2] * (len(r) - n)})
+    longest = max(len(segment["input_ids"]) for segment in segments)
+    return fill_rows(segments, max(2 * (row_length or 0), longest), pad_token_id)  # a pair: what two rows hold
 
 
 def shared_prompt_mask(sequence_ids: torch.Tensor, branch_ids: torch.Tensor) -> torch.Tensor:
