@@ -78,6 +78,17 @@ def hh_pairs(n: int, seed: int = 0) -> list[dict]:
     return random.Random(seed).sample(pairs, n)
 
 
+def bench_model(config: dict) -> tuple[str, str]:
+    """The model a measurement trains and the recipe config it starts from: SmolLM2-135M-Instruct with
+    recipes/smollm2-135m (its LoRA), or the bench's 32.5M random Llama with recipes/demo-cpu."""
+    from dpo_recipes.pretrained import materialise
+    from dpo_recipes.tiny import build_tiny
+
+    if config.get("model") == "smollm2-135m-instruct":
+        return str(materialise(config["model"])), str(REPO / "recipes/smollm2-135m/config.yaml")
+    return str(build_tiny(out=WORK / "bench-llama", **MODEL)), str(REPO / "recipes/demo-cpu/config.yaml")
+
+
 def measure(config: dict) -> dict:
     """One training measurement in this process: tokens/s over the timed steps, time per step, peak RSS."""
     import torch
@@ -87,17 +98,10 @@ def measure(config: dict) -> dict:
 
     from dpo_recipes.config import parse_config
     from dpo_recipes.modeling import load_model, load_tokenizer
-    from dpo_recipes.pretrained import materialise
-    from dpo_recipes.tiny import build_tiny
     from dpo_recipes.trainer import PreferenceTrainer
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    if config.get("model") == "smollm2-135m-instruct":  # the real model of recipes/smollm2-135m, with its LoRA
-        model_dir = materialise(config["model"])
-        recipe = str(REPO / "recipes/smollm2-135m/config.yaml")
-    else:
-        model_dir = build_tiny(out=WORK / "bench-llama", **MODEL)
-        recipe = str(REPO / "recipes/demo-cpu/config.yaml")
+    model_dir, recipe = bench_model(config)
     out = WORK / f"run-{os.getpid()}"
     args = ["--config", recipe, "--model_name_or_path", str(model_dir), "--gradient_accumulation_steps", "1",
             "--output_dir", str(out), "--overwrite_output_dir", "true", "--eval_strategy", "no",
@@ -163,18 +167,12 @@ def measure_layouts(config: dict) -> dict:
 
     from dpo_recipes.config import parse_config
     from dpo_recipes.modeling import load_model, load_tokenizer
-    from dpo_recipes.pretrained import materialise
-    from dpo_recipes.tiny import build_tiny
     from dpo_recipes.trainer import PreferenceTrainer
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    if config.get("model") == "smollm2-135m-instruct":  # the real model of recipes/smollm2-135m, with its LoRA
-        model_dir = materialise(config["model"])
-        recipe = ["--config", str(REPO / "recipes/smollm2-135m/config.yaml"), "--per_device_train_batch_size",
-                  str(config["batch_size"]), "--gradient_accumulation_steps", "1"]
-    else:
-        model_dir = build_tiny(out=WORK / "bench-llama", **MODEL)
-        recipe = ["--config", str(REPO / "recipes/demo-cpu/config.yaml")]
+    model_dir, config_file = bench_model(config)
+    recipe = ["--config", config_file, "--per_device_train_batch_size", str(config["batch_size"]),
+              "--gradient_accumulation_steps", "1"]
     layouts = {"padded": ("--padding_free", "false", "--prefix_sharing", "false"),
                "padding_free": ("--padding_free", "true", "--prefix_sharing", "false"),
                "prefix_sharing": ("--padding_free", "true", "--prefix_sharing", "true")}
