@@ -1,6 +1,7 @@
 """A real experiment: DPO, IPO, cDPO, rDPO and MADPO on SmolLM2-135M-Instruct and Anthropic HH harmless-base (CPU).
 
     make real-bench                              # python bench/real_bench.py: bench/results/real.{json,md,png}
+    make real-bench ARGS="--steps 12 --learning_rate 1e-3 --out bench/results/real-steps12"   # the first, smaller run
     python bench/real_bench.py --steps 4 --eval_pairs 8 --prompts 2 --seeds 0 --out outputs/real-bench-quick   # a quick look
 
 Every variant gets the same budget: the recipe recipes/smollm2-135m (LoRA on every linear layer, padding-free, one
@@ -452,7 +453,7 @@ def markdown(result: dict) -> str:
     if result.get("layout_check"):
         c = result["layout_check"]
         lines.append(f"- Scoring check: {c['cells']} cells were also evaluated earlier with padded batches on the first "
-                     f"{c['pairs']} held-out pairs (`bench/results/real/padded-100/`); the shared-prompt margins here "
+                     f"{c['pairs']} held-out pairs (`{c['folder']}/`); the shared-prompt margins here "
                      f"differ from those by at most {c['max_abs_margin_difference']:.1e}, and {c['same_sign']} of "
                      f"{c['compared']} have the same sign.")
     first = {}
@@ -483,7 +484,8 @@ def layout_check(cells: list[dict], folder: Path) -> dict | None:
             compared += 1
     if not compared:
         return None
-    return {"cells": sum(c["name"] in earlier for c in cells), "pairs": len(next(iter(earlier.values()))["margins"]),
+    return {"folder": os.path.relpath(folder.resolve(), REPO), "cells": sum(c["name"] in earlier for c in cells),
+            "pairs": len(next(iter(earlier.values()))["margins"]),
             "compared": compared, "same_sign": same, "max_abs_margin_difference": max(diffs)}
 
 
@@ -568,10 +570,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per cell (the same for every variant)")
-    parser.add_argument("--learning_rate", type=float, default=1e-3,
-                        help="the cells' peak learning rate (cosine, no warmup): twice the recipe's 5e-4, for a short run")
-    parser.add_argument("--save_steps", type=int, default=3, help="checkpoint interval (resume point)")
+    parser.add_argument("--steps", type=int, default=48, help="optimizer steps per cell (the same for every variant)")
+    parser.add_argument("--learning_rate", type=float, default=5e-4,
+                        help="the cells' peak learning rate (cosine, no warmup): the recipe's")
+    parser.add_argument("--save_steps", type=int, default=8, help="checkpoint interval (resume point)")
     parser.add_argument("--reward_steps", type=int, default=12, help="reward model (MADPO step one, the judge)")
     parser.add_argument("--reward_eval_pairs", type=int, default=48, help="held-out pairs the reward model is scored on")
     parser.add_argument("--eval_pairs", type=int, default=None, help="held-out pairs scored (default: all)")

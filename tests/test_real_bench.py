@@ -54,8 +54,11 @@ def test_markdown_and_readme_section(tmp_path):
             "max_new_tokens": 8, "reward_steps": 4, "reward_eval_pairs": 8, "reward_model": {"eval_accuracy": 0.6},
             "jobs": 2}
     reference = {"prompts": ["Human: hi | there", "q2"], "replies": ["hello", "x"]}
+    check = {"folder": "bench/results/x/real/padded-100", "cells": 1, "pairs": 2, "compared": 2, "same_sign": 2,
+             "max_abs_margin_difference": 1e-5}
     md = real_bench.markdown({"meta": meta, "summary": real_bench.summarise(cells), "reference": reference,
-                              "cells": cells})
+                              "cells": cells, "layout_check": check})
+    assert "(`bench/results/x/real/padded-100/`)" in md and "2 of 2 have the same sign" in md
     assert "2 of 10 cells done" in md and "| dpo | 0.750 [" in md
     assert "includes 0.5: the target (entirely above 0.5) is not met" in md and "Partial results" in md
     assert "Human: hi \\| there" in md  # a table cell cannot break the table
@@ -117,6 +120,7 @@ def test_layout_check_compares_margins_with_the_earlier_padded_evaluation(tmp_pa
     cells = [cell("dpo", 0, [True, False, True], [0.10002, 0.00001, 0.3]), cell("ipo", 0, [True], [0.5])]
     check = real_bench.layout_check(cells, tmp_path)
     assert check["cells"] == 1 and check["pairs"] == 2 and check["compared"] == 2
+    assert (REPO / check["folder"]).resolve() == tmp_path.resolve()  # named relative to the repository
     assert check["same_sign"] == 1  # -0.2 against +0.00001
     assert check["max_abs_margin_difference"] == pytest.approx(0.20001)
     assert real_bench.layout_check(cells, tmp_path / "absent") is None
