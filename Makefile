@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-RECIPE ?= demo-cpu
+RECIPE ?= demo-smollm2
 ARGS ?=
 RECIPE_DIR := recipes/$(RECIPE)
 # A loss variant layered over the recipe's config (recipes/<name>/variants/<VARIANT>.yaml), another launcher config,
@@ -19,7 +19,7 @@ SMOKE_OUT ?= outputs/smoke/$(RECIPE)
 .PHONY: help install train audit test test-fast bench bench-gpu noise-bench real-bench check-recipe check-variant smoke new-recipe eval plots merge estimate check-run migrate
 
 help:
-	@echo "make train [RECIPE=<name>] [ARGS='--key value ...']   train a recipe (default: demo-cpu, CPU, no downloads)"
+	@echo "make train [RECIPE=<name>] [ARGS='--key value ...']   train a recipe (default: demo-smollm2, a real model, CPU, no downloads)"
 	@echo "make audit [RECIPE=<name>] [ARGS='--key value ...']   check a recipe's data (no model load): data_audit.json"
 	@echo "make smoke RECIPE=<name> [VARIANT=<loss>]               run a recipe on CPU with a tiny model, check its result"
 	@echo "make new-recipe NAME=<new> FROM=<existing> [OWN=1]      copy a recipe as a template (OWN=1: with its own train.py)"

@@ -1,4 +1,5 @@
-"""The demo recipe through the real launcher (`make train`), checked on its outputs and values."""
+"""The tiny demo recipe (recipes/demo-cpu) through the real launcher (`make train RECIPE=demo-cpu`), checked on its
+outputs and values. The default recipe, demo-smollm2, trains the real model: tests/e2e/test_smollm2.py."""
 
 import json
 import math
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.slow
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
     args = f"--max_steps 6 --logging_steps 1 --eval_steps 3 --save_steps 3 --output_dir {out}"
-    proc = run(["make", "--no-print-directory", "train", f"ARGS={args}"])
+    proc = run(["make", "--no-print-directory", "train", "RECIPE=demo-cpu", f"ARGS={args}"])
     (out / "make_train.log").write_text(proc.stdout + proc.stderr)
     return out
 

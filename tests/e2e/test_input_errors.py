@@ -69,7 +69,8 @@ def test_an_error_inside_the_launched_processes(tmp_path, processes):
     """A user error that only the training processes can see (the chat template file, read with the tokenizer):
     through `make train`, one line and exit 2, not accelerate's or torch elastic's traceback after it."""
     missing = tmp_path / "nope.jinja"
-    proc = run(["make", "--no-print-directory", "train", f"ACCELERATE_CONFIG={cpu_launcher(tmp_path, processes)}",
+    proc = run(["make", "--no-print-directory", "train", "RECIPE=demo-cpu",
+                f"ACCELERATE_CONFIG={cpu_launcher(tmp_path, processes)}",
                 f"ARGS=--chat_template_path {missing} --output_dir {tmp_path / 'o'}"], check=False, timeout=300)
     assert_one_line(proc, f"{missing}: chat_template_path not found")
 
