@@ -1,4 +1,4 @@
-# dpo-recipes: `make train` (the CPU demo) and `make test` install what they need into .venv first.
+# dpo-recipes: `make train` (the demo: a real model on CPU) and `make test` install what they need into .venv first.
 SHELL := /bin/bash
 PYTHON_SYS ?= python3
 VENV := .venv
