@@ -45,7 +45,8 @@ def assert_one_line(proc, message, through_make=True):
                                           ("audit", "empty")])  # make audit's other cases: test_make_audit.py
 def test_make_with_a_malformed_dataset(tmp_path, case, target):
     path, message = bad_datasets(tmp_path)[case]
-    proc = run(["make", "--no-print-directory", target, f"ARGS=--dataset_name {path} --output_dir {tmp_path / 'o'}"],
+    proc = run(["make", "--no-print-directory", target, "RECIPE=demo-cpu",
+                f"ARGS=--dataset_name {path} --output_dir {tmp_path / 'o'}"],
                check=False, timeout=300)
     assert_one_line(proc, message)
     assert "Loading weights" not in proc.stdout + proc.stderr  # stopped before any model or launcher

@@ -173,7 +173,7 @@ def test_non_finite_loss_stops_naming_step_and_rows(tmp_path):
 
 def test_audit_alone_then_train_into_the_same_output_dir(tmp_path):
     out = tmp_path / "run"
-    run(["make", "--no-print-directory", "audit", f"ARGS=--output_dir {out}"])
+    run(["make", "--no-print-directory", "audit", "RECIPE=demo-cpu", f"ARGS=--output_dir {out}"])
     assert (out / "data_audit.json").is_file()
     run([sys.executable, "recipes/demo-cpu/train.py", "--config", "recipes/demo-cpu/config.yaml", *BASE,
          "--max_steps", "1", "--output_dir", str(out)])
