@@ -11,10 +11,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Json, load_dataset
 
-from .data_sources import Source
+from .data_sources import FILE_BUILDERS, Source, missing_file
 from .errors import UserError
-
-FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def _builder(path: Path) -> str:
@@ -98,7 +96,7 @@ def read_source(source: Source) -> DatasetDict:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
         return _load_local(str(path), {}, files, source.name)
-    if any(source.name.lower().endswith(ext + gz) for ext in FILE_BUILDERS for gz in ("", ".gz")):
+    if missing_file(source.name):
         raise UserError(f"{source.name}: file not found")
     try:
         splits = load_dataset(source.name, source.config)

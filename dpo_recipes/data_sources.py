@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
@@ -27,6 +28,7 @@ DEFECTS = (
 )
 DEFAULT_STOP_ON = ("missing_field", "wrong_type")  # structural problems: usually the wrong file or column
 SOURCE_KEYS = ("name", "config", "split", "test_split", "columns", "weight", "fraction")
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}  # gzip-compressed too
 
 
 @dataclass
@@ -40,6 +42,12 @@ class Source:
     columns: dict[str, str] = field(default_factory=dict)
     weight: float | None = None
     fraction: float | None = None
+
+
+def missing_file(name: str) -> bool:
+    """A source named as a data file (by its extension) that does not exist: not a hub id, a missing file."""
+    named_as_file = any(name.lower().endswith(ext + gz) for ext in FILE_BUILDERS for gz in ("", ".gz"))
+    return named_as_file and not Path(name).exists()
 
 
 def _yaml_value(value, what: str):
@@ -147,7 +155,9 @@ def parse_stop_on(value) -> set[str]:
 
 def check_data_args(script_args) -> None:
     """The data options, checked with the rest of the config (before anything is loaded)."""
-    sources_from_args(script_args)
+    for source in sources_from_args(script_args):
+        if missing_file(source.name):  # before a model is resolved, loaded or converted
+            raise UserError(f"{source.name}: file not found")
     parse_stop_on(getattr(script_args, "data_stop_on", None))
     rows = getattr(script_args, "dataset_mixture_rows", None)
     if rows is not None and rows <= 0:

@@ -6,7 +6,7 @@ import pytest
 from tests.helpers import text_pairs, write_rows
 from dpo_recipes.config import ScriptArguments
 from dpo_recipes.data import load_preference_data
-from dpo_recipes.data_sources import DEFAULT_STOP_ON, DEFECTS, parse_columns, parse_stop_on
+from dpo_recipes.data_sources import DEFAULT_STOP_ON, DEFECTS, check_data_args, parse_columns, parse_stop_on
 from dpo_recipes.errors import UserError
 
 
@@ -55,3 +55,15 @@ def test_data_stop_on_reasons_and_shorthands():
     assert parse_stop_on("identical_pair") == {"identical_pair"}
     with pytest.raises(UserError, match=r"unknown reason 'identical_pairs' \(did you mean 'identical_pair'\?\)"):
         parse_stop_on(["identical_pairs"])
+
+
+def test_a_missing_data_file_stops_with_the_config(tmp_path):
+    """Checked with the rest of the config, before a model is resolved (the default recipe converts one first)."""
+    present = write_rows(tmp_path / "a.jsonl", text_pairs(4, "a"))
+    check_data_args(ScriptArguments(dataset_name=str(present)))
+    check_data_args(ScriptArguments(dataset_name="org/some-dataset"))  # a hub id: read later
+    for name in (tmp_path / "nope.jsonl", tmp_path / "nope.csv.gz"):
+        with pytest.raises(UserError, match=f"^{name}: file not found$"):
+            check_data_args(ScriptArguments(dataset_name=str(name)))
+    with pytest.raises(UserError, match="nope.parquet: file not found"):
+        check_data_args(ScriptArguments(dataset_name="", dataset_mixture=[str(present), str(tmp_path / "nope.parquet")]))
