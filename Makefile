@@ -33,7 +33,7 @@ help:
 	@echo "make bench                                              CPU benchmarks into bench/results/ (about 40 min)"
 	@echo "make bench-gpu                                          GPU benchmark of real recipes (needs a CUDA GPU)"
 	@echo "make noise-bench                                        label-noise robustness of the loss variants (CPU)"
-	@echo "make real-bench [ARGS=...]                              DPO variants on SmolLM2-135M and HH data (CPU, ~1 h, resumes)"
+	@echo "make real-bench [ARGS=...]                              DPO variants on SmolLM2-135M and HH data (CPU, ~2 h, resumes)"
 	@echo "make install                                            create .venv from requirements.txt"
 	@echo "recipes: $$(ls recipes | tr '\n' ' ')"
 
