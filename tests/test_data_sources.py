@@ -3,8 +3,8 @@ weights and fractions, and data_stop_on, checked before anything is read."""
 
 import pytest
 
-from tests.helpers import text_pairs, write_rows
-from dpo_recipes.config import ScriptArguments
+from tests.helpers import REPO, text_pairs, write_rows
+from dpo_recipes.config import ScriptArguments, parse_config
 from dpo_recipes.data import load_preference_data
 from dpo_recipes.data_sources import DEFAULT_STOP_ON, DEFECTS, check_data_args, parse_columns, parse_stop_on
 from dpo_recipes.errors import UserError
@@ -67,3 +67,10 @@ def test_a_missing_data_file_stops_with_the_config(tmp_path):
             check_data_args(ScriptArguments(dataset_name=str(name)))
     with pytest.raises(UserError, match="nope.parquet: file not found"):
         check_data_args(ScriptArguments(dataset_name="", dataset_mixture=[str(present), str(tmp_path / "nope.parquet")]))
+
+
+def test_the_default_recipe_stops_on_a_missing_file_at_parse_time(tmp_path):
+    """run.py parses the config before it resolves (for demo-smollm2: converts) the model, so this is the first stop."""
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(UserError, match=f"^{missing}: file not found$"):
+        parse_config(["--config", str(REPO / "recipes/demo-smollm2/config.yaml"), "--dataset_name", str(missing)])
