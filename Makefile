@@ -16,7 +16,7 @@ ACCELERATE_CONFIG ?= $(RECIPE_DIR)/accelerate.yaml
 LAUNCH_ARGS ?=
 SMOKE_OUT ?= outputs/smoke/$(RECIPE)
 
-.PHONY: help install train audit test test-fast bench bench-gpu noise-bench real-bench check-recipe check-variant smoke new-recipe eval plots merge estimate check-run migrate
+.PHONY: help install train audit test test-fast bench bench-gpu noise-bench real-bench check-recipe check-variant smoke new-recipe eval plots merge estimate check-run migrate trackers
 
 help:
 	@echo "make train [RECIPE=<name>] [ARGS='--key value ...']   train a recipe (default: demo-smollm2, a real model, CPU, no downloads)"
@@ -35,6 +35,7 @@ help:
 	@echo "make noise-bench                                        label-noise robustness of the loss variants (CPU)"
 	@echo "make real-bench [ARGS=...]                              DPO variants on SmolLM2-135M and HH data (CPU, ~2 h, resumes)"
 	@echo "make install                                            create .venv from requirements.txt"
+	@echo "make trackers                                           add wandb and trackio to .venv (report_to: wandb / trackio)"
 	@echo "recipes: $$(ls recipes | tr '\n' ' ')"
 
 # The venv is rebuilt when a requirements file changes. requirements-nodeps.txt: wheels installed without their
@@ -47,6 +48,10 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	touch $@
 
 install: $(VENV)/.installed
+
+# Optional: the trackers a recipe's report_to may name besides tensorboard (alignment-handbook configs use wandb).
+trackers: install
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-trackers.txt
 
 check-recipe:
 	@test -f $(RECIPE_DIR)/train.py || { echo "error: unknown RECIPE '$(RECIPE)'; recipes: $$(ls recipes | tr '\n' ' ')" >&2; exit 2; }

@@ -431,11 +431,23 @@ TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "
                     "comet_ml": "comet_ml", "clearml": "clearml", "swanlab": "swanlab", "dvclive": "dvclive"}
 
 
-def check_report_to(report_to) -> None:
+# The trackers requirements-trackers.txt pins, installed into .venv by `make trackers`.
+OPTIONAL_TRACKERS = ("wandb", "trackio")
+
+
+def missing_trackers(report_to) -> list[str]:
+    """The report_to integrations whose package is not installed."""
     import importlib.util
 
-    for name in report_to or []:
-        package = TRACKER_PACKAGES.get(name)
-        if package and importlib.util.find_spec(package) is None:
-            raise UserError(f"config: report_to {name} needs the {package} package, which is not installed "
-                            f"(pip install {package}; requirements.txt has tensorboard)")
+    return [name for name in report_to or []
+            if name in TRACKER_PACKAGES and importlib.util.find_spec(TRACKER_PACKAGES[name]) is None]
+
+
+def check_report_to(report_to) -> None:
+    missing = missing_trackers(report_to)
+    if missing:
+        name = missing[0]
+        package = TRACKER_PACKAGES[name]
+        how = ("`make trackers` installs it (requirements-trackers.txt)" if package in OPTIONAL_TRACKERS
+               else f"pip install {package}")
+        raise UserError(f"config: report_to {name} needs the {package} package, which is not installed: {how}")

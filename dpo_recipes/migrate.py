@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import _custom_knobs, _known_keys, parse_config, read_yaml
+from .config import TRACKER_PACKAGES, _custom_knobs, _known_keys, missing_trackers, parse_config, read_yaml
 from .errors import UserError, exit_on_user_error
+from .losses import LOSSES
 from .renames import CHANGES, KeyChange
 
 # What a handbook recipe that leaves these keys out ran with, where TRL 1.16's default differs: key -> (value, why).
@@ -57,6 +59,11 @@ class Migration:
     def changed(self) -> dict[str, str]:
         """Old key -> action, for every key that did not come through as it was."""
         return {step.key: step.action for step in self.steps}
+
+
+def _loss_types(config: dict) -> list[str]:
+    loss_type = config.get("loss_type", "sigmoid")
+    return [loss_type] if isinstance(loss_type, str) else list(loss_type or [])
 
 
 def _when(change: KeyChange) -> str:
@@ -200,14 +207,22 @@ def convert(old: dict, where: str, out_name: str = "new.yaml") -> Migration:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             put(Step(key, "kept out", value, {}, f"not a key of this project{hint}"), f"kept out {_fmt(key, value)}")
+    def replace(key: str, value, note: str) -> None:  # a key kept as it was, whose value must change
+        old_value = migration.config[key]
+        migration.layout = [(lines, k) for lines, k in migration.layout if k != key]
+        put(Step(key, "converted", old_value, {key: value}, note), f"was {_fmt(key, old_value)}")
+
     # TRL's DPOTrainer has zeroed every dropout, LoRA's included, since 0.x (disable_dropout, default true): an old
     # lora_dropout never acted. It is written as 0.0, so the config says what trained (a non-zero one is refused).
-    dropout = migration.config.get("lora_dropout")
-    if dropout and migration.config.get("use_peft") and migration.config.get("disable_dropout", True):
-        migration.layout = [(lines, key) for lines, key in migration.layout if key != "lora_dropout"]
-        put(Step("lora_dropout", "converted", dropout, {"lora_dropout": 0.0},
-                 "TRL's disable_dropout (default true) set it to 0 in DPO: it never acted"),
-            f"was {_fmt('lora_dropout', dropout)}")
+    if migration.config.get("lora_dropout") and migration.config.get("use_peft") and \
+            migration.config.get("disable_dropout", True):
+        replace("lora_dropout", 0.0, "TRL's disable_dropout (default true) set it to 0 in DPO: it never acted")
+    trl_losses = [t for t in _loss_types(migration.config) if t not in LOSSES]
+    if migration.config.get("padding_free") and trl_losses:
+        replace("padding_free", False, f"loss_type {', '.join(trl_losses)} is computed by TRL, whose DPOTrainer "
+                "(1.16) has no padding-free path (it warns and pads), and this project's packed rows feed only its own "
+                "loss types (docs/losses.md): the run pads each batch, with the same loss and more memory for batches "
+                "of mixed lengths")
     if any(key in old for key in HANDBOOK_KEYS):
         for key, (value, why) in HANDBOOK_DEFAULTS.items():
             if key not in migration.config:
@@ -321,13 +336,26 @@ def main(argv: list[str] | None = None) -> Migration:
     print(report(migration, str(source), str(target), len(old)))
     # The new file must pass the checks of any recipe config; without a GPU, transformers refuses bf16 unless the
     # run is declared CPU-only, so the check says so (the file itself is left as converted).
+    # A tracker whose package is missing here is this machine's to install, not the config's to change: the check
+    # runs without it (a layer over the new file) and the report says how to add it.
     cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
-    try:
-        parse_config(["--config", str(target), *cpu])
-    except UserError as err:
-        raise UserError(f"{target} is written but does not pass this project's checks yet: {err}") from None
+    report_to = migration.config.get("report_to")
+    missing = missing_trackers([report_to] if isinstance(report_to, str) else report_to)
+    with tempfile.TemporaryDirectory() as tmp:
+        layer = []
+        if missing:
+            present = [name for name in report_to if name not in missing] if isinstance(report_to, list) else []
+            (Path(tmp) / "trackers.yaml").write_text(yaml.safe_dump({"report_to": present or "none"}))
+            layer = ["--config", str(Path(tmp) / "trackers.yaml")]
+        try:
+            parse_config(["--config", str(target), *layer, *cpu])
+        except UserError as err:
+            raise UserError(f"{target} is written but does not pass this project's checks yet: {err}") from None
     print(f"{target}: passes this project's config checks{' (as a CPU run: no GPU here)' if cpu else ''}; "
           f"python -m dpo_recipes.audit --config {target} checks its data with its model's tokenizer")
+    if missing:
+        print(f"{target}: report_to {', '.join(missing)} needs {' and '.join(TRACKER_PACKAGES[m] for m in missing)}, "
+              "not installed here: `make trackers` installs wandb and trackio (requirements-trackers.txt)")
     return migration
 
 

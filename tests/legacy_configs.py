@@ -272,6 +272,216 @@ seed: 42
 warmup_ratio: 0.1""",
 }
 
+# SmolLM3's APO-zero recipe: padding_free, Liger kernels, wandb, a chat_template_kwargs column
+HANDBOOK_SMOLLM3_APO = {
+    "repository": "huggingface/alignment-handbook",
+    "path": "recipes/smollm3/dpo/apo.yaml",
+    "commit": "19f03455e1b7c0450db769f841ced8e650610c06",
+    "text": """# Config for 2 node, with GBS 32
+# Model arguments
+model_name_or_path: HuggingFaceTB/SmolLM3-3B-checkpoints
+model_revision: it-SFT
+torch_dtype: bfloat16
+attn_implementation: flash_attention_2
+trust_remote_code: true
+
+# Data training arguments
+dataset_mixture:
+  datasets:                     
+    - id: HuggingFaceTB/smoltalk2
+      config: Preference
+      split: llama_3.1_tulu_3_8b_preference_mixture_no_think     
+      columns:
+        - chosen
+        - rejected
+        - prompt
+        - chat_template_kwargs
+      weight: 0.5
+    - id: HuggingFaceTB/smoltalk2
+      config: Preference
+      split: tulu_3_8b_pref_mix_Qwen3_32B_Qwen3_0.6B_think 
+      columns:
+        - chosen
+        - rejected
+        - prompt
+        - chat_template_kwargs
+      weight: 0.25
+dataset_num_proc: 12
+# DPO trainer config
+bf16: true
+do_eval: false
+eval_strategy: 'no'
+gradient_accumulation_steps: 2
+gradient_checkpointing: true
+gradient_checkpointing_kwargs:
+  use_reentrant: true
+output_dir: data/SmolLM3-DPO
+run_name: SmolLM3-DPO
+
+hub_strategy: every_save
+learning_rate: 1.0e-06
+log_level: info
+logging_steps: 1
+logging_strategy: steps
+lr_scheduler_type: cosine_with_min_lr
+lr_scheduler_kwargs:
+  min_lr_rate: 0.1
+max_grad_norm: 0.2
+beta: 0.05
+loss_type: apo_zero
+max_length: 24576
+num_train_epochs: 1
+overwrite_output_dir: true
+per_device_train_batch_size: 1
+push_to_hub: true
+padding_free: true
+report_to:
+- wandb
+save_strategy: steps
+save_steps: 0.5
+save_total_limit: 1
+seed: 42
+use_liger_kernel: true
+warmup_ratio: 0.1""",
+}
+
+# StarChat2-15B: four splits of two datasets in one mixture, tensorboard and wandb
+HANDBOOK_STARCHAT2 = {
+    "repository": "huggingface/alignment-handbook",
+    "path": "recipes/starchat2-15b/dpo/config_v0.1.yaml",
+    "commit": "19f03455e1b7c0450db769f841ced8e650610c06",
+    "text": """# Model arguments
+model_name_or_path: HuggingFaceH4/starchat2-15b-sft-v0.1
+torch_dtype: bfloat16
+
+# Data training arguments
+# For definitions, see: src/h4/training/config.py
+dataset_mixture:
+  datasets:
+    - id: HuggingFaceH4/ultrafeedback_binarized
+      config: default
+      split: train_prefs
+      columns:
+        - chosen
+        - rejected
+      weight: 1.0
+    - id: HuggingFaceH4/orca_dpo_pairs
+      config: default
+      split: train_prefs
+      columns:
+        - chosen
+        - rejected
+      weight: 1.0
+    - id: HuggingFaceH4/ultrafeedback_binarized
+      config: default
+      split: test_prefs
+      columns:
+        - chosen
+        - rejected
+      weight: 1.0
+    - id: HuggingFaceH4/orca_dpo_pairs
+      config: default
+      split: test_prefs
+      columns:
+        - chosen
+        - rejected
+      weight: 1.0
+  test_split_size: 2000
+  seed: 0
+dataset_num_proc: 12
+
+# DPOTrainer arguments
+bf16: true
+beta: 0.05
+do_eval: true
+eval_strategy: steps
+eval_steps: 100
+gradient_accumulation_steps: 8
+gradient_checkpointing: true
+gradient_checkpointing_kwargs:
+  use_reentrant: False
+hub_model_id: starchat2-15b-dpo-v0.1
+learning_rate: 5.0e-7
+log_level: info
+logging_steps: 10
+lr_scheduler_type: cosine
+max_length: 1024
+max_prompt_length: 512
+num_train_epochs: 2
+optim: adamw_torch
+output_dir: data/starchat2-15b-dpo-v0.1
+per_device_train_batch_size: 2
+per_device_eval_batch_size: 4
+push_to_hub: true
+report_to:
+- tensorboard
+- wandb
+save_strategy: "no"
+seed: 42
+warmup_ratio: 0.1""",
+}
+
+# Zephyr-7B-Gemma: a train and a test split of one dataset in one mixture, tensorboard and wandb
+HANDBOOK_ZEPHYR_GEMMA = {
+    "repository": "huggingface/alignment-handbook",
+    "path": "recipes/zephyr-7b-gemma/dpo/config_full.yaml",
+    "commit": "19f03455e1b7c0450db769f841ced8e650610c06",
+    "text": """# Model arguments
+model_name_or_path: HuggingFaceH4/zephyr-7b-gemma-sft-v0.1
+torch_dtype: bfloat16
+
+# Data training arguments
+dataset_mixture:
+  datasets:
+    - id: argilla/dpo-mix-7k
+      config: default
+      split: train
+      columns:
+        - chosen
+        - rejected
+      weight: 1.0
+    - id: argilla/dpo-mix-7k
+      config: default
+      split: test
+      columns:
+        - chosen
+        - rejected
+      weight: 1.0
+  test_split_size: 500
+  seed: 0
+dataset_num_proc: 12
+
+# DPOTrainer arguments
+bf16: true
+beta: 0.05
+do_eval: true
+eval_strategy: steps
+eval_steps: 100
+gradient_accumulation_steps: 8
+gradient_checkpointing: true
+gradient_checkpointing_kwargs:
+  use_reentrant: False
+hub_model_id: zephyr-7b-gemma-dpo
+learning_rate: 5.0e-7
+log_level: info
+logging_steps: 10
+lr_scheduler_type: cosine
+max_length: 1024
+max_prompt_length: 512
+num_train_epochs: 2
+optim: adamw_torch
+output_dir: data/zephyr-7b-gemma-dpo
+per_device_train_batch_size: 2
+per_device_eval_batch_size: 4
+push_to_hub: true
+report_to:
+- tensorboard
+- wandb
+save_strategy: "no"
+seed: 42
+warmup_ratio: 0.1""",
+}
+
 # TRL 0.8.6 has no DPO YAML; its documented DPO configuration is the command line in the docstring of
 # examples/scripts/dpo.py (the LoRA one; TrlParser took the same keys from a --config YAML file).
 TRL_086_DPO_COMMAND = {

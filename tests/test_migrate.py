@@ -10,7 +10,7 @@ import yaml
 from tests import legacy_configs as legacy
 from tests.helpers import REPO, demo_subset
 from dpo_recipes import audit, migrate
-from dpo_recipes.config import _known_keys, parse_config
+from dpo_recipes.config import OPTIONAL_TRACKERS, _known_keys, parse_config
 from dpo_recipes.data_sources import sources_from_args
 from dpo_recipes.errors import UserError
 from dpo_recipes.renames import CHANGES
@@ -113,6 +113,76 @@ def test_handbook_2025_mixture(tmp_path):
         ("HuggingFaceH4/ultrafeedback_binarized", "default", "test_prefs", None),
     ]
     assert "# kept out dataset_mixture.test_split_size: 2000" in path.read_text()
+
+
+# The handbook's current configs (its TRL 0.19 API): key -> what migrate does with it, and the local stand-in for
+# each dataset id and split (the hub is out of reach in tests).
+CURRENT_HANDBOOK = {
+    "smollm3-apo": (legacy.HANDBOOK_SMOLLM3_APO, {
+        "torch_dtype": "renamed", "dataset_mixture": "converted", "warmup_ratio": "converted",
+        "padding_free": "converted"}, {
+        "HuggingFaceTB/smoltalk2": "DATA", "config: Preference": "config: default",
+        "llama_3.1_tulu_3_8b_preference_mixture_no_think": "train", "tulu_3_8b_pref_mix_Qwen3_32B_Qwen3_0.6B_think":
+        "test"}),
+    "starchat2-15b": (legacy.HANDBOOK_STARCHAT2, {
+        "torch_dtype": "renamed", "dataset_mixture": "converted", "dataset_mixture.test_split_size": "kept out",
+        "max_prompt_length": "removed", "warmup_ratio": "converted"}, {
+        "HuggingFaceH4/ultrafeedback_binarized": "DATA", "HuggingFaceH4/orca_dpo_pairs": "OTHER_DATA",
+        "train_prefs": "train", "test_prefs": "test"}),
+    "zephyr-7b-gemma": (legacy.HANDBOOK_ZEPHYR_GEMMA, {
+        "torch_dtype": "renamed", "dataset_mixture": "converted", "dataset_mixture.test_split_size": "kept out",
+        "max_prompt_length": "removed", "warmup_ratio": "converted"}, {"argilla/dpo-mix-7k": "DATA"}),
+}
+
+
+@pytest.mark.parametrize("name", CURRENT_HANDBOOK)
+def test_current_handbook_config_converts_and_audits(name, tmp_path, tiny_llama, capsys):
+    """A 2025 handbook config converts, passes the config checks, and its data goes through the audit with a local
+    model's tokenizer; its report_to (wandb, not pinned) stays, and a run without the package stops in one line that
+    says how to install it."""
+    source, changed, local = CURRENT_HANDBOOK[name]
+    data = demo_subset(tmp_path / "data", 60, 20)
+    folders = {"DATA": demo_subset(tmp_path / "one", 30, 10), "OTHER_DATA": tmp_path / "other"}
+    folders["OTHER_DATA"].mkdir()
+    for split, rows in (("train", 30), ("test", 10)):  # other pairs: a repeated pair would be dropped as such
+        lines = (data / f"{split}.jsonl").read_text().splitlines()[rows:]
+        (folders["OTHER_DATA"] / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    text = source["text"]
+    for old, new in local.items():
+        text = text.replace(old, str(folders.get(new, new)))
+    migration, old, new, path = convert_file(tmp_path, text)
+    assert migration.changed() == changed
+    assert_unchanged_keys_kept(migration, old, new)
+    assert new["report_to"] == old["report_to"] and "wandb" in new["report_to"]
+    out = capsys.readouterr().out
+    assert "passes this project's config checks" in out and "`make trackers` installs wandb" in out
+    run = ["--config", str(path), "--model_name_or_path", str(tiny_llama), "--output_dir", str(tmp_path / "run"),
+           "--dataset_num_proc", "1", *CPU]
+    if "use_liger_kernel" in old:  # the Liger kernels are not part of the pinned stack
+        run += ["--use_liger_kernel", "false"]
+    with pytest.raises(SystemExit) as exit_:
+        audit.main(run)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: config: report_to wandb needs the wandb package, which is not "
+                                               "installed: `make trackers` installs it (requirements-trackers.txt)")
+    report = audit.main([*run, "--report_to", "tensorboard"])
+    assert report["rows_read"] == 40 * len(old["dataset_mixture"]["datasets"]) // 2
+
+
+def test_apo_zero_padding_free_becomes_padded():
+    """TRL computes apo_zero and has no padding-free path; this project's packed path computes only its own losses."""
+    migration = migrate.convert({"loss_type": ["apo_zero"], "padding_free": True}, "old.yaml")
+    assert migration.changed() == {"padding_free": "converted"} and migration.config["padding_free"] is False
+    assert "apo_zero is computed by TRL" in migration.steps[0].note
+    for ours in ({"loss_type": "cdpo", "padding_free": True}, {"padding_free": True}):
+        assert migrate.convert(ours, "old.yaml").changed() == {}  # this project's losses pack pairs
+
+
+def test_trackers_file_pins_the_optional_trackers():
+    pins = [line.split("==")[0] for line in (REPO / "requirements-trackers.txt").read_text().splitlines()
+            if line and not line.startswith("#")]
+    assert pins == list(OPTIONAL_TRACKERS)
+    assert "-r requirements-trackers.txt" in (REPO / "Makefile").read_text().split("\ntrackers:")[1].split("\n\n")[0]
 
 
 def test_trl_086_documented_command_needs_no_change(tmp_path):
