@@ -2,7 +2,9 @@
 
 Everything is copied (config, variants, losses.py, train.py, README, versions.txt; the accelerate.yaml link stays a
 relative link to the same launcher config). What names the old recipe is renamed, and each rename is printed:
-`output_dir` and `hub_model_id` in the configs, the README's title. Nothing existing is overwritten.
+`output_dir`, `hub_model_id` and `reward_model_name_or_path` in the configs, the README's title, and every mention of
+the old recipe in the README and in the configs' comments (make commands, recipes/<old>/, outputs/<old>...). Nothing
+existing is overwritten.
 
 With OWN=1 the new recipe's train.py is the whole training path, dpo_recipes/run.py, as a script of its own: it reads
 top to bottom and builds the trainer where you can see it, for when the loop itself must change. Without it the copy
@@ -44,14 +46,36 @@ def rename_keys(text: str, old: str, new: str) -> tuple[str, list[str]]:
     return "".join(lines), changes
 
 
-def own_script(run_py: Path, source: str) -> str:
-    """dpo_recipes/run.py as a recipe's own train.py: package-absolute imports and a __main__ block."""
+def mentions(text: str, old: str, new: str) -> tuple[str, int]:
+    """`old` as a recipe name (alone, or in recipes/<old>/, outputs/<old>-reward-model, RECIPE=<old>) -> `new`; a
+    longer name that merely starts with it (qwen2.5-0.5b-instruct, a model id in other case) is left alone."""
+    return re.subn(r"(?<![\w.-])" + re.escape(old) + r"(?!\w|\.\w|-(?!reward-model|dpo\b)\w)", new, text)
+
+
+def rename_comments(text: str, old: str, new: str) -> tuple[str, int]:
+    """The recipe's name in a YAML file's comment lines (values are rename_keys' business)."""
+    lines, count = text.splitlines(keepends=True), 0
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("#"):
+            lines[i], n = mentions(line, old, new)
+            count += n
+    return "".join(lines), count
+
+
+def own_script(run_py: Path, name: str, source: str) -> str:
+    """dpo_recipes/run.py as a recipe's own train.py: its own docstring, package-absolute imports, a __main__ block."""
     text = run_py.read_text()
     docstring_end = text.index('"""', 3) + 3
-    header = (f'"""This recipe\'s own training script: dpo_recipes/run.py as it was when `make new-recipe ... OWN=1`\n'
-              f"copied recipe {source}. It is yours to change. It runs as every recipe does: `make train RECIPE=<this\n"
-              "folder's name>`, or `accelerate launch --config_file accelerate.yaml train.py --config config.yaml` from\n"
-              "the repository root.\n\n" + text[3:docstring_end])
+    steps = next(line for line in text[:docstring_end].splitlines() if " -> " in line)  # run.py's order of steps
+    header = (f'"""Recipe {name}\'s own training script, made by `make new-recipe NAME={name} FROM={source} OWN=1`\n'
+              "from the package's training path (dpo_recipes/run.py) as it was then. It is this recipe's to change:\n"
+              "later changes to dpo_recipes/run.py do not reach it, while the modules it imports are still the\n"
+              "package's. Its steps, top to bottom:\n\n"
+              f"{steps}\n\n"
+              f"Run it as every recipe: `make train RECIPE={name}` (`make smoke RECIPE={name}` on CPU), or\n"
+              "`accelerate launch --config_file accelerate.yaml train.py --config config.yaml` from the repository\n"
+              "root.\n"
+              '"""')
     body = re.sub(r"^from \.(\w+) import", r"from dpo_recipes.\1 import", text[docstring_end:], flags=re.M)
     return header + body + '\n\nif __name__ == "__main__":\n    main(Path(__file__).resolve().parent)\n'
 
@@ -70,17 +94,21 @@ def copy_recipe(recipes: Path, name: str, source: str, own: bool = False) -> lis
     changes = []
     for config in [dst / "config.yaml", *sorted((dst / "variants").glob("*.yaml"))]:
         text, changed = rename_keys(config.read_text(), source, name)
+        text, count = rename_comments(text, source, name)
         config.write_text(text)
         changes += [f"{config.relative_to(recipes.parent)}: {c}" for c in changed]
+        if count:
+            changes.append(f"{config.relative_to(recipes.parent)}: {source} -> {name} in {count} comment mention(s)")
     readme = dst / "README.md"
     if readme.is_file():
-        lines = readme.read_text().splitlines(keepends=True)
+        text, count = mentions(readme.read_text(), source, name)
+        lines = text.splitlines(keepends=True)
         if lines and lines[0].startswith("# "):
             lines[0] = f"# {name} (copied from {source}: update this README)\n"
-            readme.write_text("".join(lines))
-            changes.append(f"{readme.relative_to(recipes.parent)}: title -> {name}")
+        readme.write_text("".join(lines))
+        changes.append(f"{readme.relative_to(recipes.parent)}: title and {count} mention(s) of {source} -> {name}")
     if own:
-        (dst / "train.py").write_text(own_script(recipes.parent / "dpo_recipes" / "run.py", source))
+        (dst / "train.py").write_text(own_script(recipes.parent / "dpo_recipes" / "run.py", name, source))
         changes.append(f"{(dst / 'train.py').relative_to(recipes.parent)}: the training path of dpo_recipes/run.py, "
                        "yours to change")
     link = dst / "accelerate.yaml"

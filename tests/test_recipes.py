@@ -5,13 +5,18 @@ tests/e2e/test_make_smoke.py.
 Recipes are discovered from recipes/*/: a new folder is tested without touching this file.
 """
 
+import ast
+import importlib
+import importlib.util
 import os
+import shutil
 
 import pytest
 import yaml
 
 from tests.helpers import REPO
 from dpo_recipes.config import parse_config
+from dpo_recipes.families import SMOKE_FAMILIES
 from dpo_recipes.reporting import version_drift
 from dpo_recipes.variants import known_variants, variant_files
 from dpo_recipes.smoke import SMOKE_MAX_PROCESSES, cpu_launcher_config, deepspeed_json
@@ -22,6 +27,9 @@ GPU_RECIPES = [r for r in RECIPES if not yaml.safe_load((REPO / "recipes" / r / 
                .get("use_cpu", False)]
 CPU = ["--use_cpu", "true"]  # parse GPU recipes on any machine (transformers refuses bf16 without a GPU otherwise)
 LAUNCHERS = sorted(p.name for p in (REPO / "accelerate_configs").glob("*.yaml"))
+_spec = importlib.util.spec_from_file_location("new_recipe", REPO / "scripts" / "new_recipe.py")  # a script
+new_recipe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(new_recipe)
 
 
 def launcher(recipe: str) -> dict:
@@ -32,48 +40,109 @@ def config(recipe: str) -> dict:
     return yaml.safe_load((REPO / "recipes" / recipe / "config.yaml").read_text())
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_folder_is_complete(recipe):
-    folder = REPO / "recipes" / recipe
+def check_folder(folder):
     link = folder / "accelerate.yaml"
     assert link.is_symlink() and not os.path.isabs(os.readlink(link)), "accelerate.yaml: a relative symlink"
     assert link.resolve().parent == REPO / "accelerate_configs"
-    assert "from dpo_recipes.run import main" in (folder / "train.py").read_text()
-    cfg = config(recipe)
-    assert cfg["tiny_model"] in ("llama", "qwen2", "mistral"), "make smoke needs tiny_model"
-    assert recipe in cfg["output_dir"], "output_dir names the recipe"
+    check_train_script(folder / "train.py")
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    assert cfg["tiny_model"] in SMOKE_FAMILIES, "make smoke needs tiny_model, a family of dpo_recipes/families.py"
+    assert folder.name in cfg["output_dir"], "output_dir names the recipe"
 
 
-@pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "demo-cpu"])
-def test_recipe_docs_and_pins(recipe):
-    folder = REPO / "recipes" / recipe
+def check_train_script(path):
+    """train.py runs the package's training path, or is a recipe's own script (make new-recipe ... OWN=1): no
+    relative imports, every dpo_recipes name it imports exists, a docstring saying what it is, a __main__ block."""
+    script = path.read_text()
+    if "from dpo_recipes.run import main" in script:
+        return
+    tree = ast.parse(script)
+    assert "own training script" in ast.get_docstring(tree), "an own train.py says what it is"
+    assert any(isinstance(node, ast.FunctionDef) and node.name == "main" for node in tree.body)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"line {node.lineno}: a relative import cannot run as a script"
+            if node.module.startswith("dpo_recipes"):
+                module = importlib.import_module(node.module)
+                assert all(hasattr(module, a.name) for a in node.names), f"line {node.lineno}: {node.module}"
+    assert script.rstrip().endswith('if __name__ == "__main__":\n    main(Path(__file__).resolve().parent)')
+
+
+def check_docs_and_pins(folder):
     readme = (folder / "README.md").read_text()
-    assert f"make train RECIPE={recipe}" in readme and f"make smoke RECIPE={recipe}" in readme
+    assert f"make train RECIPE={folder.name}" in readme and f"make smoke RECIPE={folder.name}" in readme
     for section in ("## Hardware", "## Memory", "## Expected metrics"):
         assert section in readme, section
     assert (folder / "versions.txt").is_file()
     assert version_drift(folder) == [], "versions.txt must match the stack the smoke test validates"
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_config_parses(recipe):
+def check_config_parses(folder):
     # use_cpu: bf16 on a machine without a GPU is refused by transformers unless the run is declared CPU-only.
-    script, train, model = parse_config(["--config", str(REPO / "recipes" / recipe / "config.yaml"), *CPU])
+    script, train, model = parse_config(["--config", str(folder / "config.yaml"), *CPU])
     assert train.output_dir and model.model_name_or_path or script.tiny_model
     if model.load_in_4bit:
         assert model.use_peft and model.bnb_4bit_quant_type == "nf4" and model.use_bnb_nested_quant
         assert model.dtype == "bfloat16", "QLoRA computes in bf16"
-    if deepspeed_json(launcher(recipe)) is not None:
+    if deepspeed_json(yaml.safe_load((folder / "accelerate.yaml").read_text())) is not None:
         assert train.bf16, "DeepSpeed's bf16 'auto' follows the recipe's bf16"
+
+
+def check_variant(folder, variant):
+    layers = [token for path in variant_files(folder, variant) for token in ("--config", str(path))]
+    _, train, _ = parse_config(["--config", str(folder / "config.yaml"), *layers, *CPU])
+    assert train.loss_type == [variant]
+    output_dir = yaml.safe_load((folder / "config.yaml").read_text())["output_dir"]
+    assert train.output_dir == output_dir, "a variant changes the loss, not the rest"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_folder_is_complete(recipe):
+    check_folder(REPO / "recipes" / recipe)
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "demo-cpu"])
+def test_recipe_docs_and_pins(recipe):
+    check_docs_and_pins(REPO / "recipes" / recipe)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_config_parses(recipe):
+    check_config_parses(REPO / "recipes" / recipe)
 
 
 @pytest.mark.parametrize("recipe, variant", VARIANTS)
 def test_variant_layers_over_recipe(recipe, variant):
-    folder = REPO / "recipes" / recipe
-    layers = [token for path in variant_files(folder, variant) for token in ("--config", str(path))]
-    _, train, _ = parse_config(["--config", str(folder / "config.yaml"), *layers, *CPU])
-    assert train.loss_type == [variant]
-    assert train.output_dir == config(recipe)["output_dir"], "a variant changes the loss, not the rest"
+    check_variant(REPO / "recipes" / recipe, variant)
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_a_copy_passes_the_recipe_checks_under_its_own_name(tmp_path, own):
+    """make new-recipe in a copy of the repository's layout: the new recipe passes every check above, and its README,
+    configs and comments name it, not the template (OWN=1: its own train.py, which says what it is)."""
+    source, name = "qwen2.5-0.5b", "mine"
+    for folder in ("dpo_recipes", "accelerate_configs"):
+        (tmp_path / folder).symlink_to(REPO / folder)
+    shutil.copytree(REPO / "recipes" / source, tmp_path / "recipes" / source, symlinks=True)
+    changes = new_recipe.copy_recipe(tmp_path / "recipes", name, source, own)
+    folder = tmp_path / "recipes" / name
+    for check in (check_folder, check_docs_and_pins, check_config_parses):
+        check(folder)
+    for variant in known_variants(folder):
+        check_variant(folder, variant)
+    readme = (folder / "README.md").read_text()
+    assert readme.count(source) == 1 and readme.startswith(f"# {name} (copied from {source}")
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in readme and "`qwen2.5-7b-full-zero3`" in readme  # not the recipe's name
+    for path in [folder / "config.yaml", *(folder / "variants").glob("*.yaml")]:
+        assert source not in path.read_text(), path
+    assert f"recipes/{name}/config.yaml" in (folder / "variants" / "madpo.yaml").read_text()
+    assert any("9 mention(s)" in change for change in changes)
+    script = (folder / "train.py").read_text()
+    assert (script == (REPO / "recipes" / source / "train.py").read_text()) != own
+    if own:
+        docstring = ast.get_docstring(ast.parse(script))
+        assert docstring.startswith(f"Recipe {name}'s own training script") and "-> tokenizer ->" in docstring
+        assert "A recipe's train.py calls" not in docstring
 
 
 def test_every_gpu_recipe_has_the_four_loss_variants_and_its_own_reward_model():
