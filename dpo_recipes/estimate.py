@@ -44,17 +44,18 @@ import yaml
 
 from .config import DATACLASSES, read_config_layers
 from .errors import UserError, exit_on_user_error
+from .families import FAMILIES, SPLIT_LINEAR, family_of, unknown_family
 from .modeling import CACHE_DIR
 from .names import REPO_ROOT
 from .pretrained import is_pretrained, materialise
-from .tiny import FAMILIES, build_tiny
+from .tiny import build_tiny
 from .variants import variant_files
 
 GiB = 1024**3
 CUDA_CONTEXT = 1 * GiB  # assumed: CUDA context, cuBLAS / NCCL workspaces
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2, None: 4}
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-PEFT_DEFAULT_TARGETS = ("q_proj", "v_proj")  # PEFT's default for Llama, Qwen2 and Mistral
+ALL_LINEAR = SPLIT_LINEAR  # the projections linear_shapes names
+PEFT_DEFAULT_TARGETS = ("q_proj", "v_proj")  # PEFT's default for every family of families.py but phi3 (none)
 LM_HEAD_TOKENS, LM_HEAD_VOCAB = 4096, 32768  # TRL's fused LM head tile (kernels/chunked_logprob.py)
 COMMON_GPUS = (24, 40, 80)
 
@@ -136,7 +137,7 @@ def architecture_from_config(config: dict) -> Architecture:
             layers=text["num_hidden_layers"], hidden=text["hidden_size"], intermediate=text["intermediate_size"],
             heads=text["num_attention_heads"], kv_heads=text.get("num_key_value_heads") or text["num_attention_heads"],
             vocab=text["vocab_size"], tied_embeddings=bool(config.get("tie_word_embeddings", False)),
-            qkv_bias=bool(text.get("attention_bias", text.get("model_type") == "qwen2")),
+            qkv_bias=bool(text.get("attention_bias", getattr(family_of(text.get("model_type")), "qkv_bias", False))),
             head_dim=text.get("head_dim"),
         )
     except KeyError as err:
@@ -167,7 +168,7 @@ def find_architecture(model_name_or_path: str | None, tiny_model: str | None) ->
                         f"the built-in table ({', '.join(BUILTIN)}); download its config.json first")
 
     if tiny_model not in FAMILIES:
-        raise UserError(f"config: tiny_model must be one of {sorted(FAMILIES)}, got {tiny_model!r}")
+        raise UserError(unknown_family(tiny_model, "config"))
     path = build_tiny(tiny_model, CACHE_DIR / f"tiny-{tiny_model}") / "config.json"
     return architecture_from_config(json.loads(path.read_text())), f"tiny {tiny_model} model ({path.parent.name})"
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError, exit_on_user_error
+from .families import FAMILIES, unknown_family
 from .names import REPO_ROOT
 from .variants import variant_files
 
@@ -198,15 +199,14 @@ def run_smoke(recipe_dir: Path, out: Path, variant: str | None = None) -> dict:
     # Imported here: `smoke check-device`, which runs before every `make train`, must not pay TRL's import time.
     from .config import parse_config
     from .modeling import CACHE_DIR
-    from .tiny import FAMILIES, build_tiny
+    from .tiny import build_tiny
 
     recipe_dir = recipe_dir.resolve()
     name = recipe_dir.name
     config = read_yaml(recipe_dir / "config.yaml")
     family = config.get("tiny_model")
     if family not in FAMILIES:
-        raise UserError(f"{recipe_dir / 'config.yaml'}: set tiny_model ({', '.join(sorted(FAMILIES))}), the family "
-                        "make smoke trains in place of the real model")
+        raise UserError(unknown_family(family, str(recipe_dir / "config.yaml")))
     launcher = read_yaml(recipe_dir / "accelerate.yaml")
     cpu_launcher = cpu_launcher_config(launcher)
     deepspeed_json(launcher)  # fail early on a missing JSON

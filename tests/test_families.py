@@ -1,0 +1,65 @@
+"""The table of model families (dpo_recipes/families.py) against the pinned transformers, and what reads it: the tiny
+models' templates, the memory estimate's defaults, the one line for an unknown family. Each family trains two tiny
+steps in tests/e2e/test_tiny_families.py."""
+
+import jinja2
+import pytest
+import transformers
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from tests.helpers import REPO
+from dpo_recipes import estimate, smoke
+from dpo_recipes.errors import UserError
+from dpo_recipes.families import FAMILIES, family_of
+
+CONVERSATION = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi there."}]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_family_class_exists_and_is_what_auto_builds(name):
+    family = FAMILIES[name]
+    assert hasattr(transformers, family.model_class), f"transformers {transformers.__version__}"
+    assert MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[family.model_type] == family.model_class
+    assert family_of(family.model_type) is family
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_template_ends_each_answer_with_the_eos_token(name):
+    """Generation stops at eos: the template must put it right after an answer, and the prompt must open one."""
+    family = FAMILIES[name]
+    template = jinja2.Environment().from_string(family.template)
+    text = template.render(messages=CONVERSATION, bos_token=family.bos or "", eos_token=family.eos)
+    assert f"Hi there.{family.eos}" in text and text.index("Hello?") < text.index("Hi there.")
+    prompt = template.render(messages=CONVERSATION[:1], bos_token=family.bos or "", eos_token=family.eos,
+                             add_generation_prompt=True)
+    assert prompt.startswith(text[:text.index("Hello?")]) and len(prompt) > text.index("Hello?") + len("Hello?")
+    used = [t for t in family.extra if t in text or t in prompt]
+    assert used, "the template's turn markers are the family's special tokens"
+
+
+def test_estimate_reads_the_bias_default_from_the_table():
+    config = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "vocab_size": 1000}
+    assert estimate.architecture_from_config({**config, "model_type": "qwen2"}).qkv_bias  # Qwen2 never writes it
+    assert not estimate.architecture_from_config({**config, "model_type": "qwen3"}).qkv_bias
+    assert not estimate.architecture_from_config({**config, "model_type": "qwen2", "attention_bias": False}).qkv_bias
+
+
+def test_unknown_family_is_one_line_naming_it(tmp_path):
+    recipe = tmp_path / "r"
+    recipe.mkdir()
+    (recipe / "config.yaml").write_text("tiny_model: gemma9\n")
+    with pytest.raises(UserError, match=r"tiny_model 'gemma9' is not a family of dpo_recipes/families.py \(llama, "):
+        smoke.run_smoke(recipe, tmp_path / "out")
+    (recipe / "config.yaml").write_text("dataset_name: data/demo\n")
+    with pytest.raises(UserError, match="set tiny_model"):
+        smoke.run_smoke(recipe, tmp_path / "out")
+    with pytest.raises(UserError, match="tiny_model 'gemma9' is not a family"):
+        estimate.find_architecture(None, "gemma9")
+
+
+def test_docs_list_every_family():
+    docs = (REPO / "docs/recipes.md").read_text()
+    rows = {line.split("`")[1] for line in docs.split("## Tiny model families")[1].splitlines()
+            if line.startswith("| `")}
+    assert rows == set(FAMILIES)
