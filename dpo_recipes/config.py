@@ -62,7 +62,7 @@ class ScriptArguments:
     )
     tiny_model: str | None = field(
         default=None,
-        metadata={"help": "Build a tiny random model of this family (llama, qwen2, mistral) locally and train it, "
+        metadata={"help": "Build a tiny random model of this family (dpo_recipes/families.py) locally and train it, "
                   "when model_name_or_path is not given. Used by the CPU demo and smoke tests."},
     )
     chat_template_path: str | None = field(

@@ -5,8 +5,10 @@
 
 Renamed keys are renamed (renames.py has the table), values whose meaning changed are converted (warmup_ratio,
 a null torch_dtype, the handbook's dataset_mixer / dataset_splits), removed keys become comments in the new file that
-say what they did and what replaces them, and keys with no equivalent are left out and listed. The new file is then
-checked like any recipe config. An existing file is only replaced with --force. docs/migrating.md has the details.
+say what they did and what replaces them, and keys with no equivalent are left out and listed. `padding_free` with a
+loss TRL computes (apo_zero, ...) becomes false: neither loss path packs those. The new file is then checked like any
+recipe config; a report_to tracker not installed here is left out of that check and named with the command that
+installs it. An existing file is only replaced with --force. docs/migrating.md has the details.
 """
 
 from __future__ import annotations
