@@ -199,7 +199,7 @@ def run_smoke(recipe_dir: Path, out: Path, variant: str | None = None) -> dict:
     # Imported here: `smoke check-device`, which runs before every `make train`, must not pay TRL's import time.
     from .config import parse_config
     from .modeling import CACHE_DIR
-    from .tiny import build_tiny
+    from .tiny import build_tiny, supports_sdpa
 
     recipe_dir = recipe_dir.resolve()
     name = recipe_dir.name
@@ -207,6 +207,10 @@ def run_smoke(recipe_dir: Path, out: Path, variant: str | None = None) -> dict:
     family = config.get("tiny_model")
     if family not in FAMILIES:
         raise UserError(unknown_family(family, str(recipe_dir / "config.yaml")))
+    if config.get("attn_implementation") == "sdpa" and not supports_sdpa(family):
+        raise UserError(f"{recipe_dir / 'config.yaml'}: attn_implementation sdpa: the {family} family's "
+                        f"{FAMILIES[family].model_class} has no SDPA attention in transformers; set eager (or "
+                        "flash_attention_2 on a GPU)")
     launcher = read_yaml(recipe_dir / "accelerate.yaml")
     cpu_launcher = cpu_launcher_config(launcher)
     deepspeed_json(launcher)  # fail early on a missing JSON

@@ -16,11 +16,17 @@ import json
 from pathlib import Path
 
 import torch
+import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from .families import FAMILIES
 from .names import REPO_ROOT
+
+
+def supports_sdpa(family: str) -> bool:
+    """Whether the family's transformers class has SDPA attention (Gemma 2's soft-capping has none: eager instead)."""
+    return getattr(transformers, FAMILIES[family].model_class)._supports_sdpa
 
 
 def default_corpus() -> list[str]:

@@ -45,7 +45,7 @@ def test_estimate_reads_the_bias_default_from_the_table():
     assert not estimate.architecture_from_config({**config, "model_type": "qwen2", "attention_bias": False}).qkv_bias
 
 
-def test_unknown_family_is_one_line_naming_it(tmp_path):
+def test_unknown_family_or_attention_is_one_line_naming_it(tmp_path):
     recipe = tmp_path / "r"
     recipe.mkdir()
     (recipe / "config.yaml").write_text("tiny_model: gemma9\n")
@@ -56,6 +56,11 @@ def test_unknown_family_is_one_line_naming_it(tmp_path):
         smoke.run_smoke(recipe, tmp_path / "out")
     with pytest.raises(UserError, match="tiny_model 'gemma9' is not a family"):
         estimate.find_architecture(None, "gemma9")
+    (recipe / "config.yaml").write_text("tiny_model: gemma2\nattn_implementation: sdpa\n")
+    with pytest.raises(UserError, match="the gemma2 family's Gemma2ForCausalLM has no SDPA attention in transformers; "
+                                        "set eager"):
+        smoke.run_smoke(recipe, tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "refused before anything is built or written"
 
 
 def test_docs_list_every_family():
