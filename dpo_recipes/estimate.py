@@ -44,7 +44,7 @@ import yaml
 
 from .config import DATACLASSES, read_config_layers
 from .errors import UserError, exit_on_user_error
-from .families import FAMILIES, SPLIT_LINEAR, family_of, unknown_family
+from .families import FAMILIES, SPLIT_LINEAR, family_of, split_projections, unknown_family
 from .modeling import CACHE_DIR
 from .names import REPO_ROOT
 from .pretrained import is_pretrained, materialise
@@ -425,6 +425,8 @@ def recipe_setup(recipe: str, variant: str | None = None, gpus: int | None = Non
         targets = PEFT_DEFAULT_TARGETS
     elif targets == "all-linear" or targets == ["all-linear"]:
         targets = ALL_LINEAR
+    else:  # a fused projection's adapter is counted as its parts' (r x hidden more per extra part: a bound)
+        targets = split_projections([targets] if isinstance(targets, str) else targets)
     bf16 = config.get("bf16")
     # transformers' current name, then its deprecated one, then TRL's default (on).
     checkpointing = next((config[k] for k in ("activation_checkpointing", "gradient_checkpointing")

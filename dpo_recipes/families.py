@@ -51,6 +51,7 @@ class Family:
     extra: tuple[str, ...]  # the template's other special tokens
     template: str
     linear: tuple[str, ...] = SPLIT_LINEAR  # the decoder layer's linear modules (LoRA's all-linear)
+    fused: dict = field(default_factory=dict)  # a fused linear module -> the split projections it holds
     qkv_bias: bool = False  # q/k/v projections with a bias when config.json does not say (attention_bias)
     config: dict = field(default_factory=dict)  # tiny-model config keys beyond the common ones
 
@@ -71,7 +72,8 @@ FAMILIES: dict[str, Family] = {
                      config={"query_pre_attn_scalar": 16, "sliding_window": 64}),
     "phi3": Family("phi3", "Phi3ForCausalLM", "<s>", "<|end|>", "<|endoftext|>",
                    ("<|user|>", "<|assistant|>", "<|system|>"), PHI3_TEMPLATE,
-                   linear=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),  # fused q/k/v and gate/up
+                   linear=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+                   fused={"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}),
 }
 # The families `make smoke` can train in place of a recipe's model (every one: each has a tiny model).
 SMOKE_FAMILIES = tuple(FAMILIES)
@@ -80,6 +82,12 @@ SMOKE_FAMILIES = tuple(FAMILIES)
 def family_of(model_type: str | None) -> Family | None:
     """The family of a transformers model_type (a config.json's), if this table has it."""
     return next((f for f in FAMILIES.values() if f.model_type == model_type), None)
+
+
+def split_projections(modules) -> list[str]:
+    """LoRA target modules with each fused one (phi3's qkv_proj, gate_up_proj) as the projections it holds."""
+    fused = {name: parts for family in FAMILIES.values() for name, parts in family.fused.items()}
+    return [part for module in modules for part in fused.get(module, (module,))]
 
 
 def unknown_family(name, where: str) -> str:

@@ -5,12 +5,13 @@ steps in tests/e2e/test_tiny_families.py."""
 import jinja2
 import pytest
 import transformers
+import yaml
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from tests.helpers import REPO
 from dpo_recipes import estimate, smoke
 from dpo_recipes.errors import UserError
-from dpo_recipes.families import FAMILIES, family_of
+from dpo_recipes.families import FAMILIES, SPLIT_LINEAR, family_of
 
 CONVERSATION = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi there."}]
 
@@ -43,6 +44,20 @@ def test_estimate_reads_the_bias_default_from_the_table():
     assert estimate.architecture_from_config({**config, "model_type": "qwen2"}).qkv_bias  # Qwen2 never writes it
     assert not estimate.architecture_from_config({**config, "model_type": "qwen3"}).qkv_bias
     assert not estimate.architecture_from_config({**config, "model_type": "qwen2", "attention_bias": False}).qkv_bias
+
+
+def test_estimate_counts_fused_projections_as_their_parts(tmp_path):
+    """phi3's LoRA targets name fused modules; the estimate's shapes are the split projections they hold."""
+    recipe = tmp_path / "recipes" / "phi"
+    recipe.mkdir(parents=True)
+    (recipe / "accelerate.yaml").symlink_to(REPO / "accelerate_configs" / "cpu.yaml")
+    config = {"tiny_model": "phi3", "use_peft": True, "lora_r": 8, "use_cpu": True, "bf16": False}
+    targets = []
+    for modules in (["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], list(SPLIT_LINEAR), "all-linear"):
+        (recipe / "config.yaml").write_text(yaml.safe_dump({**config, "lora_target_modules": modules}))
+        setup, _ = estimate.recipe_setup("phi", root=tmp_path)
+        targets.append(setup.lora_targets)
+    assert targets == [SPLIT_LINEAR] * 3
 
 
 def test_unknown_family_or_attention_is_one_line_naming_it(tmp_path):
