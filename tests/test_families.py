@@ -4,6 +4,7 @@ steps in tests/e2e/test_tiny_families.py."""
 
 import jinja2
 import pytest
+import torch
 import transformers
 import yaml
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -11,7 +12,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from tests.helpers import REPO
 from dpo_recipes import estimate, smoke
 from dpo_recipes.errors import UserError
-from dpo_recipes.families import FAMILIES, SPLIT_LINEAR, family_of
+from dpo_recipes.families import FAMILIES, SPLIT_LINEAR, family_of, split_projections
 
 CONVERSATION = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi there."}]
 
@@ -22,6 +23,20 @@ def test_family_class_exists_and_is_what_auto_builds(name):
     assert hasattr(transformers, family.model_class), f"transformers {transformers.__version__}"
     assert MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[family.model_type] == family.model_class
     assert family_of(family.model_type) is family
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_linear_modules_are_the_classes(name):
+    """The table's linear modules are those of a decoder layer of the class, and as split projections they are the
+    ones the estimate has shapes for."""
+    family = FAMILIES[name]
+    config = transformers.AutoConfig.for_model(family.model_type, hidden_size=16, intermediate_size=32, vocab_size=32,
+                                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                               head_dim=8, pad_token_id=0, **family.config)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    layer = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n}
+    assert layer == set(family.linear)
+    assert sorted(split_projections(family.linear)) == sorted(SPLIT_LINEAR)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
