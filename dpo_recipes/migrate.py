@@ -162,8 +162,8 @@ def _handbook_mixture(mixture: dict, where: str) -> list[Step]:
     size = mixture.get("test_split_size")
     steps = [Step("dataset_mixture", "converted", mixture, {"dataset_mixture": entries},
                   "the handbook's datasets list: id is name, weight (a share of rows, sampled) is fraction; columns "
-                  "are left out (only the pair and score columns are read here); each source's held-out rows are "
-                  "carved with eval_fraction and the run's seed (the mixture's own seed is not used)")]
+                  "are left out (a row's columns are found by name here: docs/data.md); each source's held-out rows "
+                  "are carved with eval_fraction and the run's seed (the mixture's own seed is not used)")]
     if isinstance(size, float) and 0 < size < 1:
         steps.append(Step("dataset_mixture.test_split_size", "converted", size, {"eval_fraction": size},
                           "a fraction of the whole mixture before; here a fraction of each source's clean rows"))
