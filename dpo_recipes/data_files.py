@@ -203,8 +203,15 @@ def _concatenate(parts: list[Dataset], files: list[Path], base: Path) -> Dataset
 def check_utf8(path: Path) -> None:
     """Stop on the first byte that is not UTF-8, naming its offset and line (a spreadsheet's Latin-1 export)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset, newlines = 0, 0
     opener = gzip.open if path.suffix.lower() == ".gz" else open
+    try:
+        _decode_all(opener, path, decoder)
+    except (OSError, EOFError) as err:  # a .gz file that is not gzip, a truncated archive, a read error
+        raise UserError(f"{path}: cannot be read ({' '.join(str(err).split())})") from None
+
+
+def _decode_all(opener, path: Path, decoder) -> None:
+    offset, newlines = 0, 0
     with opener(path, "rb") as f:
         while chunk := f.read(1 << 20):
             try:
@@ -214,7 +221,7 @@ def check_utf8(path: Path) -> None:
                 line = newlines + chunk[: err.start].count(b"\n") + 1
                 plain = path.with_suffix("") if path.suffix.lower() == ".gz" else path
                 fix = (f"iconv -f cp1252 -t utf-8 {plain} > {plain.with_stem(plain.stem + '-utf8')}"
-                       if plain is path else f"gunzip, then iconv -f cp1252 -t utf-8, then gzip")
+                       if plain is path else "gunzip, then iconv -f cp1252 -t utf-8, then gzip")
                 raise UserError(f"{path}: byte {at} (line {line}) is 0x{chunk[err.start]:02x}, not UTF-8; the file "
                                 f"is probably Latin-1 / Windows-1252: convert it ({fix})") from None
             offset += len(chunk)

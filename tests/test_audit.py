@@ -253,4 +253,5 @@ def test_scores_missing_from_one_source_are_left_out_with_a_warning(tmp_path):
     assert data.extra_columns == [] and set(data.train.column_names) == {"prompt", "chosen", "rejected"}
     report = build_report(data)
     assert report["settings"]["columns_left_out"] == ["score_chosen", "score_rejected"]
-    assert "warning: columns score_chosen, score_rejected left out: not every source has them" in format_table(report)
+    assert ("warning: columns left out (not used for DPO, or not in every source): score_chosen, score_rejected"
+            in format_table(report))
