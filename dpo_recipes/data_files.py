@@ -257,9 +257,9 @@ def _read_file(path: Path) -> tuple[Dataset, dict]:
     if builder == "csv":
         spill = [c for c in ds.column_names if c.startswith("__index_level_")]
         if spill:
-            raise UserError(f"{path}: some rows have more fields than the header ({len(ds.column_names)} named "
-                            f"columns: {', '.join(c for c in ds.column_names if c not in spill)}); quote fields "
-                            "that contain the delimiter")
+            named = [c for c in ds.column_names if c not in spill]
+            raise UserError(f"{path}: some rows have more fields than the header ({len(named)} named columns: "
+                            f"{', '.join(named)}); quote fields that contain the delimiter")
         if len(ds.column_names) == 1:
             raise UserError(f"{path}: the header has one column ({ds.column_names[0]!r}) and none of the delimiters "
                             f"{', '.join(repr(d) for d in CSV_DELIMITERS)}; preference pairs need prompt, chosen "
