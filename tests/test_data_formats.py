@@ -211,3 +211,17 @@ def test_score_column_without_its_partner(tmp_path):
     path = jsonl(tmp_path / "d.jsonl", {**GOOD_PAIR, "score_chosen": 9})
     assert error_of(path) == (f"{path}: column 'score_chosen' without its partner; scored pairs need both "
                               "score_chosen and score_rejected")
+
+
+@pytest.mark.parametrize("row, kind", [
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "SFT"),
+    ({"text": "a whole document"}, "SFT"),
+    ({"prompt": "a", "completion": "b"}, "SFT"),
+    ({"prompt": "a", "completion": "b", "label": True}, "KTO"),
+])
+def test_sft_and_kto_files_are_named_as_such(tmp_path, row, kind):
+    path = write_jsonl(tmp_path / "d.jsonl", [row] * 3)
+    message = error_of(path)
+    assert message.startswith(f"{path}: this is {kind} data (columns {', '.join(row)}: ")
+    assert "dataset_columns" not in message  # no column mapping turns them into pairs
+    assert f"TRL's {kind}Trainer" in message
