@@ -23,7 +23,7 @@ from .data_sources import FILE_BUILDERS, Source, missing_file
 from .errors import UserError
 
 CSV_DELIMITERS = (",", ";", "\t", "|")
-NOT_DATA = (".md", ".rst", ".txt", ".license", ".gitattributes", ".yaml", ".yml", ".py")  # docs and scripts
+NOT_DATA = (".md", ".rst", ".txt", ".license", ".yaml", ".yml", ".py", ".tmp", ".lock", ".log")  # docs, scripts, partial writes
 
 
 @dataclass
