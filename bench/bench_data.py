@@ -87,7 +87,7 @@ def bench(files: dict[str, Path], tokenizer, num_procs: list[int], repeats: int,
         args = ScriptArguments(dataset_name=str(path))
         for num_proc in num_procs:
             datasets.disable_caching()  # every repeat does the work
-            raw = read_source(source)["train"]
+            raw = read_source(source).splits["train"]
             normalised, _ = normalise(raw, source, str(path), num_proc)
             conversational = normalised.features["chosen"] != datasets.Value("string")
             stages = {

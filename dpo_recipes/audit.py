@@ -3,9 +3,11 @@
 It runs at the start of every training run, after the tokenizer and before the model loads, and alone:
 
     make audit RECIPE=<name> [ARGS="--key value ..."]
-    python -m dpo_recipes.audit --config recipes/<name>/config.yaml [--key value ...]
+    python -m dpo_recipes.audit --config recipes/<name>/config.yaml [--tokenizer <dir>] [--key value ...]
 
-Both write `data_audit.json` to the run's output_dir and print a short table.
+Both write `data_audit.json` to the run's output_dir and print a short table. Alone it needs the tokenizer, not the
+training hardware: it reads the config as a CPU run (no bf16, fp16, tf32 or Liger kernels), so a GPU recipe's data
+can be checked before a GPU is rented, and `--tokenizer` names a local tokenizer folder for a gated or offline model.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def build_report(data: PreferenceData) -> dict:
         "sources": data.sources,
         "splits": {"train": {"rows": len(data.train)}, "eval": {"rows": len(data.eval)}},
         "eval_pairs_in_train": data.eval_pairs_in_train,
+        "template_inputs": data.template_inputs,
     }
     for name, lengths in data.lengths.items():
         report["splits"][name].update(split_stats(lengths, settings["max_length"]))
@@ -90,8 +93,13 @@ def format_table(report: dict) -> str:
                  + (": " + ", ".join(f"{r} {n}" for r, n in dropped.items()) if dropped else ""))
     for source in report["sources"]:
         for role in ("train", "eval"):
+            for entry in source[role].get("files", []) if len(source[role].get("files", [])) > 1 else []:
+                dropped = sum(entry["dropped"].values())
+                lines.append(f"  {entry['file']}: read {entry['rows_read']}, kept {entry['kept']}, dropped {dropped}")
             for reason, where in source[role].get("first_dropped", {}).items():
                 lines.append(f"  first {reason}: {where}")
+        if source.get("files_not_data"):
+            lines.append(f"  not data, not read: {', '.join(source['files_not_data'])}")
     splits = report["splits"]
     rows = [("", "train", "eval"), ("pairs", *(str(splits[s]["rows"]) for s in ("train", "eval")))]
     if "lengths" in splits["train"]:
@@ -107,9 +115,17 @@ def format_table(report: dict) -> str:
     lines.append("(tokens: mean / p50 / p95 / max; truncated: pairs that lose tokens to max_length)")
     if report["eval_pairs_in_train"]:
         lines.append(f"warning: {report['eval_pairs_in_train']} eval pairs also appear in train")
+    for name, entry in report.get("template_inputs", {}).items():
+        tokens = ", ".join(f"{side} {entry['lengths_with'][side]} ({entry['lengths_without'][side]})"
+                           for side in ("prompt", "chosen", "rejected"))
+        lines.append(f"chat template input {name}: {entry['rows']} train pairs; the first, tokens with it "
+                     f"(without): {tokens}")
+        if entry["ignored"]:
+            lines.append(f"warning: the chat template ignores {name}: a pair renders the same without it, so the "
+                         "model never sees it; use a template that renders it (chat_template_path)")
     if report["settings"]["columns_left_out"]:
-        lines.append(f"warning: columns {', '.join(report['settings']['columns_left_out'])} left out: not every "
-                     "source has them")
+        lines.append(f"warning: columns left out (not used for DPO, or not in every source): "
+                     f"{', '.join(report['settings']['columns_left_out'])}")
     settings = report["settings"]
     lines.append(f"max_length {settings['max_length']} ({settings['truncation_mode']}), seed {settings['seed']}")
     return "\n".join(lines)
@@ -136,17 +152,47 @@ def write_audit(data: PreferenceData, output_dir: str | Path) -> dict:
     return report
 
 
+# The audit parses the config as a CPU run: these keys only matter to training hardware, and transformers refuses bf16
+# or tf32 on a machine without the GPU (liger needs one too). Given last, they override the recipe and ARGS.
+CPU_OVERRIDES = ("--use_cpu", "true", "--bf16", "false", "--fp16", "false", "--tf32", "false",
+                 "--use_liger_kernel", "false")
+
+
+def _pop_tokenizer(argv: list[str]) -> tuple[list[str], str | None]:
+    """`--tokenizer DIR` (or --tokenizer=DIR): the audit's own argument, not a config key."""
+    argv, tokenizer = list(argv), None
+    for i, token in enumerate(argv):
+        if token.startswith("--tokenizer="):
+            tokenizer = token.split("=", 1)[1]
+            del argv[i]
+            break
+        if token == "--tokenizer":
+            if i + 1 >= len(argv):
+                raise UserError("command line: --tokenizer needs a tokenizer folder")
+            tokenizer = argv[i + 1]
+            del argv[i:i + 2]
+            break
+    return argv, tokenizer
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    """The audit alone: config, tokenizer, data; no model is loaded."""
-
-    script_args, training_args, model_args = parse_config(argv)
-    model_path = resolve_model_path(model_args, script_args.tiny_model)
+    """The audit alone: config, tokenizer, data; no model is loaded, no GPU needed."""
+    argv, tokenizer_path = _pop_tokenizer(sys.argv[1:] if argv is None else argv)
+    script_args, training_args, model_args = parse_config([*argv, *CPU_OVERRIDES])
+    if tokenizer_path is not None:
+        if not Path(tokenizer_path).is_dir():
+            raise UserError(f"{tokenizer_path}: --tokenizer needs a local tokenizer folder (tokenizer.json or "
+                            "tokenizer_config.json inside)")
+        model_path = tokenizer_path
+    else:
+        model_path = resolve_model_path(model_args, script_args.tiny_model)
     try:
         tokenizer = load_tokenizer(model_path, model_args, training_args.trust_remote_code,
                                    script_args.chat_template_path)
-    except OSError as err:  # not a directory, not on the hub, or offline
-        raise UserError(f"{model_path}: cannot load the tokenizer: {str(err).splitlines()[0]}") from None
+    except UserError as err:  # not a directory, not on the hub, offline, or gated
+        hint = "" if tokenizer_path else "; for a gated or offline model, audit with a local copy: --tokenizer <dir>"
+        raise UserError(f"{err}{hint}") from None
     data = load_preference_data(script_args, seed=training_args.seed, tokenizer=tokenizer,
                                 max_length=training_args.max_length, truncation_mode=training_args.truncation_mode,
                                 num_proc=training_args.dataset_num_proc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import os
 import sys
@@ -17,6 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from trl import DPOConfig, ModelConfig, TrlParser
 
@@ -394,6 +396,7 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     check_data_args(script_args)
     validate_report_args(script_args)
     check_report_to(args.report_to)
+    check_liger(args)
     if model_args.model_name_or_path is None and script_args.tiny_model is None:
         raise UserError("config: set model_name_or_path (a hub id, a local directory or a project model such as "
                         "smollm2-135m-instruct) or tiny_model")
@@ -431,14 +434,24 @@ TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "
                     "comet_ml": "comet_ml", "clearml": "clearml", "swanlab": "swanlab", "dvclive": "dvclive"}
 
 
+def check_liger(args) -> None:
+    """use_liger_kernel: transformers only imports Liger once the model has loaded; say now when it cannot run."""
+    if not args.use_liger_kernel:
+        return
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise UserError("config: use_liger_kernel needs the liger-kernel package, which is not installed (pip install "
+                        "liger-kernel, on a machine with a CUDA GPU); or set use_liger_kernel: false")
+    if args.use_cpu or not torch.cuda.is_available():
+        raise UserError("config: use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton GPU kernels) and this "
+                        "run has none; set use_liger_kernel: false")
+
+
 # The trackers requirements-trackers.txt pins, installed into .venv by `make trackers`.
 OPTIONAL_TRACKERS = ("wandb", "trackio")
 
 
 def missing_trackers(report_to) -> list[str]:
     """The report_to integrations whose package is not installed."""
-    import importlib.util
-
     return [name for name in report_to or []
             if name in TRACKER_PACKAGES and importlib.util.find_spec(TRACKER_PACKAGES[name]) is None]
 

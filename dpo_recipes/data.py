@@ -18,11 +18,11 @@ import numpy as np
 from datasets import Dataset, Value, concatenate_datasets
 
 from .data_files import open_text, read_source
-from .data_formats import MESSAGES, map_num_proc, normalise
+from .data_formats import MESSAGES_WITH_KEYS, TEMPLATE_COLUMNS, TEMPLATE_FEATURES, map_num_proc, normalise
 from .data_sources import DEFECTS, Source, parse_stop_on, sources_from_args
 from .errors import UserError
 from .names import PAIR_COLUMNS, SCORE_COLUMNS
-from .tokenization import tokenize_pairs
+from .tokenization import template_kwargs, tokenize_pairs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -33,8 +33,13 @@ def _token_lengths_batch(batch: dict, tokenizer, conversational: bool) -> dict:
     valid = [i for i, defect in enumerate(batch["_defect"]) if not defect]
     lengths = {"_prompt_len": [0] * len(batch["_defect"]), "_chosen_len": [0] * len(batch["_defect"]),
                "_rejected_len": [0] * len(batch["_defect"])}
-    pairs = tokenize_pairs(tokenizer, *([batch[k][i] for i in valid] for k in ("prompt", "chosen", "rejected")),
-                           conversational) if valid else []
+    if any(name in batch for name in TEMPLATE_COLUMNS):  # each row with its own template arguments, as TRL does
+        pairs = [tokenize_pairs(tokenizer, [batch["prompt"][i]], [batch["chosen"][i]], [batch["rejected"][i]],
+                                conversational, **template_kwargs({k: batch[k][i] for k in TEMPLATE_COLUMNS
+                                                                   if k in batch}))[0] for i in valid]
+    else:
+        pairs = tokenize_pairs(tokenizer, *([batch[k][i] for i in valid] for k in ("prompt", "chosen", "rejected")),
+                               conversational) if valid else []
     for i, pair in zip(valid, pairs):
         lengths["_prompt_len"][i] = len(pair["prompt_ids"])
         lengths["_chosen_len"][i] = len(pair["chosen_ids"])
@@ -67,10 +72,12 @@ class SplitCounts:
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)  # reason -> where its first row is, for the audit
+    files: list[dict] = field(default_factory=list)  # per file read: file, reader, rows_read, kept, dropped
 
     def as_dict(self) -> dict:
         return {"split": self.split, "rows_read": self.rows_read, "kept": self.kept,
-                "dropped": {r: self.dropped[r] for r in DEFECTS if self.dropped[r]}, "first_dropped": self.examples}
+                "dropped": {r: self.dropped[r] for r in DEFECTS if self.dropped[r]}, "first_dropped": self.examples,
+                "files": self.files}
 
 
 @dataclass
@@ -78,12 +85,13 @@ class PreferenceData:
     train: Dataset
     eval: Dataset
     conversational: bool
-    extra_columns: list[str]  # numeric columns kept beside the pair (scores, reward_margin)
+    extra_columns: list[str]  # columns kept beside the pair: numbers (scores, reward_margin), the chat template's
     sources: list[dict]  # per source: name, format, counts per split, held-out origin, rows in the mixture
     lengths: dict  # split -> {"prompt": array, "chosen": array, "rejected": array} (token counts; empty w/o tokenizer)
     eval_pairs_in_train: int
     settings: dict
     train_origins: list[tuple[dict, int]] = field(default_factory=list)  # per train row: (its source part, row)
+    template_inputs: dict = field(default_factory=dict)  # tools, chat_template_kwargs, message keys: rows, effect
 
     def train_row_origin(self, index: int) -> str:
         """Where row `index` of `train` came from: 'file: line N' (JSON Lines) or 'source: row N'."""
@@ -102,7 +110,7 @@ def _mark_and_filter(parts: list[dict], stop_on: set[str], max_length: int | Non
         if has_lengths:
             columns.append("_prompt_len")
         table = ds.select_columns(columns).to_dict()
-        keep = []
+        keep, reasons = [], []
         for i, (row, defect, field_name, detail, key) in enumerate(
             zip(table["_row"], table["_defect"], table["_field"], table["_detail"], table["_key"])
         ):
@@ -119,25 +127,52 @@ def _mark_and_filter(parts: list[dict], stop_on: set[str], max_length: int | Non
                     raise UserError(f"{_where(part, row)}: field '{field_name}' {detail} ({defect}; listed in "
                                     "data_stop_on, remove it to drop and count such rows)")
                 counts.dropped[defect] += 1
+                reasons.append(defect)
                 if defect not in counts.examples:  # where the first one is, for the audit
                     counts.examples[defect] = f"{_where(part, row)}: field '{field_name}' {detail}"
                 continue
             seen[key] = (part, row)
             keep.append(i)
+            reasons.append("")
         counts.rows_read, counts.kept = len(ds), len(keep)
+        counts.files = _file_counts(part["files"], reasons)
         part["ds"] = ds if len(keep) == len(ds) else ds.select(keep)
 
 
+def _file_counts(files: list[dict], reasons: list[str]) -> list[dict]:
+    """Rows read, kept and dropped (by reason) per file of the split: its rows are its files' rows, in order."""
+    out, start = [], 0
+    for entry in files:
+        mine = reasons[start:start + entry["rows"]]
+        dropped = Counter(reason for reason in mine if reason)
+        out.append({"file": entry["file"], "reader": entry["reader"], "rows_read": len(mine),
+                    "kept": mine.count(""), "dropped": {r: dropped[r] for r in DEFECTS if dropped[r]}})
+        start += entry["rows"]
+    return out
+
+
+def _file_of(part: dict, row: int) -> tuple[Path | None, int]:
+    """The file holding the split's row `row` (1-based) and the row's number within it."""
+    for entry in part.get("files", []):
+        if row <= entry["rows"]:
+            return Path(entry["file"]), row
+        row -= entry["rows"]
+    return None, row
+
+
 def _where(part: dict, row: int) -> str:
-    """'file: line N' for JSON Lines files (blank lines skipped by the reader), else 'source: row N'."""
-    path = Path(part["source"].name)
-    if path.is_file() and ".jsonl" in [s.lower() for s in path.suffixes]:
+    """'file: line N' for JSON Lines files (blank lines skipped by the reader), 'file: row N' for other files of a
+    directory, else 'source: row N'."""
+    path, row_in_file = _file_of(part, row)
+    if path is not None and ".jsonl" in [s.lower() for s in path.suffixes]:
         seen = 0
         with open_text(path) as f:
             for number, line in enumerate(f, start=1):
                 seen += bool(line.strip())
-                if seen == row:
+                if seen == row_in_file:
                     return f"{path}: line {number}"
+    if path is not None and len(part["files"]) > 1:
+        return f"{path}: row {row_in_file}"
     return f"{part['label']}: row {row}"
 
 
@@ -187,7 +222,8 @@ def load_preference_data(
                    getattr(script_args, "score_rejected_column", None) or SCORE_COLUMNS[1])
     parts, forms = [], set()
     for index, source in enumerate(sources):
-        splits = read_source(source)
+        read = read_source(source)
+        splits = read.splits
         if source.split not in splits:
             raise UserError(f"{source.name}: no split '{source.split}' (has {', '.join(sorted(splits))})")
         roles = [("train", source.split)]
@@ -196,12 +232,13 @@ def load_preference_data(
         for role, split in roles:
             label = source.name if len(splits) == 1 else f"{source.name} (split {split})"
             ds, format_name = normalise(splits[split], source, label, num_proc, score_names)
-            conversational = ds.features["chosen"] == MESSAGES
+            conversational = not format_name.startswith("standard")
             forms.add(conversational)
             if tokenizer is not None:
                 ds = add_token_lengths(ds, tokenizer, conversational, label, num_proc)
             parts.append({"source": source, "index": index, "role": role, "label": label, "ds": ds,
-                          "counts": SplitCounts(split), "format": format_name,
+                          "counts": SplitCounts(split), "format": format_name, "files": read.files.get(split, []),
+                          "not_data": read.not_data, "left_out": _left_out(splits[split], ds, source),
                           "numbers": [c for c in ds.column_names if ds.features[c] == Value("float64")]})
     if len(forms) > 1:
         text = [p["label"] for p in parts if p["format"].startswith("standard")]
@@ -211,6 +248,9 @@ def load_preference_data(
     # Scores and margins are kept only when every source has them: a mixture cannot hold half-empty columns.
     extra_columns = [c for c in parts[0]["numbers"] if all(c in p["numbers"] for p in parts)]
     left_out = sorted({c for p in parts for c in p["numbers"]} - set(extra_columns))
+    template_columns = [c for c in TEMPLATE_COLUMNS if any(c in p["ds"].column_names for p in parts)]
+    _align_parts(parts, template_columns)
+    extra_columns += template_columns
     length_columns = ["_prompt_len", "_chosen_len", "_rejected_len"] if tokenizer is not None else []
     # Train parts first, so an eval pair that repeats a train pair is counted (eval_pairs_in_train), not dropped.
     _mark_and_filter([p for p in parts if p["role"] == "train"], stop_on, max_length, truncation_mode)
@@ -245,6 +285,7 @@ def load_preference_data(
         evals.append(eval_ds)
         reports.append({
             "name": source.name, "format": train_part["format"], "held_out": held_out,
+            "columns_left_out": train_part["left_out"], "files_not_data": train_part["not_data"],
             "train": train_part["counts"].as_dict(),
             "eval": eval_part["counts"].as_dict() if eval_part else {"split": None, "rows": len(eval_ds)},
             "weight": source.weight, "fraction": source.fraction,
@@ -269,11 +310,75 @@ def load_preference_data(
     origins = train.select_columns(["_part", "_row"]).to_dict()
     train_origins = [(train_parts[i], row) for i, row in zip(origins["_part"], origins["_row"])]
     train, eval_ds = (ds.select_columns([*PAIR_COLUMNS, *extra_columns]) for ds in (train, eval_ds))
+    left_out = sorted(set(left_out) | {c for p in parts for c in p["left_out"]})
     settings = {"max_length": max_length, "truncation_mode": truncation_mode, "seed": seed,
                 "stop_on": sorted(stop_on), "eval_fraction": script_args.eval_fraction,
                 "columns_left_out": left_out}
+    inputs = template_inputs(train, tokenizer) if tokenizer is not None and conversational else {}
     return PreferenceData(train, eval_ds, conversational, extra_columns, reports, lengths, eval_pairs_in_train,
-                          settings, train_origins)
+                          settings, train_origins, inputs)
+
+
+def _left_out(raw: Dataset, ds: Dataset, source: Source) -> list[str]:
+    """The source's columns that no pair uses (an id, a source tag; tools in text pairs): listed by the audit."""
+    used = {source.columns.get(name, name) for name in ds.column_names} | {"prompt"}
+    return [c for c in raw.column_names if c not in used]
+
+
+def _align_parts(parts: list[dict], template_columns: list[str]) -> None:
+    """One set of columns and types for every part, so the sources can be mixed: a template column some sources lack
+    is empty in their rows (no tools, no template arguments), and messages are JSON values in every part once one
+    part's messages carry other keys."""
+    with_keys = any(p["ds"].features["chosen"] == MESSAGES_WITH_KEYS for p in parts)
+    for part in parts:
+        ds = part["ds"]
+        for name in template_columns:
+            if name not in ds.column_names:
+                empty = None if name == "tools" else {}
+                ds = ds.add_column(name, [empty] * len(ds), feature=TEMPLATE_FEATURES[name])
+        if with_keys and ds.features["chosen"] != MESSAGES_WITH_KEYS:
+            features = ds.features.copy()
+            features.update({name: MESSAGES_WITH_KEYS for name in PAIR_COLUMNS})
+            ds = ds.map(None, features=features, desc=f"Aligning {part['label']}")
+        part["ds"] = ds
+
+
+def _render_ids(tokenizer, row: dict, **kwargs) -> list[int]:
+    return tokenize_pairs(tokenizer, [row["prompt"]], [row["chosen"]], [row["rejected"]], True, **kwargs)[0]
+
+
+def template_inputs(train: Dataset, tokenizer) -> dict:
+    """What reaches the chat template beyond role and content, and whether it changes the tokens: for tools,
+    chat_template_kwargs and each other message key, the rows that carry it, and the first such row rendered with
+    and without it (prompt tokens; `ignored` when both render the same, so the model would never see it)."""
+    inputs = {}
+    if "tools" in train.column_names:
+        rows = [i for i, tools in enumerate(train["tools"]) if tools]
+        inputs["tools"] = (rows, lambda row: {**row, "tools": None})
+    if "chat_template_kwargs" in train.column_names:
+        rows = [i for i, kwargs in enumerate(train["chat_template_kwargs"]) if kwargs]
+        inputs["chat_template_kwargs"] = (rows, lambda row: {**row, "chat_template_kwargs": {}})
+    if train.features["chosen"] == MESSAGES_WITH_KEYS:
+        keys: dict[str, list[int]] = {}
+        for i, row in enumerate(train.select_columns(list(PAIR_COLUMNS))):
+            for key in sorted({k for side in PAIR_COLUMNS for m in row[side] for k in m} - {"role", "content"}):
+                keys.setdefault(key, []).append(i)
+        for key, rows in keys.items():
+            inputs[f"message key {key}"] = (rows, lambda row, key=key: {
+                **row, **{side: [{k: v for k, v in m.items() if k != key} for m in row[side]] for side in PAIR_COLUMNS}})
+    report = {}
+    for name, (rows, without) in inputs.items():
+        if not rows:
+            continue
+        row = train[rows[0]]
+        with_it = _render_ids(tokenizer, row, **template_kwargs(row))
+        stripped = without(row)
+        without_it = _render_ids(tokenizer, stripped, **template_kwargs(stripped))
+        report[name] = {"rows": len(rows), "first_row": rows[0] + 1,
+                        "lengths_with": {k[:-4]: len(v) for k, v in with_it.items()},
+                        "lengths_without": {k[:-4]: len(v) for k, v in without_it.items()},
+                        "ignored": with_it == without_it}
+    return report
 
 
 def _dropped_text(counts: SplitCounts) -> str:

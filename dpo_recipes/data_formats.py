@@ -9,6 +9,11 @@ mapping):
   `prompt` column is a string and `chosen` / `rejected` hold the whole conversation). The scores, and a
   `reward_margin` column if the data has one, are checked and kept for MADPO (margins.py turns scores into margins).
 
+Conversational rows keep what TRL's DPOTrainer hands the chat template: every key of a message (`tool_calls`, say:
+such message lists are stored as JSON values, so no row gains the keys of another), a `tools` column (kept as JSON
+text, which TRL decodes) and a per-row `chat_template_kwargs` mapping (`{enable_thinking: false}`; an empty one where
+the row has none, since TRL unpacks it).
+
 A row that cannot be a clean pair is marked with its reason (data_sources.DEFECTS), field and detail; data.py drops
 or stops on it.
 """
@@ -20,7 +25,7 @@ import json
 import math
 import re
 
-from datasets import Dataset, Features, List, Value
+from datasets import Dataset, Features, Json, List, Value
 
 from .data_files import kind_of, mixed_types
 from .data_sources import Source
@@ -28,6 +33,8 @@ from .errors import UserError
 from .names import MARGIN_COLUMN, PAIR_COLUMNS, SCORE_COLUMNS
 
 MESSAGES = List({"role": Value("string"), "content": Value("string")})
+MESSAGES_WITH_KEYS = List(Json())  # messages with keys beyond role and content (tool_calls, ...), each row as it is
+TEMPLATE_COLUMNS = ("tools", "chat_template_kwargs")  # per-row arguments TRL passes to the chat template
 HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 _INTERNAL = ("_row", "_defect", "_field", "_detail", "_key")
@@ -40,7 +47,7 @@ class Defect(Exception):
 
 
 def _messages(value, name: str) -> list[dict]:
-    """A validated list of {role, content} messages (extra keys are left out: TRL reads role and content)."""
+    """A validated list of messages with a role and text content, every key kept (the chat template reads them)."""
     if not value:
         raise Defect("empty_field", name, "is an empty list of messages")
     messages = []
@@ -49,8 +56,31 @@ def _messages(value, name: str) -> list[dict]:
             raise Defect("wrong_type", name, f"message {i} has no role")
         if not isinstance(message.get("content"), str):
             raise Defect("wrong_type", name, f"message {i} content is not text")
-        messages.append({"role": message["role"], "content": message["content"]})
+        messages.append({key: item for key, item in message.items() if item is not None})
     return messages
+
+
+def _tools(value) -> str | None:
+    """A row's tools as the JSON text TRL decodes (a list of tool schemas), or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise Defect("wrong_type", "tools", f"is text but not JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(value, list):
+        raise Defect("wrong_type", "tools", f"is {kind_of(value)}, expected a list of tool schemas")
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _template_kwargs(value) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Defect("wrong_type", "chat_template_kwargs", f"is {kind_of(value)}, expected a mapping such as "
+                     "{enable_thinking: false}")
+    return {key: item for key, item in value.items() if item is not None}
 
 
 def parse_transcript(text: str, name: str) -> list[dict]:
@@ -126,26 +156,36 @@ def _score(value, name: str) -> float:
 
 
 def _pair_key(pair: dict) -> str:
-    text = json.dumps([pair["prompt"], pair["chosen"], pair["rejected"]], ensure_ascii=False, sort_keys=True)
+    # The chat template's arguments (tools, chat_template_kwargs) make a pair another pair when the row has them.
+    values = [pair["prompt"], pair["chosen"], pair["rejected"], *(pair[k] for k in TEMPLATE_COLUMNS if pair.get(k))]
+    text = json.dumps(values, ensure_ascii=False, sort_keys=True)
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def _normalise_batch(batch: dict, indices: list[int], kind: str, prompt_kind: str | None, numbers: list[str]) -> dict:
-    """Batched map: TRL-ready pair columns, the numeric columns kept (scores, margins), the defect (if any) and a
-    key for finding duplicates."""
+def _normalise_batch(batch: dict, indices: list[int], kind: str, prompt_kind: str | None, numbers: list[str],
+                     template: list[str]) -> dict:
+    """Batched map: TRL-ready pair columns, the numeric columns kept (scores, margins), the chat template's columns
+    kept (tools, chat_template_kwargs), the defect (if any) and a key for finding duplicates."""
     empty = "" if kind == "text" and prompt_kind == "text" else []
-    out = {name: [] for name in (*PAIR_COLUMNS, *numbers, *_INTERNAL)}
+    out = {name: [] for name in (*PAIR_COLUMNS, *numbers, *template, *_INTERNAL)}
     prompts = batch["prompt"] if prompt_kind else [None] * len(indices)
     for i, index in enumerate(indices):
         scores = [0.0] * len(numbers)
+        extras = {"tools": None, "chat_template_kwargs": {}}
         try:
             scores = [_score(batch[name][i], name) for name in numbers]
             pair = normalise_pair(prompts[i], batch["chosen"][i], batch["rejected"][i], kind, prompt_kind)
+            if "tools" in template:
+                extras["tools"] = _tools(batch["tools"][i])
+            if "chat_template_kwargs" in template:
+                extras["chat_template_kwargs"] = _template_kwargs(batch["chat_template_kwargs"][i])
             defect = ("", "", "")
-            key = _pair_key(pair)
+            key = _pair_key({**pair, **{name: extras[name] for name in template}})
         except Defect as d:
             pair = {name: empty for name in PAIR_COLUMNS}
             defect, key = (d.reason, d.field, d.detail), ""
+        for name in template:
+            out[name].append(extras[name])
         for name in PAIR_COLUMNS:
             out[name].append(pair[name])
         out["_row"].append(index + 1)
@@ -171,6 +211,7 @@ def normalise(ds: Dataset, source: Source, label: str, num_proc: int | None,
               score_names: tuple[str, str] = SCORE_COLUMNS) -> tuple[Dataset, str]:
     """The source split in TRL's format with defect columns, and the name of the format it was read as."""
     ds = _map_columns(ds, source, label, score_names)
+    template = [name for name in TEMPLATE_COLUMNS if name in ds.column_names]
     if len(ds) == 0:
         raise UserError(f"{label}: the split has no rows")
     has_prompt = "prompt" in ds.column_names
@@ -185,8 +226,11 @@ def normalise(ds: Dataset, source: Source, label: str, num_proc: int | None,
         raise UserError(f"{label}: column 'prompt' holds messages but 'chosen' holds text; use messages for both, "
                         "or text for both")
     conversational = not (kind == "text" and prompt_kind == "text")
-    pair_type = MESSAGES if conversational else Value("string")
+    template = template if conversational else []  # text pairs are not rendered by a chat template
+    pair_type = (MESSAGES_WITH_KEYS if any(_has_other_keys(ds.features.get(c)) for c in PAIR_COLUMNS) else MESSAGES) \
+        if conversational else Value("string")
     features = {name: pair_type for name in PAIR_COLUMNS}
+    features.update({name: TEMPLATE_FEATURES[name] for name in template})
     features.update(_row=Value("int64"), _defect=Value("string"), _field=Value("string"), _detail=Value("string"),
                     _key=Value("string"))
     features.update({name: Value("float64") for name in numbers})
@@ -194,13 +238,29 @@ def normalise(ds: Dataset, source: Source, label: str, num_proc: int | None,
         _normalise_batch,
         batched=True,
         with_indices=True,
-        fn_kwargs={"kind": kind, "prompt_kind": prompt_kind, "numbers": numbers},
+        fn_kwargs={"kind": kind, "prompt_kind": prompt_kind, "numbers": numbers, "template": template},
         remove_columns=ds.column_names,
         features=Features(features),
         num_proc=map_num_proc(num_proc, len(ds)),
         desc=f"Normalising {label}",
     )
     return ds, _format_name(kind, prompt_kind, scored)
+
+
+TEMPLATE_FEATURES = {"tools": Value("string"), "chat_template_kwargs": Json()}
+
+
+def _has_other_keys(feature) -> bool:
+    """Whether a column's messages may carry keys beyond role and content (a list of JSON values, or of structs
+    with more fields)."""
+    item = getattr(feature, "feature", None)
+    if isinstance(item, Json):
+        return True
+    return isinstance(item, dict) and not set(item) <= {"role", "content"}
+
+
+def is_conversational_features(features) -> bool:
+    return features["chosen"] in (MESSAGES, MESSAGES_WITH_KEYS)
 
 
 def _map_columns(ds: Dataset, source: Source, label: str, score_names: tuple[str, str]) -> Dataset:
@@ -213,15 +273,33 @@ def _map_columns(ds: Dataset, source: Source, label: str, score_names: tuple[str
     if targets:
         replaced = [t for t in targets.values() if t in ds.column_names and t not in targets]
         ds = ds.remove_columns(replaced).rename_columns({k: v for k, v in targets.items() if k != v})
+    _not_preference_data(ds.column_names, label)
     for name in ("chosen", "rejected"):
         if name not in ds.column_names:
+            close = [c for c in ds.column_names if c.strip().lower() == name] or ["<column>"]
             raise UserError(f"{label}: no column '{name}' (columns: {', '.join(ds.column_names)}); name it with "
-                            f"dataset_columns, e.g. {{{name}: <column>}}")
+                            f"dataset_columns, e.g. {{{name}: {close[0]}}}")
     present = [name for name in score_names if name in ds.column_names]
     if len(present) == 1:
         raise UserError(f"{label}: column '{present[0]}' without its partner; scored pairs need both "
                         f"{' and '.join(score_names)}")
     return ds
+
+
+def _not_preference_data(columns: list[str], label: str) -> None:
+    """SFT and KTO files have their own columns; mapping columns cannot make them preference pairs."""
+    names = set(columns)
+    if {"chosen", "rejected"} & names:
+        return
+    pairs = "DPO trains on pairs: a prompt with a chosen and a rejected completion"
+    if {"completion", "label"} <= names:
+        raise UserError(f"{label}: this is KTO data (columns {', '.join(columns)}: one completion per row with a "
+                        f"desirable/undesirable label), not preference pairs; {pairs}: pair a desirable and an "
+                        "undesirable completion of the same prompt, or train it with TRL's KTOTrainer")
+    if "messages" in names or names == {"text"} or names == {"prompt", "completion"}:
+        raise UserError(f"{label}: this is SFT data (columns {', '.join(columns)}: one conversation or completion "
+                        f"per row), not preference pairs; {pairs}, e.g. generate two replies per prompt and rank "
+                        "them, or train it with TRL's SFTTrainer")
 
 
 def map_num_proc(num_proc: int | None, rows: int) -> int | None:

@@ -343,12 +343,19 @@ def main(argv: list[str] | None = None) -> Migration:
     cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
     report_to = migration.config.get("report_to")
     missing = missing_trackers([report_to] if isinstance(report_to, str) else report_to)
+    # Likewise Liger's kernels need a CUDA GPU: on a machine without one the check runs with them off, and says so.
+    machine = {}
+    if missing:
+        present = [name for name in report_to if name not in missing] if isinstance(report_to, list) else []
+        machine["report_to"] = present or "none"
+    liger_off = bool(migration.config.get("use_liger_kernel")) and not torch.cuda.is_available()
+    if liger_off:
+        machine["use_liger_kernel"] = False
     with tempfile.TemporaryDirectory() as tmp:
         layer = []
-        if missing:
-            present = [name for name in report_to if name not in missing] if isinstance(report_to, list) else []
-            (Path(tmp) / "trackers.yaml").write_text(yaml.safe_dump({"report_to": present or "none"}))
-            layer = ["--config", str(Path(tmp) / "trackers.yaml")]
+        if machine:
+            (Path(tmp) / "machine.yaml").write_text(yaml.safe_dump(machine))
+            layer = ["--config", str(Path(tmp) / "machine.yaml")]
         try:
             parse_config(["--config", str(target), *layer, *cpu])
         except UserError as err:
@@ -358,6 +365,8 @@ def main(argv: list[str] | None = None) -> Migration:
     if missing:
         print(f"{target}: report_to {', '.join(missing)} needs {' and '.join(TRACKER_PACKAGES[m] for m in missing)}, "
               "not installed here: `make trackers` installs wandb and trackio (requirements-trackers.txt)")
+    if liger_off:
+        print(f"{target}: use_liger_kernel needs liger-kernel and a CUDA GPU; checked here with it off, kept in the file")
     return migration
 
 

@@ -253,4 +253,58 @@ def test_scores_missing_from_one_source_are_left_out_with_a_warning(tmp_path):
     assert data.extra_columns == [] and set(data.train.column_names) == {"prompt", "chosen", "rejected"}
     report = build_report(data)
     assert report["settings"]["columns_left_out"] == ["score_chosen", "score_rejected"]
-    assert "warning: columns score_chosen, score_rejected left out: not every source has them" in format_table(report)
+    assert ("warning: columns left out (not used for DPO, or not in every source): score_chosen, score_rejected"
+            in format_table(report))
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "recipes").iterdir() if (p / "config.yaml").is_file()))
+def test_the_audit_of_every_recipe_runs_on_a_cpu_with_a_local_tokenizer(recipe, tiny_llama, tmp_path):
+    """GPU recipes (bf16, 4-bit, gated models) are audited on this CPU machine: the audit parses the config as a CPU
+    run, and --tokenizer names a local tokenizer folder instead of the gated hub model."""
+    from dpo_recipes.audit import main
+
+    report = main(["--config", str(REPO / "recipes" / recipe / "config.yaml"), "--tokenizer", str(tiny_llama),
+                   "--dataset_name", "data/demo", "--dataset_train_split", "train", "--dataset_test_split", "test",
+                   "--output_dir", str(tmp_path)])
+    assert report["splits"]["train"]["lengths"]["prompt"]["max"] > 0
+    assert json.loads((tmp_path / AUDIT_FILE).read_text())["rows_read"] == report["rows_read"] > 0
+
+
+def test_the_audit_names_the_tokenizer_override_when_the_model_cannot_be_reached(tmp_path, capsys):
+    from dpo_recipes.audit import main
+
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(SystemExit) as stop:
+        main(["--config", DEMO, "--model_name_or_path", str(missing), "--bf16", "true", "--use_liger_kernel", "true",
+              "--output_dir", str(tmp_path)])
+    assert stop.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"error: {missing}: cannot load the tokenizer: ")  # not bf16, not Liger: a CPU parse
+    assert message.endswith("; for a gated or offline model, audit with a local copy: --tokenizer <dir>")
+
+
+def test_a_tokenizer_override_that_is_not_a_folder_is_one_line(tmp_path, capsys):
+    from dpo_recipes.audit import main
+
+    with pytest.raises(SystemExit):
+        main(["--config", DEMO, "--tokenizer", str(tmp_path / "nope"), "--output_dir", str(tmp_path)])
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'nope'}: --tokenizer needs a local tokenizer "
+                                               "folder (tokenizer.json or tokenizer_config.json inside)")
+
+
+def test_the_audit_lists_every_file_of_a_folder(tmp_path, tokenizer):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps(good(i)) + "\n" for i in range(12)))
+    (folder / "train-more.jsonl").write_text("".join(json.dumps(good(i)) + "\n" for i in range(10, 16)))
+    script_args, training_args, _ = configure(folder, tmp_path / "out")
+    report = build_report(prepare(script_args, training_args, tokenizer))
+    from dpo_recipes.audit import format_table
+
+    files = {f["file"]: (f["rows_read"], f["kept"], f["dropped"]) for f in report["sources"][0]["train"]["files"]}
+    # Files are read in name order (train-more.jsonl first): the later file's repeats are the duplicates.
+    assert files == {str(folder / "train-more.jsonl"): (6, 6, {}),
+                     str(folder / "train.jsonl"): (12, 10, {"duplicate_pair": 2})}
+    table = format_table(report).splitlines()
+    assert f"  {folder / 'train.jsonl'}: read 12, kept 10, dropped 2" in table
+    assert report["rows_read"] == 18

@@ -178,3 +178,20 @@ def test_madpo_config_mistakes(args, message):
     with pytest.raises(UserError) as err:
         parse_config(["--config", DEMO, *args])
     assert message in str(err.value)
+
+
+def test_liger_kernels_that_cannot_run_stop_with_the_config(monkeypatch):
+    """transformers imports Liger only after the model has loaded; the config check says so first."""
+    import importlib.util
+
+    import torch
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else real(name, *a))
+    with pytest.raises(UserError, match=r"^config: use_liger_kernel needs the liger-kernel package, which is not "
+                                        r"installed"):
+        parse_config(["--config", DEMO, "--use_liger_kernel", "true"])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else real(name, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"^config: use_liger_kernel needs a CUDA GPU .* set use_liger_kernel: false$"):
+        parse_config(["--config", DEMO, "--use_liger_kernel", "true"])

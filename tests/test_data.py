@@ -92,8 +92,8 @@ def test_every_training_row_names_where_it_came_from(tmp_path):
         if prompt.startswith("a"):
             path, line = origin.rsplit(": line ", 1)
             assert path == a and json.loads(lines[int(line) - 1])["prompt"] == prompt, origin
-        else:  # a folder of splits: the split's row
-            assert origin == f"{b} (split train): row {int(prompt.split()[-1]) + 1}"
+        else:  # a folder of splits: the split's file and line
+            assert origin == f"{b}/train.jsonl: line {int(prompt.split()[-1]) + 1}"
 
 
 def test_mixture_weights_with_a_total_repeat_rows(tmp_path):

@@ -1,6 +1,8 @@
 """Reading a source (dpo_recipes/data_files.py): every file type, gzip, directories with named splits, the hub; and
 what does not load stops with one line naming the file, the line and the field."""
 
+import gzip
+
 import pytest
 
 from tests.helpers import GOOD_PAIR, error_of, jsonl, text_pairs, write_rows
@@ -111,3 +113,89 @@ def test_empty_file(tmp_path):
     assert error_of(path) == f"{path}: the file is empty (no rows)"
     path.write_text("\n  \n")
     assert error_of(path) == f"{path}: the file is empty (no rows)"
+
+
+def test_a_folder_is_read_whole_with_rows_per_file(tmp_path):
+    # No file name gives a split: every file is train, and the audit counts each file's rows.
+    write_rows(tmp_path / "a.jsonl", text_pairs(30, "a"))
+    write_rows(tmp_path / "b.jsonl", text_pairs(20, "b") + text_pairs(2, "b"))  # two duplicates in b
+    (tmp_path / "README.md").write_text("about the data\n")
+    data = load(dataset_name=str(tmp_path))
+    assert len(data.train) + len(data.eval) == 50
+    files = data.sources[0]["train"]["files"]
+    assert [(f["file"], f["rows_read"], f["kept"], f["dropped"]) for f in files] == [
+        (str(tmp_path / "a.jsonl"), 30, 30, {}), (str(tmp_path / "b.jsonl"), 22, 20, {"duplicate_pair": 2})]
+    assert data.sources[0]["files_not_data"] == [str(tmp_path / "README.md")]
+
+
+def test_a_file_no_split_would_read_is_refused_by_name(tmp_path):
+    # datasets alone reads train.jsonl as the train split and skips the other file without a word.
+    write_rows(tmp_path / "train.jsonl", text_pairs(48, "t"))
+    write_rows(tmp_path / "more_pairs_2025.jsonl", text_pairs(48, "m"))
+    message = error_of(tmp_path)
+    assert message.startswith(f"{tmp_path}: more_pairs_2025.jsonl would not be read: the name gives no split "
+                              "(train.jsonl as split train)")
+
+
+def test_files_named_after_their_split_are_all_read(tmp_path):
+    write_rows(tmp_path / "train.jsonl", text_pairs(20, "t"))
+    write_rows(tmp_path / "train-more.jsonl", text_pairs(10, "m"))
+    write_rows(tmp_path / "test.jsonl", text_pairs(4, "e"))
+    data = load(dataset_name=str(tmp_path))
+    assert len(data.train) == 30 and len(data.eval) == 4
+    assert sorted(f["rows_read"] for f in data.sources[0]["train"]["files"]) == [10, 20]
+
+
+def test_a_split_mixing_file_types_names_each_file(tmp_path):
+    write_rows(tmp_path / "train.jsonl", text_pairs(10, "a"))
+    write_rows(tmp_path / "train-2.csv", text_pairs(10, "b"))
+    assert error_of(tmp_path) == (f"{tmp_path}: split train mixes file types: train-2.csv (CSV), train.jsonl (JSON); "
+                                  "convert them to one type, or list each file as its own source in dataset_mixture")
+
+
+def test_an_unsupported_file_in_a_folder_is_named(tmp_path):
+    write_rows(tmp_path / "train.jsonl", text_pairs(10))
+    (tmp_path / "extra.tsv").write_text("prompt\tchosen\trejected\n")
+    assert error_of(tmp_path).startswith(f"{tmp_path}: extra.tsv: unsupported file type")
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.csv", "d.jsonl.gz"])
+def test_a_latin1_file_names_the_byte_and_the_fix(tmp_path, name):
+    good = text_pairs(3)
+    write_rows(tmp_path / name, good)
+    body = (tmp_path / name).read_bytes()
+    if name.endswith(".gz"):
+        body = gzip.decompress(body)
+    head = body.decode()
+    bad = head.replace("question 2", "caf\u00e9 2").encode("latin-1")
+    offset = bad.index(b"\xe9")
+    line = bad[:offset].count(b"\n") + 1
+    (tmp_path / name).write_bytes(gzip.compress(bad) if name.endswith(".gz") else bad)
+    message = error_of(tmp_path / name)
+    assert message.startswith(f"{tmp_path / name}: byte {offset} (line {line}) is 0xe9, not UTF-8; the file is "
+                              "probably Latin-1 / Windows-1252: convert it (")
+    assert "iconv -f cp1252 -t utf-8" in message
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_a_csv_with_another_delimiter_is_read(tmp_path, delimiter):
+    rows = [{"prompt": f"q{i}", "chosen": f"good, {i}", "rejected": f"bad, {i}"} for i in range(20)]
+    path = tmp_path / "sheet.csv"
+    path.write_text(delimiter.join(rows[0]) + "\n" + "".join(delimiter.join(r.values()) + "\n" for r in rows))
+    data = load(dataset_name=str(path))
+    assert sorted([*data.train["chosen"], *data.eval["chosen"]]) == sorted(r["chosen"] for r in rows)
+    assert data.sources[0]["train"]["files"][0]["reader"] == f"csv (delimiter {delimiter!r})"
+
+
+def test_a_csv_with_more_fields_than_its_header_is_one_line(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,chosen,rejected\nq,good, really,bad\n")
+    assert error_of(path) == (f"{path}: some rows have more fields than the header (3 named columns: prompt, chosen, "
+                              "rejected); quote fields that contain the delimiter")
+
+
+def test_capitalised_spreadsheet_columns_get_the_mapping_to_write(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("Prompt;Chosen;Rejected\n" + "".join(f"q{i};a{i};b{i}\n" for i in range(5)))
+    assert error_of(path) == (f"{path}: no column 'chosen' (columns: Prompt, Chosen, Rejected); name it with "
+                              "dataset_columns, e.g. {chosen: Chosen}")

@@ -43,7 +43,7 @@ def test_standard_text_pairs_stay_text(tmp_path):
     assert data.sources[0]["format"] == "standard"
 
 
-def test_conversational_pairs_keep_role_and_content_only(tmp_path):
+def test_conversational_pairs_keep_every_message_key(tmp_path):
     rows = [{"prompt": [{"role": "system", "content": "Be brief."}, user(f"Name {i}?")],
              "chosen": [{"role": "assistant", "content": f"Sure: {i}.", "weight": 1}],
              "rejected": [assistant("No.")]} for i in range(20)]
@@ -51,7 +51,9 @@ def test_conversational_pairs_keep_role_and_content_only(tmp_path):
     assert data.conversational and is_conversational(data.train[0])
     by_prompt = {r["prompt"][1]["content"]: r for r in [*data.train, *data.eval]}
     assert len(by_prompt) == 20
-    assert by_prompt["Name 3?"]["chosen"] == [assistant("Sure: 3.")]  # the extra key "weight" is left out
+    # The chat template receives the message as written: the extra key "weight" in the row that has it, no other.
+    assert by_prompt["Name 3?"]["chosen"] == [{**assistant("Sure: 3."), "weight": 1}]
+    assert by_prompt["Name 3?"]["rejected"] == [assistant("No.")]
     assert by_prompt["Name 3?"]["prompt"][0] == {"role": "system", "content": "Be brief."}
 
 
@@ -209,3 +211,17 @@ def test_score_column_without_its_partner(tmp_path):
     path = jsonl(tmp_path / "d.jsonl", {**GOOD_PAIR, "score_chosen": 9})
     assert error_of(path) == (f"{path}: column 'score_chosen' without its partner; scored pairs need both "
                               "score_chosen and score_rejected")
+
+
+@pytest.mark.parametrize("row, kind", [
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "SFT"),
+    ({"text": "a whole document"}, "SFT"),
+    ({"prompt": "a", "completion": "b"}, "SFT"),
+    ({"prompt": "a", "completion": "b", "label": True}, "KTO"),
+])
+def test_sft_and_kto_files_are_named_as_such(tmp_path, row, kind):
+    path = write_jsonl(tmp_path / "d.jsonl", [row] * 3)
+    message = error_of(path)
+    assert message.startswith(f"{path}: this is {kind} data (columns {', '.join(row)}: ")
+    assert "dataset_columns" not in message  # no column mapping turns them into pairs
+    assert f"TRL's {kind}Trainer" in message

@@ -156,6 +156,9 @@ def test_current_handbook_config_converts_and_audits(name, tmp_path, tiny_llama,
     assert new["report_to"] == old["report_to"] and "wandb" in new["report_to"]
     out = capsys.readouterr().out
     assert "passes this project's config checks" in out and "`make trackers` installs wandb" in out
+    # Liger needs a CUDA GPU: the check ran with it off, said so, and the file keeps it.
+    assert ("use_liger_kernel needs liger-kernel and a CUDA GPU" in out) == bool(old.get("use_liger_kernel"))
+    assert new.get("use_liger_kernel") == old.get("use_liger_kernel")
     run = ["--config", str(path), "--model_name_or_path", str(tiny_llama), "--output_dir", str(tmp_path / "run"),
            "--dataset_num_proc", "1", *CPU]
     if "use_liger_kernel" in old:  # the Liger kernels are not part of the pinned stack
