@@ -23,12 +23,14 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
 from .errors import UserError, exit_on_user_error
+from .evaluation import read_run_config
 from .gguf_check import check_export, summary
 from .merge import adapter_model
+from .modeling import resolve_model_path
 
 # --outtype -> (tensor type of the matrices, the file type llama.cpp reads from general.file_type)
 OUTTYPES = {
@@ -48,20 +50,31 @@ SAMPLING = {"temperature": "add_sampling_temp", "top_p": "add_sampling_top_p", "
             "min_p": "add_sampling_min_p", "repetition_penalty": "add_sampling_penalty_repeat"}
 
 
-def load_trained(run_dir: Path):
-    """(model in float32, tokenizer, 'LoRA' / 'full') of a run folder: an adapter merged by PEFT, or full weights."""
+def run_kind(run_dir: Path) -> str:
+    """'LoRA' (an adapter on a base model) or 'full' (a fine-tune's own weights); one line if neither is saved."""
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder")
-    if (run_dir / "adapter_config.json").is_file():
-        if not any((run_dir / f"adapter_model.{ext}").is_file() for ext in ("safetensors", "bin")):
-            raise UserError(f"{run_dir}: adapter_config.json but no adapter_model.safetensors (no weights saved)")
-        model, kind = adapter_model(run_dir, "float32").merge_and_unload(safe_merge=True), "LoRA"
-    elif (run_dir / "config.json").is_file() and list(run_dir.glob("model*.safetensors")):
-        model, kind = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32, use_safetensors=True), "full"
-    else:
-        raise UserError(f"{run_dir}: no weights (neither adapter_model.safetensors nor config.json with "
-                        "model.safetensors); has the run saved its model?")
-    return model.eval(), AutoTokenizer.from_pretrained(run_dir), kind
+    if (run_dir / "adapter_config.json").is_file() and (run_dir / "adapter_model.safetensors").is_file():
+        return "LoRA"
+    if (run_dir / "config.json").is_file() and list(run_dir.glob("model*.safetensors")):
+        return "full"
+    raise UserError(f"{run_dir}: no weights (neither adapter_model.safetensors nor config.json with "
+                    "model.safetensors); has the run saved its model?")
+
+
+def model_config(run_dir: Path, kind: str):
+    """The model's transformers config, read before any weights are (a refusal costs nothing)."""
+    if kind == "full":
+        return AutoConfig.from_pretrained(run_dir)
+    script_args, _, model_args = read_run_config(run_dir)
+    return AutoConfig.from_pretrained(resolve_model_path(model_args, script_args.tiny_model))
+
+
+def load_trained(run_dir: Path, kind: str):
+    """The run's model in float32: the adapter merged into its base as `make merge` does, or the full weights."""
+    if kind == "LoRA":
+        return adapter_model(run_dir, "float32").merge_and_unload(safe_merge=True).eval()
+    return AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32, use_safetensors=True).eval()
 
 
 def architecture(config) -> gguf.MODEL_ARCH:
@@ -214,9 +227,11 @@ def export(run_dir: str | Path, out: str | Path, outtype: str = DEFAULT_OUTTYPE,
         raise UserError(f"{out}: OUT must be a file ending in .gguf")
     if out.exists() and not force:
         raise UserError(f"{out}: exists; choose a new OUT or pass --force")
-    model, tokenizer, kind = load_trained(run_dir)
-    arch = architecture(model.config)
-    pre_tokenizer(tokenizer)  # refuse an unsupported tokenizer before writing anything
+    kind = run_kind(run_dir)
+    arch = architecture(model_config(run_dir, kind))
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    pre_tokenizer(tokenizer)  # refuse a tokenizer llama.cpp cannot be told about before loading the weights
+    model = load_trained(run_dir, kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
