@@ -5,7 +5,9 @@
 The reference is the run as it trained: for a LoRA / QLoRA run its base model in float32 with the adapter applied by
 PEFT (not merged), for a full fine-tune its own folder. Compared on held-out prompts of the demo data
 (data/demo/test.jsonl): the tokenizer's ids (plain text and chat-template rendering), chat template and special
-tokens; the largest |logit difference| over prompt-and-reply conversations; greedy replies token for token.
+tokens; the largest |logit difference| over prompt-and-reply conversations, to the adapter model and (LoRA) to PEFT's
+merge of it in float32, the weights the file should hold; how often the next-token argmax agrees; greedy replies
+token for token.
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ def compare_tokenizers(run_tok, file_tok, rows: list[dict]) -> dict:
     }
 
 
+def largest_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+
 @torch.no_grad()
 def greedy(model, ids: list[int], max_new_tokens: int, pad_token_id: int) -> list[int]:
     inputs = torch.tensor([ids])
@@ -88,29 +94,33 @@ def check_export(run_dir: str | Path, gguf_path: str | Path, prompts: int = 4, m
     run_tok = AutoTokenizer.from_pretrained(run_dir)
     loaded, file_tok = load_gguf(gguf_path)
     reference = reference_model(run_dir)
-    logit_diff, adapter_effect, largest = 0.0, None, 0.0
+    pad = run_tok.pad_token_id if run_tok.pad_token_id is not None else run_tok.eos_token_id
+    conversations = [torch.tensor([chat_ids(run_tok, row["conversation"], False)]) for row in rows]
+    from_file = [loaded(ids).logits for ids in conversations]
+    wanted = [reference(ids).logits for ids in conversations]
+    adapter_effect = None
+    if hasattr(reference, "disable_adapter"):
+        with reference.disable_adapter():
+            adapter_effect = largest_diff([reference(ids).logits for ids in conversations], wanted)
     replies = []
     for row in rows:
-        ids = torch.tensor([chat_ids(run_tok, row["conversation"], False)])
-        ref = reference(ids).logits
-        logit_diff = max(logit_diff, (loaded(ids).logits - ref).abs().max().item())
-        largest = max(largest, ref.abs().max().item())
-        if hasattr(reference, "disable_adapter"):
-            with reference.disable_adapter():
-                effect = (reference(ids).logits - ref).abs().max().item()
-            adapter_effect = max(adapter_effect or 0.0, effect)
         prompt_ids = chat_ids(run_tok, row["prompt"], True)
-        pad = run_tok.pad_token_id if run_tok.pad_token_id is not None else run_tok.eos_token_id
         want, got = (greedy(m, prompt_ids, max_new_tokens, pad) for m in (reference, loaded))
         replies.append({"prompt": row["prompt"][0]["content"], "run": run_tok.decode(want, skip_special_tokens=True),
                         "gguf": run_tok.decode(got, skip_special_tokens=True), "same_ids": want == got})
+    merged = None
+    if hasattr(reference, "merge_and_unload"):  # the weights the file should hold: PEFT's merge, in float32
+        merged = largest_diff([reference.merge_and_unload()(ids).logits for ids in conversations], from_file)
+    agree = sum((f.argmax(-1) == w.argmax(-1)).sum().item() for f, w in zip(from_file, wanted))
     return {
         "run_dir": str(run_dir),
         "file": str(gguf_path),
         "bytes": gguf_path.stat().st_size,
         "tokenizer": compare_tokenizers(run_tok, file_tok, rows),
-        "max_abs_logit_diff": logit_diff,
-        "max_abs_logit": largest,
+        "max_abs_logit_diff": largest_diff(from_file, wanted),
+        "max_abs_logit_diff_to_merged": merged,
+        "max_abs_logit": max(w.abs().max().item() for w in wanted),
+        "top1_agreement": agree / sum(w.shape[1] for w in wanted),
         "adapter_effect_max_abs_logit": adapter_effect,
         "greedy_max_new_tokens": max_new_tokens,
         "greedy_replies_equal": sum(r["same_ids"] for r in replies),
@@ -123,7 +133,8 @@ def summary(result: dict) -> str:
     same_tok = not tok["ids_differ"] and tok["chat_template_equal"] and not tok["special_tokens_differ"]
     return (f"check {result['file']}: tokenizer {'equal' if same_tok else 'DIFFERS'} on {tok['texts_compared']} "
             f"texts; max |logit diff| {result['max_abs_logit_diff']:.2e} (logits up to "
-            f"{result['max_abs_logit']:.1f}); greedy replies equal {result['greedy_replies_equal']}/"
+            f"{result['max_abs_logit']:.1f}), next-token argmax agrees at {result['top1_agreement']:.1%} of "
+            f"positions; greedy replies equal {result['greedy_replies_equal']}/"
             f"{len(result['greedy_replies'])}")
 
 

@@ -87,7 +87,8 @@ def architecture(config) -> gguf.MODEL_ARCH:
         raise UserError(f"rope_type {rope['rope_type']!r}: GGUF export writes plain RoPE only")
     if config.hidden_act != "silu":
         raise UserError(f"hidden_act {config.hidden_act!r}: llama.cpp's {config.model_type} expects silu")
-    if arch == gguf.MODEL_ARCH.LLAMA and (getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False)):
+    biases = getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False)
+    if arch == gguf.MODEL_ARCH.LLAMA and biases:
         raise UserError("a Llama model with attention or MLP biases: GGUF export writes Llama without biases")
     return arch
 
@@ -134,7 +135,8 @@ def pre_tokenizer(tokenizer) -> str:
     """llama.cpp's name for the tokenizer's split before BPE; one line if it is not a byte-level BPE it can name."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model, pre, normalizer = spec["model"], spec.get("pre_tokenizer") or {}, spec.get("normalizer")
-    if model.get("type") != "BPE" or model.get("byte_fallback") or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+    decoder = (spec.get("decoder") or {}).get("type")
+    if model.get("type") != "BPE" or model.get("byte_fallback") or decoder != "ByteLevel":
         raise UserError("tokenizer: GGUF export writes byte-level BPE tokenizers only (Llama 3, Qwen2, SmolLM2)")
     if normalizer not in (None, {"type": "NFC"}):
         raise UserError(f"tokenizer: normalizer {normalizer.get('type')!r} has no llama.cpp counterpart")

@@ -75,6 +75,8 @@ def test_export_reads_back_like_the_adapter_model(runs, family, outtype, tmp_pat
     assert result["adapter_effect_max_abs_logit"] > 1000 * TOLERANCE["f32"]  # the adapter matters: not vacuous
     if outtype == "f32":
         assert result["greedy_replies_equal"] == 3
+        assert result["max_abs_logit_diff_to_merged"] <= 1e-6  # the file holds PEFT's merged weights exactly
+        assert result["top1_agreement"] == 1.0
     else:
         assert result["max_abs_logit_diff"] > 0  # really stored in the smaller type
 
