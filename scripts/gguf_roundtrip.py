@@ -45,7 +45,8 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=24)
     args = parser.parse_args()
     run_config = json.loads((args.run_dir / "run_config.json").read_text())
-    record = {"command": " ".join(["python", *sys.argv]), "run": {
+    command = ["python", *("<work dir>" if a == str(args.work_dir) else a for a in sys.argv)]  # no machine paths
+    record = {"command": " ".join(command), "run": {
         "model_name_or_path": run_config["model"].get("model_name_or_path"),
         "max_steps": run_config["training"].get("max_steps"),
         "learning_rate": run_config["training"].get("learning_rate")}, "types": {}}
