@@ -5,11 +5,12 @@ adapter changes the logits. Training runs and `make export` are in tests/e2e/tes
 import json
 import shutil
 
+import gguf
 import numpy as np
 import pytest
 import torch
 from tokenizers import processors
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
 from dpo_recipes import gguf_export
@@ -89,9 +90,10 @@ def test_without_the_permutation_llama_logits_differ(runs, tmp_path, monkeypatch
     assert check_export(runs["llama"], out, prompts=1, max_new_tokens=2)["max_abs_logit_diff"] > 1e-3
 
 
-def test_bos_flag_and_vocabulary_padding_survive(tmp_path):
+def test_bos_flag_vocabulary_padding_and_sampling_settings_survive(tmp_path):
     """A tokenizer that adds BOS keeps doing so after the round trip; embedding rows beyond the tokenizer's
-    vocabulary become llama.cpp's unused padding tokens and ids stay the same."""
+    vocabulary become llama.cpp's unused padding tokens and ids stay the same; a generation config that samples
+    becomes llama.cpp's general.sampling settings."""
     base = build_tiny("llama", tmp_path / "base")
     full = tmp_path / "full"
     shutil.copytree(base, full)
@@ -102,9 +104,14 @@ def test_bos_flag_and_vocabulary_padding_survive(tmp_path):
     tokenizer.save_pretrained(full)
     model = AutoModelForCausalLM.from_pretrained(full)
     model.resize_token_embeddings(len(tokenizer) + 8)
+    model.generation_config = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9)
     model.save_pretrained(full)
     out = tmp_path / "padded.gguf"
-    assert export(full, out, "f32")["kind"] == "full"
+    record = export(full, out, "f32")
+    assert record["kind"] == "full" and record["sampling"] == {"temperature": 0.7, "top_p": 0.9}
+    fields = gguf.GGUFReader(out).fields
+    assert fields["general.sampling.temp"].contents() == pytest.approx(0.7)
+    assert fields["tokenizer.ggml.token_type"].contents()[-1] == gguf.TokenType.UNUSED
     read = AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
     text = "Hello there, 42 planets."
     assert read(text).input_ids == AutoTokenizer.from_pretrained(full)(text).input_ids
