@@ -16,7 +16,7 @@ ACCELERATE_CONFIG ?= $(RECIPE_DIR)/accelerate.yaml
 LAUNCH_ARGS ?=
 SMOKE_OUT ?= outputs/smoke/$(RECIPE)
 
-.PHONY: help install train audit test test-fast bench bench-gpu noise-bench real-bench check-recipe check-variant smoke new-recipe eval plots merge estimate check-run migrate trackers
+.PHONY: help install train audit test test-fast bench bench-gpu noise-bench real-bench check-recipe check-variant smoke new-recipe eval plots merge export estimate check-run migrate trackers
 
 help:
 	@echo "make train [RECIPE=<name>] [ARGS='--key value ...']   train a recipe (default: demo-smollm2, a real model, CPU, no downloads)"
@@ -26,6 +26,7 @@ help:
 	@echo "make eval RUN=<dir> [ARGS='--judge_model <rm> ...']     (re)write a finished run's evaluation report and card"
 	@echo "make plots RUN=<dir>                                    training curves (PNG) of a run into <dir>/plots"
 	@echo "make merge RUN=<dir> OUT=<dir> [ARGS=...]               merge a LoRA/QLoRA run into standalone weights"
+	@echo "make export RUN=<dir> OUT=<file.gguf> [ARGS=...]        one GGUF file for llama.cpp / ollama (--outtype f16|f32|bf16|q8_0)"
 	@echo "make estimate RECIPE=<name> [GPUS=n GPU_MEM=GiB]        predicted memory per GPU and whether it fits"
 	@echo "make migrate CONFIG=<old.yaml> [OUT=<new.yaml>]         convert an alignment-handbook / TRL 0.x DPO config"
 	@echo "make test                                               run the whole test suite"
@@ -91,6 +92,11 @@ plots: install check-run
 merge: install check-run
 	@test -n "$(OUT)" || { echo "error: make merge needs OUT=<new folder for the merged model>" >&2; exit 2; }
 	$(PY) -m dpo_recipes.merge $(RUN) $(OUT) $(ARGS)
+
+# One GGUF file for llama.cpp / ollama (docs/export.md): a LoRA run merged as `make merge` does, or a full fine-tune.
+export: install check-run
+	@test -n "$(OUT)" || { echo "error: make export needs OUT=<new file.gguf>" >&2; exit 2; }
+	$(PY) -m dpo_recipes.gguf_export $(RUN) $(OUT) $(ARGS)
 
 # Before a run: predicted memory per GPU (GPUS / GPU_MEM override the launcher's processes and 24/40/80 GiB).
 estimate: install

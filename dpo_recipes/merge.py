@@ -41,14 +41,28 @@ def merge_dtype(model: dict, requested: str | None) -> str:
     return dtype if dtype in DTYPES else "float32"
 
 
+def adapter_model(run_dir: Path, dtype_name: str):
+    """The run's base model, unquantised in `dtype_name`, with the run's adapter applied by PEFT (not merged)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    script_args, training, model_args = read_run_config(run_dir)
+    base = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(model_args, script_args.tiny_model),
+        revision=model_args.model_revision if model_args.model_name_or_path else None,
+        dtype=getattr(torch, dtype_name),  # never quantised: the adapter is folded into full-precision weights
+        trust_remote_code=bool(training.get("trust_remote_code")),
+        use_safetensors=True,
+    )
+    return PeftModel.from_pretrained(base, run_dir)
+
+
 def merge_run(run_dir: str | Path, out_dir: str | Path, dtype: str | None = None, overwrite: bool = False) -> dict:
     """Merge the adapter of `run_dir` into its base model and save it to `out_dir`; returns the merge record."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from transformers import AutoTokenizer
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    script_args, training, model_args = read_run_config(run_dir)
+    script_args, _, model_args = read_run_config(run_dir)
     dtype_name = merge_dtype(json.loads((run_dir / "run_config.json").read_text())["model"], dtype)
     if not (run_dir / "adapter_config.json").is_file():
         if (run_dir / "config.json").is_file():
@@ -62,16 +76,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, dtype: str | None = None
             raise UserError(f"{out_dir}: is not empty; choose a new OUT or pass --overwrite")
         shutil.rmtree(out_dir)
 
-    base_path = resolve_model_path(model_args, script_args.tiny_model)
-    base = AutoModelForCausalLM.from_pretrained(
-        base_path,
-        revision=model_args.model_revision if model_args.model_name_or_path else None,
-        dtype=getattr(torch, dtype_name),  # never quantised: the adapter is folded into full-precision weights
-        trust_remote_code=bool(training.get("trust_remote_code")),
-        use_safetensors=True,
-    )
-    adapted = PeftModel.from_pretrained(base, run_dir)
-    merged = adapted.merge_and_unload(safe_merge=True)  # safe_merge: stop on NaN/inf instead of saving them
+    merged = adapter_model(run_dir, dtype_name).merge_and_unload(safe_merge=True)  # safe_merge: stop on NaN/inf
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(run_dir).save_pretrained(out_dir)
