@@ -578,7 +578,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--samples", type=int, default=2, help="sampled completions per prompt for the KL")
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--jobs", type=int, default=2, help="cells run at a time, one process each")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (default: OMP_NUM_THREADS, else the cores split among --jobs)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--readme", action="store_true", help="only copy the Markdown summary into README.md")
     parser.add_argument("extra", nargs="*", help="further config overrides for every cell, after --")
@@ -587,6 +588,9 @@ def main(argv=None) -> dict:
     if args.readme:
         write_readme((out / "real.md").read_text() + "\n![Real-model benchmark](bench/results/real.png)")
         return {}
+    from dpo_recipes.threads import threads_per_process  # torch: imported once the arguments are known good
+
+    args.threads = args.threads or threads_per_process(args.jobs)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.time()
