@@ -41,6 +41,7 @@ from .model_card import write_model_card
 from .modeling import load_tokenizer, resolve_model_path
 from .names import RUN_CONFIG
 from .packing import MODEL_INPUTS, completion_logps, pack_padded_batch, takes_shared_prompt_mask
+from .precision import fp32_lm_head
 from .report_markdown import write_report
 from .stats import mean_se
 from .tokenization import generation_prompt_ids, tokenize_pair
@@ -131,6 +132,7 @@ def _load_causal_lm(path: str, model_args, trust_remote_code: bool, quantize: bo
         use_safetensors=True,
         device_map="auto" if torch.cuda.is_available() else {"": "cpu"},
     )
+    fp32_lm_head(model)  # as training computed them (precision.py)
     add_fused_lm_head(model)
     return model.eval()
 
