@@ -11,7 +11,7 @@ single generation, is the unit. `mean_se` and `wilson_interval` remain for one r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -61,26 +61,29 @@ def paired_t_interval(a: Sequence[float], b: Sequence[float], level: float = 0.9
 
 
 def hierarchical_bootstrap(per_seed: Sequence[Sequence[float]], level: float = 0.95, n_boot: int = 2000,
-                           statistic: Callable[[np.ndarray], float] = np.mean, rng_seed: int = 0) -> dict:
-    """Percentile interval for the mean over seeds of a per-seed statistic of pair-level values.
+                           rng_seed: int = 0) -> dict:
+    """Percentile interval for the mean over seeds of per-seed means of pair-level values.
 
     per_seed[s] holds seed s's pair-level values (1/0 for correct, or per-pair differences such as DPO correct
     minus length-baseline correct). Each replicate draws the seeds with replacement, then the pairs within each
-    drawn seed with replacement, and averages `statistic` over the drawn seeds: both training randomness and the
-    sample of pairs are in the interval. Returns mean (on the data as given), low, high, n_seeds, n_boot."""
+    drawn seed with replacement (afresh for every draw), and averages: both training randomness and the sample of
+    pairs are in the interval. Returns mean (of the data as given), low, high, n_seeds, n_boot."""
     groups = [np.asarray(v, dtype=float).ravel() for v in per_seed]
     if not groups or any(g.size == 0 for g in groups):
         raise ValueError("hierarchical_bootstrap needs at least one seed, each with at least one value")
     rng = np.random.default_rng(rng_seed)
-    replicates = np.empty(n_boot)
-    for b in range(n_boot):
-        seeds = rng.integers(0, len(groups), len(groups))
-        replicates[b] = np.mean([statistic(groups[s][rng.integers(0, groups[s].size, groups[s].size)])
-                                 for s in seeds])
+    k = len(groups)
+    drawn = rng.integers(0, k, (n_boot, k))  # replicate b, position j -> the seed drawn there
+    total = np.zeros(n_boot)
+    for j in range(k):
+        # every seed's pair-resampled mean for this position, then the drawn seed's one per replicate
+        means = np.stack([g[rng.integers(0, g.size, (n_boot, g.size))].mean(axis=1) for g in groups])
+        total += means[drawn[:, j], np.arange(n_boot)]
+    replicates = total / k
     tail = (1 - level) / 2
     low, high = np.quantile(replicates, [tail, 1 - tail])
-    return {"mean": float(np.mean([statistic(g) for g in groups])), "low": float(low), "high": float(high),
-            "n_seeds": len(groups), "n_boot": n_boot}
+    return {"mean": float(np.mean([g.mean() for g in groups])), "low": float(low), "high": float(high),
+            "n_seeds": k, "n_boot": n_boot}
 
 
 def clustered_win_rate(outcomes: Sequence[float], prompts: Sequence, level: float = 0.95) -> dict:
