@@ -64,6 +64,10 @@ def make_trainer(tiny_llama, loss_type, layout, tmp_path, extra=()):
     tokenizer = load_tokenizer(str(tiny_llama), model_args, False, None)
     model, peft = load_model(str(tiny_llama), model_args, False)
     data = load_dataset("json", data_files=str(REPO / "data/demo/train.jsonl"))["train"].select(range(24))
+    # Rejected replies cut to 2-3 words whatever the bundled replies' lengths: uneven lengths (padding to remove), and
+    # short sequences (two fit one packed row of 96).
+    data = data.map(lambda row, i: {"rejected": [{"role": "assistant", "content": " ".join(
+        row["rejected"][0]["content"].split()[:2 + i % 2])}]}, with_indices=True)
     data = data.add_column(MARGIN_COLUMN, [(-1.0) ** i * 0.3 * i for i in range(24)])
     trainer = PreferenceTrainer(model=model, args=train, train_dataset=data, processing_class=tokenizer,
                                 peft_config=peft)
