@@ -34,7 +34,7 @@ help:
 	@echo "make bench                                              CPU benchmarks into bench/results/ (about 40 min)"
 	@echo "make bench-gpu                                          GPU benchmark of real recipes (needs a CUDA GPU)"
 	@echo "make noise-bench                                        label-noise robustness of the loss variants (CPU)"
-	@echo "make real-bench [ARGS=...]                              DPO variants on SmolLM2-135M and HH data (CPU, ~2 h, resumes)"
+	@echo "make real-bench [ARGS=...]                              DPO variants on SmolLM2-135M and HH data (bench/README.md; many CPU hours, resumes)"
 	@echo "make install                                            create .venv from requirements.txt"
 	@echo "make trackers                                           add wandb and trackio to .venv (report_to: wandb / trackio)"
 	@echo "recipes: $$(ls recipes | tr '\n' ' ')"
@@ -126,6 +126,9 @@ bench-gpu: install
 noise-bench: install
 	OMP_NUM_THREADS=1 TQDM_DISABLE=1 $(PY) bench/noise_bench.py $(ARGS)
 
-# The loss variants on a real model and real data (bench/real_bench.py); a rerun resumes where it stopped.
+# The loss variants on a real model and real data under the protocol of bench/README.md: the learning rate and steps
+# chosen on validation (bench/real_lr_sweep.py), then the test split once per cell (bench/real_bench.py); a rerun
+# resumes. ARGS (--quick, --out, --work) go to both.
 real-bench: install
+	TQDM_DISABLE=1 $(PY) bench/real_lr_sweep.py $(ARGS)
 	TQDM_DISABLE=1 $(PY) bench/real_bench.py $(ARGS)

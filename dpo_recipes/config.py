@@ -119,6 +119,11 @@ class ScriptArguments:
         metadata={"help": "A reward model (AutoModelForSequenceClassification, one output) that scores the policy's "
                   "and the reference's greedy replies: the report then gives the policy's win-rate."},
     )
+    eval_report_probes: str | None = field(
+        default=None,
+        metadata={"help": "A probes file (JSON: style_prompts, facts; dpo_recipes/probes.py): the report adds the "
+                  "share of greedy replies in the chosen style and fact accuracy, reference against policy."},
+    )
 
 
 @dataclass
@@ -427,6 +432,9 @@ def validate_report_args(script_args: ScriptArguments) -> None:
     # A local judge that is not there stops now, not after training; "org/name" may be a hub id.
     if judge and not Path(judge).exists() and (judge.startswith((".", "/", "~")) or judge.count("/") > 1):
         raise UserError(f"config: judge_model {judge!r} not found (a reward model folder or a hub id)")
+    probes = script_args.eval_report_probes
+    if probes and not Path(probes).is_file():  # stops before training, not after
+        raise UserError(f"config: eval_report_probes {probes!r}: file not found")
 
 
 # report_to integration -> the package it needs (transformers only finds out at Trainer start, after the model loads).

@@ -13,7 +13,9 @@ What it measures, on the run's own held-out split, with the models as saved in t
   (rho - 1 - log rho) with rho = pi_ref / pi, both unbiased for the KL between the two distributions of completions
   of at most `eval_report_max_new_tokens` tokens; k3 is never negative and usually has the smaller variance;
 - greedy replies of the policy and the reference side by side, and with `judge_model` (a one-output reward model)
-  the policy's win-rate over the reference on those replies, ties counted half, with a 95% Wilson interval.
+  the policy's win-rate over the reference on those replies, ties counted half, with a 95% Wilson interval;
+- with `eval_report_probes` (a probes file, dpo_recipes/probes.py): the share of greedy replies in the chosen style
+  on its held-out prompts, and fact accuracy over its subjects, reference (before) against policy (after).
 
 The reference is what training used: the base model with the adapter disabled for LoRA / QLoRA, the initial model
 (`model_name_or_path`) for a full fine-tune.
@@ -40,6 +42,7 @@ from .judge import judge_scores, load_judge, win_rate
 from .model_card import write_model_card
 from .modeling import load_tokenizer, resolve_model_path
 from .names import RUN_CONFIG
+from .probes import load_probes, probe_metrics
 from .packing import MODEL_INPUTS, completion_logps, pack_padded_batch, takes_shared_prompt_mask
 from .precision import fp32_lm_head
 from .report_markdown import write_report
@@ -48,7 +51,8 @@ from .tokenization import generation_prompt_ids, tokenize_pair
 
 # ScriptArguments fields that only shape the report (they can be changed for `make eval` without retraining).
 REPORT_FIELDS = ("eval_report_pairs", "eval_report_prompts", "eval_report_samples", "eval_report_max_new_tokens",
-                 "eval_report_examples", "judge_model")
+                 "eval_report_examples", "judge_model", "eval_report_probes")
+TEXT_REPORT_FIELDS = ("judge_model", "eval_report_probes")
 
 
 @dataclasses.dataclass
@@ -59,6 +63,7 @@ class ReportSettings:
     max_new_tokens: int = 32
     examples: int = 3
     judge_model: str | None = None
+    probes: str | None = None
     beta: float = 0.1
     max_length: int | None = 1024
     truncation_mode: str = "keep_start"
@@ -77,6 +82,7 @@ class ReportSettings:
             max_new_tokens=script_args.eval_report_max_new_tokens,
             examples=script_args.eval_report_examples,
             judge_model=script_args.judge_model,
+            probes=script_args.eval_report_probes,
             beta=float(training["beta"]),
             max_length=training["max_length"],
             truncation_mode=training["truncation_mode"],
@@ -209,6 +215,8 @@ def pair_metrics(policy: tuple[torch.Tensor, torch.Tensor], reference: tuple[tor
         "reward_margin": mean_se(margins),
         "reward_chosen": mean_se(chosen_rewards),
         "reward_rejected": mean_se(rejected_rewards),
+        # how each side's log-prob moved (policy - reference): DPO can widen the margin while both fall
+        "logp_change": {"chosen": mean_se(policy[0] - reference[0]), "rejected": mean_se(policy[1] - reference[1])},
         "logps": {
             "policy": {"chosen": mean_se(policy[0]), "rejected": mean_se(policy[1])},
             "reference": {"chosen": mean_se(reference[0]), "rejected": mean_se(reference[1])},
@@ -282,7 +290,38 @@ def evaluate(models: RunModels, eval_dataset, settings: ReportSettings) -> dict:
                               **win_rate(policy_scores, reference_scores, policy_text, reference_text),
                               "scores": [{"policy": p, "reference": r} for p, r in zip(policy_scores, reference_scores)]}
         del judge
+
+    # 4. Probes: style uptake on held-out prompts and fact accuracy, greedy replies of policy and reference.
+    if settings.probes:
+        report["probes"] = run_probes(models, settings)
     return report
+
+
+@torch.no_grad()
+def greedy_replies(models: RunModels, questions: list[str], max_new_tokens: int) -> dict[str, list[str]]:
+    """Greedy replies of policy and reference to single-turn user questions, generated in batches (generate())."""
+    tokenizer = models.tokenizer
+    ids = [generation_prompt_ids(tokenizer, {"prompt": [{"role": "user", "content": q}]}) for q in questions]
+
+    def replies(model) -> list[str]:
+        return [tokenizer.decode(c[0], skip_special_tokens=True).strip()
+                for c in generate(model, tokenizer, ids, max_new_tokens, sample=False)]
+
+    policy = replies(models.policy)
+    with models.reference_model() as reference:
+        ref = replies(reference)
+    return {"policy": policy, "reference": ref}
+
+
+def run_probes(models: RunModels, settings: ReportSettings) -> dict:
+    probes = load_probes(settings.probes)
+    style = greedy_replies(models, probes["style_prompts"], settings.max_new_tokens)
+    facts = greedy_replies(models, [f["question"] for f in probes["facts"]], settings.max_new_tokens)
+    return {"file": settings.probes, **probe_metrics(probes, style, facts),
+            "style_replies": [{"prompt": q, "policy": p, "reference": r}
+                              for q, p, r in zip(probes["style_prompts"], style["policy"], style["reference"])],
+            "fact_replies": [{"subject": f["subject"], "policy": p, "reference": r}
+                             for f, p, r in zip(probes["facts"], facts["policy"], facts["reference"])]}
 
 
 def report_for_run(run_dir, script_args, training: dict, model_args, eval_dataset, written_by: str) -> dict:
@@ -341,7 +380,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m dpo_recipes.evaluation", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a finished run's output_dir")
     for name in REPORT_FIELDS:
-        kind = str if name == "judge_model" else int
+        kind = str if name in TEXT_REPORT_FIELDS else int
         parser.add_argument(f"--{name}", type=kind, default=None, help=fields[name].metadata["help"])
     return parser
 

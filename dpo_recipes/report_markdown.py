@@ -33,6 +33,12 @@ def format_markdown(report: dict) -> str:
         f"| chosen log-prob | {_pm(pairs['logps']['policy']['chosen'], 2)} | {_pm(pairs['logps']['reference']['chosen'], 2)} |",
         f"| rejected log-prob | {_pm(pairs['logps']['policy']['rejected'], 2)} | {_pm(pairs['logps']['reference']['rejected'], 2)} |",
         "",
+    ]
+    if "logp_change" in pairs:
+        change = pairs["logp_change"]
+        lines += [f"Change of the log-probs (policy − reference): chosen {_pm(change['chosen'], 2)}, rejected "
+                  f"{_pm(change['rejected'], 2)}.", ""]
+    lines += [
         "| metric | value |",
         "|---|---|",
         f"| reward accuracy (r_chosen > r_rejected) | {_pm(pairs['reward_accuracy'])} |",
@@ -64,6 +70,8 @@ def format_markdown(report: dict) -> str:
             f"(95% Wilson interval [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}], ties counted half). Mean reward: "
             f"policy {w['mean_reward']['policy']:.3f}, reference {w['mean_reward']['reference']:.3f}.",
         ]
+    if "probes" in report:
+        lines += _probe_lines(report["probes"])
     examples = report["generations"][: s["examples"]]
     if examples:
         lines += ["", f"## Generations (greedy, at most {s['max_new_tokens']} new tokens; all "
@@ -73,6 +81,26 @@ def format_markdown(report: dict) -> str:
                       "| policy | reference |", "|---|---|",
                       f"| {_cell(ex['policy'])} | {_cell(ex['reference'])} |"]
     return "\n".join(lines) + "\n"
+
+
+def _interval(change: dict) -> str:
+    return f"{change['mean']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
+
+
+def _probe_lines(probes: dict) -> list[str]:
+    lines = ["", f"## Probes (`{probes['file']}`, greedy replies)", ""]
+    if "style_uptake" in probes:
+        st = probes["style_uptake"]
+        lines += [f"Style uptake on {st['prompts']} held-out prompts: share of replies in the chosen style "
+                  f"({probes['style_rule']}): policy {st['policy']:.3f}, reference {st['reference']:.3f}; "
+                  f"change {_interval(st['change'])} (95% paired t interval over prompts).", ""]
+    if "fact_accuracy" in probes:
+        fa = probes["fact_accuracy"]
+        lines += [f"Fact accuracy over {fa['subjects']} subjects (the reply states an accepted answer): before "
+                  f"(reference) {fa['before']:.3f}, after (policy) {fa['after']:.3f}; change "
+                  f"{_interval(fa['change'])} (95% paired t interval over subjects). Gained: "
+                  f"{', '.join(fa['gained']) or 'none'}. Lost: {', '.join(fa['lost']) or 'none'}.", ""]
+    return lines
 
 
 def _cell(text: str) -> str:

@@ -18,11 +18,11 @@ DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
 def test_make_audit_on_the_demo_recipe(tmp_path):
     proc = run(["make", "--no-print-directory", "audit", "RECIPE=demo-cpu", f"ARGS=--output_dir {tmp_path}"])
     report = json.loads((tmp_path / AUDIT_FILE).read_text())
-    assert report["rows_read"] == 2200  # data/demo: 2,000 train + 200 test lines
+    assert report["rows_read"] == 2120  # data/demo: 2,000 train + 120 test lines
     assert report["rows_read"] == report["kept"] + sum(report["dropped"].values())
     assert report["splits"]["train"]["rows"] + report["splits"]["eval"]["rows"] == report["kept"]
     assert f"data audit -> {tmp_path / AUDIT_FILE}" in proc.stdout
-    assert f"rows read 2200, kept {report['kept']}" in proc.stdout
+    assert f"rows read 2120, kept {report['kept']}" in proc.stdout
     assert "prompt tokens" in proc.stdout and "chosen longer" in proc.stdout
     assert "Loading weights" not in proc.stdout + proc.stderr  # the audit loads no model
 
