@@ -97,24 +97,6 @@ def test_bad_probes_file_is_one_clear_error(tmp_path):
         load_probes(tmp_path / "missing.json")
 
 
-def test_batched_greedy_replies_equal_one_at_a_time(tiny_llama):
-    """greedy_replies left-pads several questions into one batch; each reply must be the one its question gets alone."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from dpo_recipes.evaluation import RunModels, greedy_replies
-    from dpo_recipes.generation import generate
-    from dpo_recipes.tokenization import generation_prompt_ids
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
-    questions = ["What is the capital of Peru?", "Hi", "Could you help me find out the number of legs a spider has?"]
-    batched = greedy_replies(RunModels(model, model, tokenizer, "full"), questions, max_new_tokens=6, batch_size=3)
-    alone = [tokenizer.decode(generate(model, tokenizer, generation_prompt_ids(
-        tokenizer, {"prompt": [{"role": "user", "content": q}]}), 6, sample=False)[0], skip_special_tokens=True).strip()
-        for q in questions]
-    assert batched["policy"] == alone and batched["reference"] == alone
-
-
 def test_report_shows_probes_and_the_log_prob_changes():
     import torch
 
