@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import os
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import yaml
 from trl import DPOConfig, ModelConfig, TrlParser
 
+from .cli import OneLineErrors, read_yaml
 from .data_sources import check_data_args
 from .errors import UserError
 from .losses import LOSSES, check_loss_config, load_losses_file
@@ -162,11 +164,8 @@ DATACLASSES = (ScriptArguments, PreferenceConfig, ModelConfig)
 _UnionType = type(int | None)
 
 
-class _Parser(TrlParser):
+class _Parser(OneLineErrors, TrlParser):
     """TrlParser whose errors are one line (argparse would print a usage of several hundred options)."""
-
-    def error(self, message):
-        raise UserError(f"command line: {message}")
 
 
 def _known_keys() -> set[str]:
@@ -273,21 +272,6 @@ def _check_yaml_types(config: dict, path: str) -> None:
         if not ok:
             names = "/".join(t.__name__ for t in scalar)
             raise UserError(f"{path}: key '{key}' must be {names}, got {type(value).__name__} {value!r}")
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        config = yaml.safe_load(path.read_text())  # safe loader: no Python objects from YAML
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML: {err}") from None
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: must be a mapping of key: value, got {type(config).__name__}")
-    return config
 
 
 def read_config_layers(paths: list[str | Path]) -> dict:
@@ -432,8 +416,6 @@ TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "
 
 
 def check_report_to(report_to) -> None:
-    import importlib.util
-
     for name in report_to or []:
         package = TRACKER_PACKAGES.get(name)
         if package and importlib.util.find_spec(package) is None:

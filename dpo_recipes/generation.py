@@ -6,13 +6,13 @@ from __future__ import annotations
 import math
 
 import torch
+from transformers import GenerationConfig
+from transformers.utils import logging as hf_logging
 
 from .stats import mean_se
 
 
 def _generation_config(tokenizer, model, max_new_tokens: int, sample: bool, n: int):
-    from transformers import GenerationConfig
-
     eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
     # Every option that reshapes the next-token distribution is set to "off": generate() fills options left unset
     # from the model's generation_config (often top_p 0.9, temperature 0.6), and the KL estimate needs samples from
@@ -45,8 +45,6 @@ def _eos_ids(config) -> set[int]:
 def generate(model, tokenizer, prompt_ids: list[int], max_new_tokens: int, sample: bool, n: int = 1,
              seed: int = 0) -> list[list[int]]:
     """`n` completions of the prompt, each cut after its first EOS token (which is kept)."""
-    from transformers.utils import logging as hf_logging
-
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids], device=device)
     verbosity = hf_logging.get_verbosity()

@@ -11,7 +11,6 @@ checked like any recipe config. An existing file is only replaced with --force. 
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import sys
 import textwrap
@@ -21,7 +20,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import _custom_knobs, _known_keys, parse_config, read_yaml
+from .cli import CommandParser, read_yaml
+from .config import _custom_knobs, _known_keys, parse_config
 from .errors import UserError, exit_on_user_error
 from .renames import CHANGES, KeyChange
 
@@ -292,14 +292,9 @@ def report(migration: Migration, source: str, target: str, total: int) -> str:
     return "\n".join(lines)
 
 
-class _ArgParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"command line: {message}")
-
-
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> Migration:
-    parser = _ArgParser(prog="python -m dpo_recipes.migrate", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m dpo_recipes.migrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="the old config (YAML)")
     parser.add_argument("-o", "--output", help="the new config (default: <old name>.migrated.yaml next to it)")
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")

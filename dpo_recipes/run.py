@@ -117,7 +117,7 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
     state.wait_for_everyone()  # every rank has trained and saved
     state.destroy_process_group()  # the report below needs no collective; nothing can time out on it
     if is_main:
-        finish_run_outputs(output_dir, script_args, training_args.to_dict(), model_args, eval_dataset)
+        finish_run_outputs(output_dir, script_args, training_args, model_args, eval_dataset)
     return eval_metrics
 
 

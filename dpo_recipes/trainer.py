@@ -41,6 +41,14 @@ class PreferenceCollator(DataCollatorForPreference):
     padding_free: bool = False
     prefix_sharing: bool = False
 
+    @classmethod
+    def for_config(cls, config, pad_token_id: int) -> "PreferenceCollator":
+        """The collator of a run's layout (the trainer's, and the evaluation report's): `config` is a PreferenceConfig
+        or anything with its max_length, truncation_mode, padding_free and prefix_sharing."""
+        return cls(pad_token_id=pad_token_id, max_length=config.max_length, truncation_mode=config.truncation_mode,
+                   pad_to_multiple_of=getattr(config, "pad_to_multiple_of", None), padding_free=config.padding_free,
+                   prefix_sharing=getattr(config, "prefix_sharing", False))
+
     def torch_call(self, examples):
         batch = super().torch_call(examples)
         if self.padding_free:  # the kept tokens are TRL's (it truncated each sequence above)
@@ -73,14 +81,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         if data_collator is None and tokenizer is not None:
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            data_collator = PreferenceCollator(
-                pad_token_id=tokenizer.pad_token_id,
-                max_length=config.max_length,
-                truncation_mode=config.truncation_mode,
-                pad_to_multiple_of=config.pad_to_multiple_of,
-                padding_free=config.padding_free,
-                prefix_sharing=getattr(config, "prefix_sharing", False),
-            )
+            data_collator = PreferenceCollator.for_config(config, tokenizer.pad_token_id)
         if getattr(config, "prefix_sharing", False):  # the config's guard, for scripts that skip config.py
             model = kwargs.get("model", args[0] if args else None)
             check_shared_prompts(config.padding_free, getattr(getattr(model, "config", None), "_attn_implementation", None))
