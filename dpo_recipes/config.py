@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
-import math
 import os
 import sys
 import typing
@@ -24,7 +23,7 @@ from trl import DPOConfig, ModelConfig, TrlParser
 from .cli import OneLineErrors, read_yaml
 from .data_sources import check_data_args
 from .errors import UserError
-from .losses import LOSSES, check_loss_config, load_losses_file
+from .losses import LOSSES, MADPO_DEFAULTS, check_loss_config, load_losses_file, needs_margins
 from .packing import check_shared_prompts
 from .renames import CHANGES
 
@@ -139,10 +138,14 @@ class PreferenceConfig(DPOConfig):
         metadata={"help": "precompute_ref_log_probs: where reference log-probs are cached (default .cache/ref_logps "
                   "in the repository, or $DPO_RECIPES_CACHE/ref_logps)."},
     )
-    madpo_c_max: float = field(default=2.0, metadata={"help": "madpo: c_max of the adaptive scale."})
-    madpo_c_min: float | None = field(default=None, metadata={"help": "madpo: c_min (default 1/c_max)."})
-    madpo_lambda: float = field(default=1.0, metadata={"help": "madpo: steepness lambda."})
-    madpo_tau: float = field(default=math.log(999.0), metadata={"help": "madpo: threshold tau (default ln 999)."})
+    # MADPO's knobs, with the defaults the loss registered (losses.MADPO_DEFAULTS).
+    madpo_c_max: float = field(default=MADPO_DEFAULTS["madpo_c_max"], metadata={"help": "madpo: c_max of the adaptive "
+                               "scale."})
+    madpo_c_min: float | None = field(default=MADPO_DEFAULTS["madpo_c_min"], metadata={"help": "madpo: c_min (default "
+                                      "1/c_max)."})
+    madpo_lambda: float = field(default=MADPO_DEFAULTS["madpo_lambda"], metadata={"help": "madpo: steepness lambda."})
+    madpo_tau: float = field(default=MADPO_DEFAULTS["madpo_tau"], metadata={"help": "madpo: threshold tau (default "
+                             "ln 999)."})
     loss_knobs: dict | str | None = field(
         default=None,
         metadata={"help": "Knobs of losses registered by a recipe's losses.py. Normally written as top-level keys "
@@ -365,10 +368,12 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
         check_loss_config(args)
     except ValueError as err:
         raise UserError(f"config: {err}") from None
-    if script_args.reward_model_name_or_path and "madpo" not in args.loss_type:
-        raise UserError(f"config: reward_model_name_or_path is only used by loss_type madpo, got {args.loss_type}")
+    margins = needs_margins(args.loss_type)
+    if script_args.reward_model_name_or_path and not margins:
+        raise UserError(f"config: reward_model_name_or_path is only used by a loss that needs reward margins (madpo), "
+                        f"got {args.loss_type}")
     if script_args.score_margin_scale is not None:
-        if "madpo" not in args.loss_type or script_args.reward_model_name_or_path:
+        if not margins or script_args.reward_model_name_or_path:
             raise UserError("config: score_margin_scale is only used by loss_type madpo with score columns (no "
                             "reward_model_name_or_path)")
         if not script_args.score_margin_scale > 0:

@@ -22,7 +22,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import use_adapter
 
-from .losses import LOSSES, MADPO_DEFAULTS, TRL_NAMES, check_loss_config, knob_values, madpo_weights, preference_loss
+from .losses import LOSSES, TRL_NAMES, Pairs, check_loss_config, knob_values, needs_margins, own_knobs, pair_loss
 from . import ref_cache
 from .margins import check_margins
 from .names import BRANCH_IDS, MARGIN_COLUMN, ROW_ID_COLUMN, SEQUENCE_IDS
@@ -99,7 +99,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         config.padding_free = self.padding_free = padding_free
         config.loss_type, self.use_registry = loss_type, use_registry
         self.loss_knobs = knob_values(config)
-        if "madpo" in self.loss_types:  # stop at the start, not at the first batch without margins
+        if needs_margins(self.loss_types):  # stop at the start, not at the first batch without margins
             evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval": self.eval_dataset}
             for split, dataset in {"train": self.train_dataset, **evals}.items():
                 if isinstance(dataset, Dataset):
@@ -176,20 +176,16 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
 
-        margins = inputs.get(MARGIN_COLUMN)
+        pairs = Pairs(chosen_logratios, rejected_logratios, chosen_lengths, rejected_lengths,
+                      reward_margins=inputs.get(MARGIN_COLUMN), chosen_logps=chosen_logps, rejected_logps=rejected_logps)
         loss = 0.0
         for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
-            per_pair = preference_loss(
-                loss_type,
-                chosen_logratios,
-                rejected_logratios,
-                beta=self.beta,
-                chosen_lengths=chosen_lengths,
-                rejected_lengths=rejected_lengths,
-                reward_margins=margins,
-                **self.loss_knobs,
-            )
-            loss = loss + weight * per_pair.mean()
+            loss = loss + weight * pair_loss(loss_type, pairs, beta=self.beta, **self.loss_knobs).mean()
+            if LOSSES[loss_type].metrics is not None:  # a loss's own metrics (madpo's mean weight)
+                with torch.no_grad():
+                    values = LOSSES[loss_type].metrics(pairs, **own_knobs(loss_type, self.loss_knobs))
+                for name, value in values.items():
+                    self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.float()).mean().item())
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
@@ -229,7 +225,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         metrics["mean_token_accuracy"].append(ratio((is_top1 & chosen).sum(), chosen.sum()))
 
     def _log_pair_metrics(self, mode, inputs, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios):
-        """The metrics TRL logs for DPO, under TRL's names, plus madpo's mean weight."""
+        """The metrics TRL logs for DPO, under TRL's names."""
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics[mode]
         chosen_rewards = gather(self.beta * chosen_logratios.detach())
@@ -244,7 +240,3 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
             real_tokens = logical_token_count(inputs) if SEQUENCE_IDS in inputs else inputs["attention_mask"].sum()
             self._total_train_tokens += gather(real_tokens).sum().item() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
-        if "madpo" in self.loss_types and MARGIN_COLUMN in inputs:
-            knobs = {k: self.loss_knobs[k] for k in MADPO_DEFAULTS}
-            weights = gather(madpo_weights(inputs[MARGIN_COLUMN], **knobs).float())
-            metrics["madpo/weight_mean"].append(weights.mean().item())
