@@ -268,9 +268,9 @@ def test_hub_push_is_off_by_default_and_wired(lora_run, tmp_path):
     script_args.eval_report = False
     finish_run_outputs(run_dir, script_args, training, model_args, None)  # push_to_hub false: no hub call
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    asked = dataclasses.replace(training, push_to_hub=True, hub_model_id="me/dpo-run")
     with pytest.raises(UserError, match=r"repository 'me/dpo-run' failed: .*offline mode is enabled"):
-        finish_run_outputs(run_dir, script_args, dataclasses.replace(training, push_to_hub=True, hub_model_id="me/dpo-run"),
-                           model_args, None)
+        finish_run_outputs(run_dir, script_args, asked, model_args, None)
 
 
 @pytest.mark.slow
