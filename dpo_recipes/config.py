@@ -161,6 +161,13 @@ class PreferenceConfig(DPOConfig):
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = True
         super().__post_init__()
+        if isinstance(self.loss_knobs, str):
+            self.loss_knobs = yaml.safe_load(self.loss_knobs)
+        if self.loss_knobs is not None and not isinstance(self.loss_knobs, dict):
+            raise ValueError(f"loss_knobs must be a mapping of knob: value, got {self.loss_knobs!r}")
+        # The loss, its knobs and the batch layout, checked once, where the arguments are made (from a config by
+        # parse_config, which turns the ValueError into one line, or in Python): the trainer trusts them.
+        check_loss_config(self)
 
 
 DATACLASSES = (ScriptArguments, PreferenceConfig, ModelConfig)
@@ -230,6 +237,33 @@ def _pop_custom_knobs(argv: list[str], config: dict) -> dict:
             continue
         i += 1
     return {k: _check_knob_type(k, v, custom[k], "config") for k, v in knobs.items()}
+
+
+def _pop_option(argv: list[str], key: str) -> str | None:
+    """Take `--key value` / `--key=value` out of argv; its value (the last one given), or None."""
+    value, i = None, 0
+    while i < len(argv):
+        if argv[i] == f"--{key}" and i + 1 < len(argv):
+            value = argv.pop(i + 1)
+            argv.pop(i)
+        elif argv[i].startswith(f"--{key}="):
+            value = argv.pop(i).split("=", 1)[1]
+        else:
+            i += 1
+    return value
+
+
+def _knob_mapping(value) -> dict:
+    """loss_knobs as written (a YAML mapping, or its text on the command line), its recipe knobs typed as their
+    defaults; one line if it is not a mapping."""
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"config: loss_knobs must be a mapping of knob: value, got {value!r}")
+    custom = _custom_knobs()
+    return {k: _check_knob_type(k, v, custom[k], "config") if k in custom else v for k, v in value.items()}
 
 
 def _unknown(keys: list[str], where: str, known: set[str], file: bool = False) -> UserError:
@@ -317,16 +351,15 @@ def parse_config(argv: list[str] | None = None):
         if old in given and new in given:  # transformers would silently ignore the old one
             raise UserError(f"config: {old} and {new} are both set; {old} is the deprecated name of {new} "
                             f"(transformers 5.24): keep only {new}")
-    knobs = _pop_custom_knobs(argv, config)
+    # A recipe's own knobs (top-level keys) join loss_knobs (YAML, then --loss_knobs) before the arguments are made.
+    config["loss_knobs"] = {**_knob_mapping(config.get("loss_knobs")), **_knob_mapping(_pop_option(argv, "loss_knobs")),
+                            **_pop_custom_knobs(argv, config)} or None
     parser = _Parser(DATACLASSES)
     parser.set_defaults_with_config(**config)
     try:
         script_args, training_args, model_args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:  # a dataclass __post_init__ refused a value
         raise UserError(f"config: {err}") from None
-    if isinstance(training_args.loss_knobs, str):
-        training_args.loss_knobs = yaml.safe_load(training_args.loss_knobs)
-    training_args.loss_knobs = {**(training_args.loss_knobs or {}), **knobs} or None
     validate(script_args, training_args, model_args)
     # A lora_dropout the user wrote (ModelConfig's own default is 0.05) that TRL's disable_dropout zeroes.
     if "lora_dropout" in given and model_args.use_peft and model_args.lora_dropout > 0 and training_args.disable_dropout:
@@ -346,28 +379,20 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     ours = [t for t in args.loss_type if t in LOSSES]
     if model_args.bnb_4bit_quant_storage is not None and not model_args.load_in_4bit:
         raise UserError("config: bnb_4bit_quant_storage is only used with load_in_4bit")
-    if args.prefix_sharing:
+    if args.prefix_sharing:  # the model's side of it (packed rows: checked by PreferenceConfig)
         try:
-            check_shared_prompts(args.padding_free, model_args.attn_implementation)
+            check_shared_prompts(model_args.attn_implementation)
         except ValueError as err:
             raise UserError(f"config: {err}") from None
         if not ours:
             raise UserError(f"config: prefix_sharing is implemented for loss_type {list(LOSSES)}, not {args.loss_type}")
-    custom = args.loss_knobs or {}
-    if not isinstance(custom, dict):
-        raise UserError(f"config: loss_knobs must be a mapping of knob: value, got {custom!r}")
-    for key, value in custom.items():
+    for key in args.loss_knobs or {}:  # typed by _knob_mapping; the loss's own checks ran in PreferenceConfig
         owners = [name for name, loss in LOSSES.items() if key in loss.knobs]
         if not owners:
             raise _unknown(key, "config: loss_knobs", set(_custom_knobs()))
         if not set(owners) & set(ours):
             raise UserError(f"config: key '{key}' is a knob of loss_type {', '.join(owners)}, which is not selected "
                             f"(loss_type {args.loss_type}); it would do nothing")
-        custom[key] = _check_knob_type(key, value, _custom_knobs()[key], "config")
-    try:  # the loss and its knobs: the same check as PreferenceTrainer's, so both accept the same configs
-        check_loss_config(args)
-    except ValueError as err:
-        raise UserError(f"config: {err}") from None
     margins = needs_margins(args.loss_type)
     if script_args.reward_model_name_or_path and not margins:
         raise UserError(f"config: reward_model_name_or_path is only used by a loss that needs reward margins (madpo), "

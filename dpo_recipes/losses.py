@@ -279,8 +279,10 @@ def project_only_features(args) -> list[str]:
 
 def check_loss_config(args) -> bool:
     """Whether the loss of a DPOConfig needs this project's path (True) or is TRL's own (False). Raise ValueError for
-    what neither path supports, or what would silently do nothing; the CLI (config.validate) and the trainer both
-    call this, so they accept and compute the same."""
+    what neither path supports, or what would silently do nothing. PreferenceConfig calls it when it is made, so a
+    config from the command line and one made in Python are refused alike, with the same line."""
+    if getattr(args, "prefix_sharing", False) and not args.padding_free:
+        raise ValueError("prefix_sharing needs padding_free: true (pairs are packed into rows)")
     features = project_only_features(args)
     trl_only = [t for t in args.loss_type if t not in LOSSES]
     if features and trl_only:

@@ -165,11 +165,10 @@ def record_router_logits(model, sink: list):
 # the shared part, as if the other branch were absent.
 
 
-def check_shared_prompts(padding_free: bool, attn_implementation: str | None) -> None:
-    """What prefix_sharing needs, checked by the config (one line, exit 2) and by PreferenceTrainer (Python users)
-    alike: packed rows, and an attention implementation that takes the layout's mask. ValueError otherwise."""
-    if not padding_free:
-        raise ValueError("prefix_sharing needs padding_free: true (pairs are packed into rows)")
+def check_shared_prompts(attn_implementation: str | None) -> None:
+    """What prefix_sharing needs of the model, checked against the config's attn_implementation (one line, exit 2)
+    and, in Python, the model PreferenceTrainer gets: an attention implementation that takes the layout's mask.
+    ValueError otherwise. (Packed rows, the config's side, are losses.check_loss_config's.)"""
     if not takes_shared_prompt_mask(attn_implementation):
         raise ValueError(f"prefix_sharing needs attn_implementation in {list(PREFIX_SHARING_ATTENTION)}, got "
                          f"{attn_implementation or 'sdpa'!r} (it cannot take the mask that keeps chosen and rejected "

@@ -6,12 +6,13 @@ needs it (cdpo, madpo, a recipe's own registered loss, summed IPO, padding-free 
 `losses.project_only_features`) does `compute_loss` take a short path of ours: one policy forward through TRL's fused
 LM head, the reference log-probs from TRL's own `compute_ref_log_probs` (or the precomputed columns), then the
 registry's loss and TRL's metric names.
-`losses.check_loss_config` refuses what neither path supports, here and in config.validate alike.
+`losses.check_loss_config` refuses what neither path supports, once, when the PreferenceConfig is made.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,8 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import use_adapter
 
-from .losses import LOSSES, TRL_NAMES, Pairs, check_loss_config, knob_values, needs_margins, own_knobs, pair_loss
+from .losses import (LOSSES, TRL_NAMES, Pairs, knob_values, needs_margins, own_knobs, pair_loss,
+                     project_only_features)
 from . import ref_cache
 from .margins import check_margins
 from .names import BRANCH_IDS, MARGIN_COLUMN, ROW_ID_COLUMN, SEQUENCE_IDS
@@ -76,28 +78,28 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
     def __init__(self, *args, processing_class=None, data_collator=None, row_origin=None, **kwargs):
         """row_origin: optional, training row index -> where it came from ('file: line N'), for error messages."""
         config = kwargs["args"]
-        use_registry = check_loss_config(config)  # ValueError for what neither loss path supports
+        use_registry = bool(project_only_features(config))  # the config was checked when it was made
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if data_collator is None and tokenizer is not None:
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
             data_collator = PreferenceCollator.for_config(config, tokenizer.pad_token_id)
-        if getattr(config, "prefix_sharing", False):  # the config's guard, for scripts that skip config.py
+        if getattr(config, "prefix_sharing", False):  # the model's side (the config knows only its attn_implementation)
             model = kwargs.get("model", args[0] if args else None)
-            check_shared_prompts(config.padding_free, getattr(getattr(model, "config", None), "_attn_implementation", None))
+            check_shared_prompts(getattr(getattr(model, "config", None), "_attn_implementation", None))
         # The batch layout, for the reference cache's key: TRL precomputes inside __init__, while padding_free is off.
         self.layout = {"padding_free": config.padding_free, "prefix_sharing": getattr(config, "prefix_sharing", False)}
-        # TRL 1.16 warns and turns padding_free off; we implement it (packing.py), so hide it from TRL's __init__.
-        padding_free, config.padding_free = config.padding_free, False
-        # Without a project-only feature TRL computes the loss, under its names (rdpo is its robust).
-        loss_type = config.loss_type
+        # TRL's __init__ sees a copy of the arguments (the caller's stay as written): padding_free off, since TRL 1.16
+        # warns and turns it off while we implement it (packing.py); without a project-only feature, TRL's names for
+        # the losses it computes (rdpo is its robust).
+        trl_view = copy.copy(config)
+        trl_view.padding_free = False
         if not use_registry:
-            config.loss_type = [TRL_NAMES.get(t, t) for t in loss_type]
+            trl_view.loss_type = [TRL_NAMES.get(t, t) for t in config.loss_type]
         self._ref_weights_hash, self.ref_cache_hits = None, []  # datasets whose reference log-probs came from disk
         super().__init__(*args, processing_class=processing_class, data_collator=data_collator, row_origin=row_origin,
-                         **kwargs)
-        config.padding_free = self.padding_free = padding_free
-        config.loss_type, self.use_registry = loss_type, use_registry
+                         **{**kwargs, "args": trl_view})
+        self.args, self.padding_free, self.use_registry = config, config.padding_free, use_registry
         self.loss_knobs = knob_values(config)
         if needs_margins(self.loss_types):  # stop at the start, not at the first batch without margins
             evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval": self.eval_dataset}
