@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import json
 import os
 import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -24,6 +25,7 @@ from .cli import OneLineErrors, read_yaml
 from .data_sources import check_data_args
 from .errors import UserError
 from .losses import LOSSES, MADPO_DEFAULTS, check_loss_config, load_losses_file, needs_margins
+from .names import RUN_CONFIG
 from .packing import check_shared_prompts
 from .renames import CHANGES
 
@@ -421,6 +423,46 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     if args.sync_ref_model and model_args.use_peft:
         raise UserError("config: sync_ref_model is not supported with use_peft (the reference is the base model "
                         "with adapters disabled)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A finished run's config, read back from its run folder (make eval, make merge)
+
+
+@dataclass(frozen=True)
+class SavedTraining:
+    """The training arguments that outlive the run (the report, the card, the push, the merge), as run_config.json
+    keeps them. Same names as PreferenceConfig's, so what reads them takes either; rebuilding a PreferenceConfig
+    from the file would re-run transformers' checks of the machine (a GPU run's bf16 on a CPU)."""
+
+    beta: float = 0.1
+    max_length: int | None = 1024
+    truncation_mode: str = "keep_start"
+    per_device_eval_batch_size: int = 8
+    seed: int = 42
+    padding_free: bool = False
+    prefix_sharing: bool = False
+    trust_remote_code: bool = False
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private_repo: bool | None = None
+    hub_revision: str | None = None
+
+
+def read_run_config(run_dir: Path) -> tuple[ScriptArguments, SavedTraining, ModelConfig]:
+    """(script_args, training, model_args) of the run that wrote `run_dir`, typed."""
+    path = run_dir / RUN_CONFIG
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder")
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no {RUN_CONFIG}; not a run folder of this project")
+    config = json.loads(path.read_text())
+
+    def build(cls, values: dict):
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.init and f.name in values})
+
+    return (build(ScriptArguments, config["script"]), build(SavedTraining, config["training"]),
+            build(ModelConfig, config["model"]))
 
 
 def validate_report_args(script_args: ScriptArguments) -> None:

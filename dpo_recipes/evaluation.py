@@ -36,19 +36,17 @@ from trl import get_quantization_config
 from trl.trainer.utils import add_fused_lm_head
 
 from .cli import CommandParser
-from .config import ScriptArguments, validate_report_args
+from .config import ScriptArguments, read_run_config, validate_report_args
 from .data import load_preference_data
 from .errors import UserError, exit_on_user_error
 from .generation import completion_token_logps, generate, kl_estimates
 from .judge import judge_scores, load_judge, win_rate
 from .model_card import write_model_card
 from .modeling import load_tokenizer, resolve_model_path
-from .packing import MODEL_INPUTS, completion_logps, takes_shared_prompt_mask
+from .packing import MODEL_INPUTS, PreferenceCollator, completion_logps, takes_shared_prompt_mask
 from .report_markdown import write_report
-from .resilience import read_run_config
 from .stats import mean_se
 from .tokenization import generation_prompt_ids, tokenize_pair
-from .trainer import PreferenceCollator
 
 # ScriptArguments fields that only shape the report (they can be changed for `make eval` without retraining).
 REPORT_FIELDS = ("eval_report_pairs", "eval_report_prompts", "eval_report_samples", "eval_report_max_new_tokens",

@@ -21,11 +21,11 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .cli import CommandParser
+from .config import read_run_config
 from .errors import UserError, exit_on_user_error
 from .model_card import hub_repo_id, push_folder, write_model_card
 from .modeling import resolve_model_path
 from .reporting import write_json
-from .resilience import read_run_config
 
 MERGE_RECORD = "merge_info.json"
 DTYPES = ("float32", "bfloat16", "float16")

@@ -19,15 +19,13 @@ import re
 import shutil
 import signal
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
-from trl import ModelConfig
 
-from .config import ScriptArguments
 from .errors import UserError
 from .names import AUDIT_FILE, CHECKPOINT_COMPLETE, RUN_COMPLETE, RUN_CONFIG
 
@@ -94,42 +92,6 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 def run_config(script_args, training_args, model_args) -> dict:
     """The resolved config that defines a run (what must match for a resume)."""
     return {"script": asdict(script_args), "training": training_args.to_dict(), "model": asdict(model_args)}
-
-
-@dataclass(frozen=True)
-class SavedTraining:
-    """The training arguments that outlive the run (the report, the card, the push, the merge), as run_config.json
-    keeps them. Same names as PreferenceConfig's, so what reads them takes either; rebuilding a PreferenceConfig
-    from the file would re-run transformers' checks of the machine (a GPU run's bf16 on a CPU)."""
-
-    beta: float = 0.1
-    max_length: int | None = 1024
-    truncation_mode: str = "keep_start"
-    per_device_eval_batch_size: int = 8
-    seed: int = 42
-    padding_free: bool = False
-    prefix_sharing: bool = False
-    trust_remote_code: bool = False
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_private_repo: bool | None = None
-    hub_revision: str | None = None
-
-
-def read_run_config(run_dir: Path) -> tuple[ScriptArguments, SavedTraining, ModelConfig]:
-    """(script_args, training, model_args) of the run that wrote `run_dir`, typed."""
-    path = run_dir / RUN_CONFIG
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run folder")
-    if not path.is_file():
-        raise UserError(f"{run_dir}: no {RUN_CONFIG}; not a run folder of this project")
-    config = json.loads(path.read_text())
-
-    def build(cls, values: dict):
-        return cls(**{f.name: values[f.name] for f in fields(cls) if f.init and f.name in values})
-
-    return (build(ScriptArguments, config["script"]), build(SavedTraining, config["training"]),
-            build(ModelConfig, config["model"]))
 
 
 def prepare_output_dir(output_dir: str | Path, run_config: dict, overwrite: bool) -> str | None:

@@ -13,53 +13,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass
-
 import torch
 from datasets import Dataset
 from trl import DPOTrainer
 from accelerate.utils import broadcast_object_list, is_peft_model
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import use_adapter
 
 from .losses import (LOSSES, TRL_NAMES, Pairs, knob_values, needs_margins, own_knobs, pair_loss,
                      project_only_features)
 from . import ref_cache
 from .margins import check_margins
-from .names import BRANCH_IDS, MARGIN_COLUMN, ROW_ID_COLUMN, SEQUENCE_IDS
-from .packing import (MODEL_INPUTS, check_shared_prompts, completion_logps, logical_token_count, model_attention_mask,
+from .names import BRANCH_IDS, MARGIN_COLUMN, SEQUENCE_IDS
+from .packing import (MODEL_INPUTS, PreferenceCollator, check_shared_prompts, completion_logps, logical_token_count, model_attention_mask,
                       pack_padded_batch)
 from .trainer_mixin import StableTrainingMixin
 
 _REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
-
-
-@dataclass
-class PreferenceCollator(DataCollatorForPreference):
-    """TRL's preference collator, also carrying the per-pair reward margin that madpo needs. With padding_free, the
-    padded batch TRL builds (and truncates) is unpadded and packed into rows (packing.py)."""
-
-    padding_free: bool = False
-    prefix_sharing: bool = False
-
-    @classmethod
-    def for_config(cls, config, pad_token_id: int) -> "PreferenceCollator":
-        """The collator of a run's layout (the trainer's, and the evaluation report's): `config` is a PreferenceConfig
-        or anything with its max_length, truncation_mode, padding_free and prefix_sharing."""
-        return cls(pad_token_id=pad_token_id, max_length=config.max_length, truncation_mode=config.truncation_mode,
-                   pad_to_multiple_of=getattr(config, "pad_to_multiple_of", None), padding_free=config.padding_free,
-                   prefix_sharing=getattr(config, "prefix_sharing", False))
-
-    def torch_call(self, examples):
-        batch = super().torch_call(examples)
-        if self.padding_free:  # the kept tokens are TRL's (it truncated each sequence above)
-            pack_padded_batch(batch, self.max_length, self.pad_token_id, self.prefix_sharing)
-        if MARGIN_COLUMN in examples[0]:
-            batch[MARGIN_COLUMN] = torch.tensor([float(e[MARGIN_COLUMN]) for e in examples])
-        if ROW_ID_COLUMN in examples[0]:
-            batch[ROW_ID_COLUMN] = [e[ROW_ID_COLUMN] for e in examples]
-        return batch
 
 
 def scored_tokens(inputs) -> torch.Tensor:

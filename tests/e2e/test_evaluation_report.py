@@ -62,7 +62,7 @@ def reward_model(tmp_path_factory, tiny_llama):
 
 def load(run_dir: Path):
     from dpo_recipes.evaluation import load_run_models
-    from dpo_recipes.resilience import read_run_config
+    from dpo_recipes.config import read_run_config
     from dpo_recipes.modeling import resolve_model_path
 
     script_args, training, model_args = read_run_config(run_dir)
@@ -250,7 +250,7 @@ def test_hub_push_is_off_by_default_and_wired(lora_run, tmp_path):
 
     from dpo_recipes.config import PreferenceConfig
     from dpo_recipes.errors import UserError
-    from dpo_recipes.resilience import read_run_config
+    from dpo_recipes.config import read_run_config
     from dpo_recipes.finish import finish_run_outputs
     from dpo_recipes.model_card import hub_repo_id
 
