@@ -1,6 +1,6 @@
 """The held-out evaluation report of a run: eval_report.json and eval_report.md in the run folder.
 
-Written at the end of every run (run.py, step 7) and again on demand:
+Written at the end of every run (run.py, step 7) and again on demand (evaluate.py):
 
     make eval RUN=<run dir> [ARGS="--judge_model <reward model> --eval_report_prompts 64"]
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,23 +34,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import get_quantization_config
 from trl.trainer.utils import add_fused_lm_head
 
-from .cli import CommandParser
-from .config import ScriptArguments, read_run_config, validate_report_args
-from .data import load_preference_data
-from .errors import UserError, exit_on_user_error
+from .errors import UserError
 from .generation import completion_token_logps, generate, kl_estimates
 from .judge import judge_scores, load_judge, win_rate
-from .model_card import write_model_card
-from .modeling import load_tokenizer, resolve_model_path
+from .modeling import resolve_model_path
 from .packing import MODEL_INPUTS, PreferenceCollator, completion_logps, takes_shared_prompt_mask
 from .report_markdown import write_report
 from .stats import mean_se
 from .tokenization import generation_prompt_ids, tokenize_pair
-
-# ScriptArguments fields that only shape the report (they can be changed for `make eval` without retraining).
-REPORT_FIELDS = ("eval_report_pairs", "eval_report_prompts", "eval_report_samples", "eval_report_max_new_tokens",
-                 "eval_report_examples", "judge_model")
-
 
 @dataclasses.dataclass
 class ReportSettings:
@@ -288,41 +278,3 @@ def report_for_run(run_dir, script_args, training, model_args, eval_dataset, wri
     json_path, md_path = write_report(run_dir, report)
     print(f"evaluation report -> {md_path}", flush=True)
     return report
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# `make eval RUN=<dir>`: the report of a finished run, with the report settings overridable
-
-
-def _parser() -> CommandParser:
-    fields = {f.name: f for f in dataclasses.fields(ScriptArguments)}
-    parser = CommandParser(prog="python -m dpo_recipes.evaluation", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", help="a finished run's output_dir")
-    for name in REPORT_FIELDS:
-        kind = str if name == "judge_model" else int
-        parser.add_argument(f"--{name}", type=kind, default=None, help=fields[name].metadata["help"])
-    return parser
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> dict:
-    args = _parser().parse_args(argv)
-    run_dir = Path(args.run_dir)
-    script_args, training, model_args = read_run_config(run_dir)
-    for name in REPORT_FIELDS:
-        if getattr(args, name) is not None:
-            setattr(script_args, name, getattr(args, name))
-    validate_report_args(script_args)
-    if not (run_dir / "adapter_config.json").is_file() and not (run_dir / "config.json").is_file():
-        raise UserError(f"{run_dir}: no saved model or adapter yet (the run has not finished)")
-    tokenizer = load_tokenizer(str(run_dir), model_args, training.trust_remote_code, None)
-    data = load_preference_data(script_args, seed=training.seed, tokenizer=tokenizer,
-                                max_length=training.max_length, truncation_mode=training.truncation_mode)
-    report = report_for_run(run_dir, script_args, training, model_args, data.eval, written_by="make eval")
-
-    write_model_card(run_dir)
-    return report
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -197,10 +197,10 @@ def test_make_eval_with_a_judge_on_the_finished_run(lora_run, reward_model, tmp_
 def test_bad_eval_inputs_stop_with_one_line(lora_run, tiny_llama, tmp_path):
     cases = [
         (["make", "--no-print-directory", "eval"], "set RUN=<run folder>"),
-        ([sys.executable, "-m", "dpo_recipes.evaluation", str(tmp_path)], "not a run folder of this project"),
-        ([sys.executable, "-m", "dpo_recipes.evaluation", str(lora_run[0]), "--judge_model", str(tiny_llama)],
+        ([sys.executable, "-m", "dpo_recipes.evaluate", str(tmp_path)], "not a run folder of this project"),
+        ([sys.executable, "-m", "dpo_recipes.evaluate", str(lora_run[0]), "--judge_model", str(tiny_llama)],
          "judge_model:"),
-        ([sys.executable, "-m", "dpo_recipes.evaluation", str(lora_run[0]), "--eval_report_prompts", "0"],
+        ([sys.executable, "-m", "dpo_recipes.evaluate", str(lora_run[0]), "--eval_report_prompts", "0"],
          "eval_report_prompts must be an integer >= 1"),
     ]
     for cmd, message in cases:
