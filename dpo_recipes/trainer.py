@@ -69,6 +69,9 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         self._ref_weights_hash, self.ref_cache_hits = None, []  # datasets whose reference log-probs came from disk
         super().__init__(*args, processing_class=processing_class, data_collator=data_collator, row_origin=row_origin,
                          **{**kwargs, "args": trl_view})
+        # What TRL's and transformers' __init__ wrote into their arguments (DeepSpeed's config, checkpointing kwargs,
+        # the accumulation steps) holds for the caller's too; the two fields TRL was not shown stay as written.
+        config.__dict__.update({k: v for k, v in vars(trl_view).items() if k not in ("padding_free", "loss_type")})
         self.args, self.padding_free, self.use_registry = config, config.padding_free, use_registry
         self.loss_knobs = knob_values(config)
         if needs_margins(self.loss_types):  # stop at the start, not at the first batch without margins
