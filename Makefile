@@ -84,7 +84,7 @@ check-run:
 	@test -n "$(RUN)" || { echo "error: set RUN=<run folder> (a training run's output_dir)" >&2; exit 2; }
 
 eval: install check-run
-	$(PY) -m dpo_recipes.evaluation $(RUN) $(ARGS)
+	$(PY) -m dpo_recipes.evaluate $(RUN) $(ARGS)
 
 plots: install check-run
 	$(PY) -m dpo_recipes.reporting plots $(RUN)

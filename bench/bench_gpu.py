@@ -41,7 +41,7 @@ def random_model(recipe: str) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from dpo_recipes.config import read_yaml
+    from dpo_recipes.cli import read_yaml
     from dpo_recipes.estimate import ALIASES, BUILTIN
     from dpo_recipes.tiny import FAMILIES, build_tokenizer
 
@@ -85,7 +85,8 @@ def measure(recipe: str, steps: int, warmup: int, layout: str, cpu_check: bool =
     from transformers import TrainerCallback
 
     from bench_training import skewed_pairs
-    from dpo_recipes.config import parse_config, read_yaml
+    from dpo_recipes.cli import read_yaml
+    from dpo_recipes.config import parse_config
     from dpo_recipes.modeling import load_model, load_tokenizer
     from dpo_recipes.tiny import build_tiny
     from dpo_recipes.trainer import PreferenceTrainer

@@ -11,20 +11,22 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
-import math
+import json
 import os
 import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 import yaml
 from trl import DPOConfig, ModelConfig, TrlParser
 
+from .cli import OneLineErrors, read_yaml
 from .data_sources import check_data_args
 from .errors import UserError
-from .losses import LOSSES, check_loss_config, load_losses_file
+from .losses import LOSSES, MADPO_DEFAULTS, check_loss_config, load_losses_file, needs_margins
+from .names import RUN_CONFIG
 from .packing import check_shared_prompts
 from .renames import CHANGES
 
@@ -144,10 +146,14 @@ class PreferenceConfig(DPOConfig):
         metadata={"help": "precompute_ref_log_probs: where reference log-probs are cached (default .cache/ref_logps "
                   "in the repository, or $DPO_RECIPES_CACHE/ref_logps)."},
     )
-    madpo_c_max: float = field(default=2.0, metadata={"help": "madpo: c_max of the adaptive scale."})
-    madpo_c_min: float | None = field(default=None, metadata={"help": "madpo: c_min (default 1/c_max)."})
-    madpo_lambda: float = field(default=1.0, metadata={"help": "madpo: steepness lambda."})
-    madpo_tau: float = field(default=math.log(999.0), metadata={"help": "madpo: threshold tau (default ln 999)."})
+    # MADPO's knobs, with the defaults the loss registered (losses.MADPO_DEFAULTS).
+    madpo_c_max: float = field(default=MADPO_DEFAULTS["madpo_c_max"], metadata={"help": "madpo: c_max of the adaptive "
+                               "scale."})
+    madpo_c_min: float | None = field(default=MADPO_DEFAULTS["madpo_c_min"], metadata={"help": "madpo: c_min (default "
+                                      "1/c_max)."})
+    madpo_lambda: float = field(default=MADPO_DEFAULTS["madpo_lambda"], metadata={"help": "madpo: steepness lambda."})
+    madpo_tau: float = field(default=MADPO_DEFAULTS["madpo_tau"], metadata={"help": "madpo: threshold tau (default "
+                             "ln 999)."})
     loss_knobs: dict | str | None = field(
         default=None,
         metadata={"help": "Knobs of losses registered by a recipe's losses.py. Normally written as top-level keys "
@@ -163,17 +169,21 @@ class PreferenceConfig(DPOConfig):
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = True
         super().__post_init__()
+        if isinstance(self.loss_knobs, str):
+            self.loss_knobs = yaml.safe_load(self.loss_knobs)
+        if self.loss_knobs is not None and not isinstance(self.loss_knobs, dict):
+            raise ValueError(f"loss_knobs must be a mapping of knob: value, got {self.loss_knobs!r}")
+        # The loss, its knobs and the batch layout, checked once, where the arguments are made (from a config by
+        # parse_config, which turns the ValueError into one line, or in Python): the trainer trusts them.
+        check_loss_config(self)
 
 
 DATACLASSES = (ScriptArguments, PreferenceConfig, ModelConfig)
 _UnionType = type(int | None)
 
 
-class _Parser(TrlParser):
+class _Parser(OneLineErrors, TrlParser):
     """TrlParser whose errors are one line (argparse would print a usage of several hundred options)."""
-
-    def error(self, message):
-        raise UserError(f"command line: {message}")
 
 
 def _known_keys() -> set[str]:
@@ -237,6 +247,33 @@ def _pop_custom_knobs(argv: list[str], config: dict) -> dict:
     return {k: _check_knob_type(k, v, custom[k], "config") for k, v in knobs.items()}
 
 
+def _pop_option(argv: list[str], key: str) -> str | None:
+    """Take `--key value` / `--key=value` out of argv; its value (the last one given), or None."""
+    value, i = None, 0
+    while i < len(argv):
+        if argv[i] == f"--{key}" and i + 1 < len(argv):
+            value = argv.pop(i + 1)
+            argv.pop(i)
+        elif argv[i].startswith(f"--{key}="):
+            value = argv.pop(i).split("=", 1)[1]
+        else:
+            i += 1
+    return value
+
+
+def _knob_mapping(value) -> dict:
+    """loss_knobs as written (a YAML mapping, or its text on the command line), its recipe knobs typed as their
+    defaults; one line if it is not a mapping."""
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"config: loss_knobs must be a mapping of knob: value, got {value!r}")
+    custom = _custom_knobs()
+    return {k: _check_knob_type(k, v, custom[k], "config") if k in custom else v for k, v in value.items()}
+
+
 def _unknown(keys: list[str], where: str, known: set[str], file: bool = False) -> UserError:
     """One error for all unknown keys: what replaced a renamed or removed key (renames.py), else the closest key."""
     parts = []
@@ -282,21 +319,6 @@ def _check_yaml_types(config: dict, path: str) -> None:
             raise UserError(f"{path}: key '{key}' must be {names}, got {type(value).__name__} {value!r}")
 
 
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        config = yaml.safe_load(path.read_text())  # safe loader: no Python objects from YAML
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML: {err}") from None
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: must be a mapping of key: value, got {type(config).__name__}")
-    return config
-
-
 def read_config_layers(paths: list[str | Path]) -> dict:
     """YAML config files (a recipe, then variants) merged in order, each one's keys checked: later files override
     the keys they set. A file's folder may hold a losses.py, whose losses register their knobs as keys first."""
@@ -337,16 +359,15 @@ def parse_config(argv: list[str] | None = None):
         if old in given and new in given:  # transformers would silently ignore the old one
             raise UserError(f"config: {old} and {new} are both set; {old} is the deprecated name of {new} "
                             f"(transformers 5.24): keep only {new}")
-    knobs = _pop_custom_knobs(argv, config)
+    # A recipe's own knobs (top-level keys) join loss_knobs (YAML, then --loss_knobs) before the arguments are made.
+    config["loss_knobs"] = {**_knob_mapping(config.get("loss_knobs")), **_knob_mapping(_pop_option(argv, "loss_knobs")),
+                            **_pop_custom_knobs(argv, config)} or None
     parser = _Parser(DATACLASSES)
     parser.set_defaults_with_config(**config)
     try:
         script_args, training_args, model_args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:  # a dataclass __post_init__ refused a value
         raise UserError(f"config: {err}") from None
-    if isinstance(training_args.loss_knobs, str):
-        training_args.loss_knobs = yaml.safe_load(training_args.loss_knobs)
-    training_args.loss_knobs = {**(training_args.loss_knobs or {}), **knobs} or None
     validate(script_args, training_args, model_args)
     # A lora_dropout the user wrote (ModelConfig's own default is 0.05) that TRL's disable_dropout zeroes.
     if "lora_dropout" in given and model_args.use_peft and model_args.lora_dropout > 0 and training_args.disable_dropout:
@@ -366,32 +387,26 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     ours = [t for t in args.loss_type if t in LOSSES]
     if model_args.bnb_4bit_quant_storage is not None and not model_args.load_in_4bit:
         raise UserError("config: bnb_4bit_quant_storage is only used with load_in_4bit")
-    if args.prefix_sharing:
+    if args.prefix_sharing:  # the model's side of it (packed rows: checked by PreferenceConfig)
         try:
-            check_shared_prompts(args.padding_free, model_args.attn_implementation)
+            check_shared_prompts(model_args.attn_implementation)
         except ValueError as err:
             raise UserError(f"config: {err}") from None
         if not ours:
             raise UserError(f"config: prefix_sharing is implemented for loss_type {list(LOSSES)}, not {args.loss_type}")
-    custom = args.loss_knobs or {}
-    if not isinstance(custom, dict):
-        raise UserError(f"config: loss_knobs must be a mapping of knob: value, got {custom!r}")
-    for key, value in custom.items():
+    for key in args.loss_knobs or {}:  # typed by _knob_mapping; the loss's own checks ran in PreferenceConfig
         owners = [name for name, loss in LOSSES.items() if key in loss.knobs]
         if not owners:
             raise _unknown(key, "config: loss_knobs", set(_custom_knobs()))
         if not set(owners) & set(ours):
             raise UserError(f"config: key '{key}' is a knob of loss_type {', '.join(owners)}, which is not selected "
                             f"(loss_type {args.loss_type}); it would do nothing")
-        custom[key] = _check_knob_type(key, value, _custom_knobs()[key], "config")
-    try:  # the loss and its knobs: the same check as PreferenceTrainer's, so both accept the same configs
-        check_loss_config(args)
-    except ValueError as err:
-        raise UserError(f"config: {err}") from None
-    if script_args.reward_model_name_or_path and "madpo" not in args.loss_type:
-        raise UserError(f"config: reward_model_name_or_path is only used by loss_type madpo, got {args.loss_type}")
+    margins = needs_margins(args.loss_type)
+    if script_args.reward_model_name_or_path and not margins:
+        raise UserError(f"config: reward_model_name_or_path is only used by a loss that needs reward margins (madpo), "
+                        f"got {args.loss_type}")
     if script_args.score_margin_scale is not None:
-        if "madpo" not in args.loss_type or script_args.reward_model_name_or_path:
+        if not margins or script_args.reward_model_name_or_path:
             raise UserError("config: score_margin_scale is only used by loss_type madpo with score columns (no "
                             "reward_model_name_or_path)")
         if not script_args.score_margin_scale > 0:
@@ -415,6 +430,46 @@ def validate(script_args: ScriptArguments, args: PreferenceConfig, model_args: M
     if args.sync_ref_model and model_args.use_peft:
         raise UserError("config: sync_ref_model is not supported with use_peft (the reference is the base model "
                         "with adapters disabled)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A finished run's config, read back from its run folder (make eval, make merge)
+
+
+@dataclass(frozen=True)
+class SavedTraining:
+    """The training arguments that outlive the run (the report, the card, the push, the merge), as run_config.json
+    keeps them. Same names as PreferenceConfig's, so what reads them takes either; rebuilding a PreferenceConfig
+    from the file would re-run transformers' checks of the machine (a GPU run's bf16 on a CPU)."""
+
+    beta: float = 0.1
+    max_length: int | None = 1024
+    truncation_mode: str = "keep_start"
+    per_device_eval_batch_size: int = 8
+    seed: int = 42
+    padding_free: bool = False
+    prefix_sharing: bool = False
+    trust_remote_code: bool = False
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private_repo: bool | None = None
+    hub_revision: str | None = None
+
+
+def read_run_config(run_dir: Path) -> tuple[ScriptArguments, SavedTraining, ModelConfig]:
+    """(script_args, training, model_args) of the run that wrote `run_dir`, typed."""
+    path = run_dir / RUN_CONFIG
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder")
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no {RUN_CONFIG}; not a run folder of this project")
+    config = json.loads(path.read_text())
+
+    def build(cls, values: dict):
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.init and f.name in values})
+
+    return (build(ScriptArguments, config["script"]), build(SavedTraining, config["training"]),
+            build(ModelConfig, config["model"]))
 
 
 def validate_report_args(script_args: ScriptArguments) -> None:

@@ -34,14 +34,15 @@ compares these estimates with measured peaks and published figures.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import yaml
+from huggingface_hub import try_to_load_from_cache
 
+from .cli import CommandParser
 from .config import DATACLASSES, read_config_layers
 from .errors import UserError, exit_on_user_error
 from .families import FAMILIES, SPLIT_LINEAR, family_of, split_projections, unknown_family
@@ -154,7 +155,6 @@ def find_architecture(model_name_or_path: str | None, tiny_model: str | None) ->
         if local.is_file():
             return architecture_from_config(json.loads(local.read_text())), str(local)
         try:
-            from huggingface_hub import try_to_load_from_cache
 
             cached = try_to_load_from_cache(model_name_or_path, "config.json")
         except Exception:  # not a valid repo id: fall through to the table
@@ -382,7 +382,6 @@ def deepspeed_host_ram(trainable: int, gpus: int, nodes: int, stage: int, offloa
 
 
 def _defaults() -> dict:
-
     values = {}
     for cls in DATACLASSES:
         for f in dataclasses.fields(cls):
@@ -502,11 +501,7 @@ def fit_verdict(total: float, capacity: float) -> str:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise UserError(f"command line: {message}")
-
-    parser = Parser(prog="python -m dpo_recipes.estimate", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m dpo_recipes.estimate", description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs in all (default: the launcher's processes)")
     parser.add_argument("--gpu_mem", type=float, default=None, help="memory of one GPU in GiB (default: 24, 40, 80)")

@@ -1,6 +1,6 @@
 """The held-out evaluation report of a run: eval_report.json and eval_report.md in the run folder.
 
-Written at the end of every run (run.py, step 7) and again on demand:
+Written at the end of every run (run.py, step 7) and again on demand (evaluate.py):
 
     make eval RUN=<run dir> [ARGS="--judge_model <reward model> --eval_report_prompts 64"]
 
@@ -23,37 +23,30 @@ The reference is what training used: the base model with the adapter disabled fo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import get_quantization_config
+from trl.trainer.utils import add_fused_lm_head
 
-from .config import ScriptArguments, validate_report_args
-from .data import load_preference_data
-from .errors import UserError, exit_on_user_error
+from .errors import UserError
 from .generation import completion_token_logps, generate, kl_estimates
 from .judge import judge_scores, load_judge, win_rate
-from .model_card import write_model_card
-from .modeling import load_tokenizer, resolve_model_path
-from .names import RUN_CONFIG
-from .probes import load_probes, probe_metrics
-from .packing import MODEL_INPUTS, completion_logps, pack_padded_batch, takes_shared_prompt_mask
+from .modeling import resolve_model_path
+from .packing import MODEL_INPUTS, PreferenceCollator, completion_logps, takes_shared_prompt_mask
 from .precision import fp32_lm_head
+from .probes import load_probes, probe_metrics
 from .report_markdown import write_report
 from .stats import mean_se
 from .tokenization import generation_prompt_ids, tokenize_pair
-
-# ScriptArguments fields that only shape the report (they can be changed for `make eval` without retraining).
-REPORT_FIELDS = ("eval_report_pairs", "eval_report_prompts", "eval_report_samples", "eval_report_max_new_tokens",
-                 "eval_report_examples", "judge_model", "eval_report_probes")
-TEXT_REPORT_FIELDS = ("judge_model", "eval_report_probes")
-
 
 @dataclasses.dataclass
 class ReportSettings:
@@ -74,7 +67,8 @@ class ReportSettings:
     prefix_sharing: bool = False
 
     @classmethod
-    def from_args(cls, script_args, training: dict) -> "ReportSettings":
+    def from_args(cls, script_args, training) -> "ReportSettings":
+        """`training`: the run's PreferenceConfig, or its SavedTraining read back from run_config.json."""
         return cls(
             pairs=script_args.eval_report_pairs,
             prompts=script_args.eval_report_prompts,
@@ -83,13 +77,13 @@ class ReportSettings:
             examples=script_args.eval_report_examples,
             judge_model=script_args.judge_model,
             probes=script_args.eval_report_probes,
-            beta=float(training["beta"]),
-            max_length=training["max_length"],
-            truncation_mode=training["truncation_mode"],
-            batch_size=int(training["per_device_eval_batch_size"]),
-            seed=int(training["seed"]),
-            padding_free=bool(training.get("padding_free", False)),
-            prefix_sharing=bool(training.get("prefix_sharing", False)),
+            beta=float(training.beta),
+            max_length=training.max_length,
+            truncation_mode=training.truncation_mode,
+            batch_size=int(training.per_device_eval_batch_size),
+            seed=int(training.seed),
+            padding_free=bool(training.padding_free),
+            prefix_sharing=bool(training.prefix_sharing),
         )
 
 
@@ -120,10 +114,6 @@ class RunModels:
 
 def _load_causal_lm(path: str, model_args, trust_remote_code: bool, quantize: bool):
     """Load as training did (dtype, 4-bit when QLoRA), with TRL's fused LM head for the pair log-probs."""
-    from transformers import AutoModelForCausalLM
-    from trl import get_quantization_config
-    from trl.trainer.utils import add_fused_lm_head
-
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     quantization_config = get_quantization_config(model_args) if quantize else None
     if quantization_config is not None:
@@ -145,9 +135,6 @@ def _load_causal_lm(path: str, model_args, trust_remote_code: bool, quantize: bo
 
 def load_run_models(run_dir: Path, base_path: str, model_args, trust_remote_code: bool = False) -> RunModels:
     """The policy saved in `run_dir` and its reference. `base_path` is the model training started from."""
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -181,19 +168,13 @@ def prompt_text(prompt) -> str:
 def pair_logps(model, tokenized: list[dict], settings: ReportSettings, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (chosen, rejected) of each pair, batched and truncated as the trainer does, in the
     run's layout (padded, padding-free, or shared prompts where the model's attention takes their mask)."""
-    from tqdm.auto import tqdm
-    from trl.trainer.dpo_trainer import DataCollatorForPreference
-
-    collator = DataCollatorForPreference(
-        pad_token_id=0, max_length=settings.max_length, truncation_mode=settings.truncation_mode
-    )
     attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
     shared = settings.prefix_sharing and takes_shared_prompt_mask(attention)
+    # The trainer's collator; the pad id is never scored (masked), so any id will do.
+    collator = PreferenceCollator.for_config(dataclasses.replace(settings, prefix_sharing=shared), pad_token_id=0)
     chosen, rejected = [], []
     for start in tqdm(range(0, len(tokenized), settings.batch_size), desc="pair log-probs", leave=False):
         batch = collator(tokenized[start : start + settings.batch_size])
-        if settings.padding_free:
-            pack_padded_batch(batch, settings.max_length, 0, shared)
         model_inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
         logps = completion_logps(model, model_inputs)[0].double().cpu()
         c, r = logps.chunk(2)
@@ -324,14 +305,13 @@ def run_probes(models: RunModels, settings: ReportSettings) -> dict:
                              for f, p, r in zip(probes["facts"], facts["policy"], facts["reference"])]}
 
 
-def report_for_run(run_dir, script_args, training: dict, model_args, eval_dataset, written_by: str) -> dict:
+def report_for_run(run_dir, script_args, training, model_args, eval_dataset, written_by: str) -> dict:
     """Load the saved policy and its reference, evaluate on `eval_dataset`, write the report; returns it."""
-
     run_dir = Path(run_dir)
     settings = ReportSettings.from_args(script_args, training)
     base_path = resolve_model_path(model_args, script_args.tiny_model)
     torch.manual_seed(settings.seed)
-    models = load_run_models(run_dir, base_path, model_args, bool(training.get("trust_remote_code", False)))
+    models = load_run_models(run_dir, base_path, model_args, bool(training.trust_remote_code))
     report = evaluate(models, eval_dataset, settings)
     state_file = run_dir / "trainer_state.json"
     report.update({
@@ -344,67 +324,3 @@ def report_for_run(run_dir, script_args, training: dict, model_args, eval_datase
     json_path, md_path = write_report(run_dir, report)
     print(f"evaluation report -> {md_path}", flush=True)
     return report
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# `make eval RUN=<dir>`: the report of a finished run, with the report settings overridable
-
-
-def read_run_config(run_dir: Path):
-    """(script_args, training dict, model_args) of the run that wrote `run_dir`."""
-    from trl import ModelConfig
-
-
-    path = run_dir / RUN_CONFIG
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run folder")
-    if not path.is_file():
-        raise UserError(f"{run_dir}: no {RUN_CONFIG}; not a run folder of this project")
-    config = json.loads(path.read_text())
-
-    def build(cls, values: dict):
-        names = {f.name for f in dataclasses.fields(cls) if f.init}
-        return cls(**{k: v for k, v in values.items() if k in names})
-
-    return build(ScriptArguments, config["script"]), config["training"], build(ModelConfig, config["model"])
-
-
-def _parser() -> argparse.ArgumentParser:
-
-    fields = {f.name: f for f in dataclasses.fields(ScriptArguments)}
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise UserError(f"command line: {message}")
-
-    parser = Parser(prog="python -m dpo_recipes.evaluation", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", help="a finished run's output_dir")
-    for name in REPORT_FIELDS:
-        kind = str if name in TEXT_REPORT_FIELDS else int
-        parser.add_argument(f"--{name}", type=kind, default=None, help=fields[name].metadata["help"])
-    return parser
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> dict:
-
-    args = _parser().parse_args(argv)
-    run_dir = Path(args.run_dir)
-    script_args, training, model_args = read_run_config(run_dir)
-    for name in REPORT_FIELDS:
-        if getattr(args, name) is not None:
-            setattr(script_args, name, getattr(args, name))
-    validate_report_args(script_args)
-    if not (run_dir / "adapter_config.json").is_file() and not (run_dir / "config.json").is_file():
-        raise UserError(f"{run_dir}: no saved model or adapter yet (the run has not finished)")
-    tokenizer = load_tokenizer(str(run_dir), model_args, bool(training.get("trust_remote_code")), None)
-    data = load_preference_data(script_args, seed=int(training["seed"]), tokenizer=tokenizer,
-                                max_length=training["max_length"], truncation_mode=training["truncation_mode"])
-    report = report_for_run(run_dir, script_args, training, model_args, data.eval, written_by="make eval")
-
-    write_model_card(run_dir)
-    return report
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

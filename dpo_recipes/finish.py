@@ -23,15 +23,15 @@ def release_training_memory(trainer) -> None:
         torch.cuda.empty_cache()
 
 
-def finish_run_outputs(output_dir, script_args, training: dict, model_args, eval_dataset) -> None:
-    """The end of a run (run.py step 7, main process): evaluation report, model card, hub push when asked."""
-
+def finish_run_outputs(output_dir, script_args, training, model_args, eval_dataset) -> None:
+    """The end of a run (run.py step 7, main process): evaluation report, model card, hub push when asked.
+    `training`: the run's PreferenceConfig (or its SavedTraining, read back from the run folder)."""
     output_dir = Path(output_dir)
     if script_args.eval_report:
         report_for_run(output_dir, script_args, training, model_args, eval_dataset, written_by="the training run")
     print(f"model card -> {write_model_card(output_dir)}", flush=True)
-    if training.get("push_to_hub"):
-        repo_id = hub_repo_id(training, output_dir)
-        url = push_folder(output_dir, repo_id, private=training.get("hub_private_repo"),
-                          revision=training.get("hub_revision"), commit_message="dpo-recipes: run outputs")
+    if training.push_to_hub:
+        repo_id = hub_repo_id({"hub_model_id": training.hub_model_id}, output_dir)
+        url = push_folder(output_dir, repo_id, private=training.hub_private_repo,
+                          revision=training.hub_revision, commit_message="dpo-recipes: run outputs")
         print(f"pushed {output_dir} -> {repo_id} ({url})", flush=True)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import math
 
 import torch
+from transformers import GenerationConfig
+from transformers.utils import logging as hf_logging
 
 from .stats import mean_se
 
 
 def _generation_config(tokenizer, model, max_new_tokens: int, sample: bool, n: int):
-    from transformers import GenerationConfig
-
     eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
     # Every option that reshapes the next-token distribution is set to "off": generate() fills options left unset
     # from the model's generation_config (often top_p 0.9, temperature 0.6), and the KL estimate needs samples from
@@ -58,8 +58,6 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, sa
     (prompts times `n`) per call of the model's generate(); transformers derives each row's positions from the
     attention mask, so a greedy completion is the one the prompt gets alone. Sampling is seeded once per chunk
     (`seed` + chunk index): the draws depend on the seed and on how the prompts are chunked."""
-    from transformers.utils import logging as hf_logging
-
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     per_chunk = max(1, batch_size // n)

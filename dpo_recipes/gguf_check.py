@@ -12,7 +12,6 @@ token for token.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .cli import CommandParser
 from .errors import UserError, exit_on_user_error
 from .merge import adapter_model
 from .names import REPO_ROOT
@@ -140,11 +140,7 @@ def summary(result: dict) -> str:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise UserError(f"command line: {message}")
-
-    parser = Parser(prog="python -m dpo_recipes.gguf_check", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m dpo_recipes.gguf_check", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="the run folder the file was exported from")
     parser.add_argument("gguf", help="the GGUF file")
     parser.add_argument("--prompts", type=int, default=4, help="held-out demo prompts to compare on")

@@ -14,7 +14,6 @@ transformers and compares it with the run (dpo_recipes/gguf_check.py).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,8 +25,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
+from .cli import CommandParser
 from .errors import UserError, exit_on_user_error
-from .evaluation import read_run_config
+from .config import read_run_config
 from .gguf_check import check_export, summary
 from .merge import adapter_model
 from .modeling import resolve_model_path
@@ -262,11 +262,7 @@ def export(run_dir: str | Path, out: str | Path, outtype: str = DEFAULT_OUTTYPE,
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise UserError(f"command line: {message}")
-
-    parser = Parser(prog="python -m dpo_recipes.gguf_export", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m dpo_recipes.gguf_export", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a finished run folder (LoRA / QLoRA adapter or full fine-tune)")
     parser.add_argument("out", help="the GGUF file to write")
     parser.add_argument("--outtype", default=DEFAULT_OUTTYPE, help=f"one of {', '.join(OUTTYPES)} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .errors import UserError
 from .stats import wilson_interval
@@ -11,8 +12,6 @@ from .tokenization import reward_ids
 
 def load_judge(path: str, device, trust_remote_code: bool = False):
     """(model, tokenizer) of a one-output sequence-classification reward model."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(

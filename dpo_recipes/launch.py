@@ -28,8 +28,9 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from .config import parse_config
 from .data import load_preference_data
+from .cli import read_yaml
 from .errors import UserError, exit_on_user_error
-from .smoke import deepspeed_json, read_yaml
+from .launchers import deepspeed_json
 from .threads import set_child_threads
 
 

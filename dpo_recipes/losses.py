@@ -1,9 +1,10 @@
 """Preference losses from the DPO literature, as components with one small contract.
 
-A loss is a function from a batch of pairs' log-ratios (`Pairs`) and its knobs to the per-pair loss (no reduction),
-differentiable in the log-ratios, registered by name with `register_loss`; a recipe's config selects it with
-`loss_type: <name>`. A log-ratio is log pi_theta(y|x) - log pi_ref(y|x), summed over the completion's tokens; h is
-the chosen log-ratio minus the rejected one, b is beta, e is label_smoothing, s is the logistic sigmoid.
+A loss is a function from a batch of pairs (`Pairs`: the policy's log-probs, their log-ratios to the reference, the
+completion lengths and, for a loss that declares `needs_margins`, reward margins) and its knobs to the per-pair loss
+(no reduction), registered by name with `register_loss`; a recipe's config selects it with `loss_type: <name>`. A
+log-prob is log pi_theta(y|x) summed over the completion's tokens, a log-ratio is log pi_theta(y|x) - log pi_ref(y|x);
+h is the chosen log-ratio minus the rejected one, b is beta, e is label_smoothing, s is the logistic sigmoid.
 
     loss_type        paper                                         loss per pair
     sigmoid          DPO, Rafailov et al. 2023, eq. 7              -log s(b h)
@@ -30,13 +31,17 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class Pairs:
-    """What a loss sees of a batch: per-pair log-ratios, completion token counts and reward margins (madpo)."""
+    """What a loss sees of a batch, one value per pair: the policy's summed completion log-probs (a reference-free
+    loss reads these), their log-ratios to the reference, the completion token counts, and the reward margins when the
+    loss declares `needs_margins`."""
 
     chosen_logratios: torch.Tensor
     rejected_logratios: torch.Tensor
     chosen_lengths: torch.Tensor | None = None
     rejected_lengths: torch.Tensor | None = None
     reward_margins: torch.Tensor | None = None
+    chosen_logps: torch.Tensor | None = None
+    rejected_logps: torch.Tensor | None = None
 
     @property
     def h(self) -> torch.Tensor:
@@ -46,13 +51,16 @@ class Pairs:
 @dataclass(frozen=True)
 class Loss:
     """A registered loss. `fn(pairs, *, beta, **knobs)` returns the per-pair loss; `knobs` maps each knob to its
-    default (its type is the default's); `check(**knobs)` raises ValueError for a bad value."""
+    default (its type is the default's); `check(**knobs)` raises ValueError for a bad value; `needs_margins`: the data
+    must carry a reward margin per pair (margins.py adds it); `metrics(pairs, **knobs)` -> {name: per-pair values},
+    logged as their batch mean."""
 
     name: str
     fn: Callable[..., torch.Tensor]
     knobs: dict[str, Any] = field(default_factory=dict)
     check: Callable[..., None] | None = None
     needs_margins: bool = False
+    metrics: Callable[..., dict[str, torch.Tensor]] | None = None
 
 
 LOSSES: dict[str, Loss] = {}
@@ -60,7 +68,7 @@ BUILT_IN: tuple[str, ...] = ()  # filled below, once the five are registered
 
 
 def register_loss(name: str, *, knobs: dict[str, Any] | None = None, check: Callable[..., None] | None = None,
-                  needs_margins: bool = False):
+                  needs_margins: bool = False, metrics: Callable[..., dict[str, torch.Tensor]] | None = None):
     """Decorator: register `fn(pairs, *, beta, **knobs) -> per-pair loss` as `loss_type: name`. A knob is a config
     key (set in the recipe's YAML or as --key on the command line, checked like every other key); `label_smoothing`
     is TRL's key and may be one of them."""
@@ -68,7 +76,7 @@ def register_loss(name: str, *, knobs: dict[str, Any] | None = None, check: Call
     def decorator(fn):
         if name in BUILT_IN and name in LOSSES:
             raise ValueError(f"loss_type {name!r} is built in; register yours under another name")
-        LOSSES[name] = Loss(name, fn, dict(knobs or {}), check, needs_margins)
+        LOSSES[name] = Loss(name, fn, dict(knobs or {}), check, needs_margins, metrics)
         return fn
 
     return decorator
@@ -95,6 +103,11 @@ def knob_values(args) -> dict:
     values.update({k: getattr(args, k) for k in values if hasattr(args, k)})
     values.update(getattr(args, "loss_knobs", None) or {})
     return values
+
+
+def needs_margins(loss_types: list[str]) -> bool:
+    """Whether any of these registered losses needs a reward margin per pair (unknown names: no)."""
+    return any(LOSSES[t].needs_margins for t in loss_types if t in LOSSES)
 
 
 def uses_label_smoothing(loss_type: str) -> bool:
@@ -125,17 +138,30 @@ def preference_loss(
     chosen_lengths: torch.Tensor | None = None,
     rejected_lengths: torch.Tensor | None = None,
     reward_margins: torch.Tensor | None = None,
+    chosen_logps: torch.Tensor | None = None,
+    rejected_logps: torch.Tensor | None = None,
     **knobs,
 ) -> torch.Tensor:
     """Per-pair loss of the registered `loss_type`. Knobs it does not name take their defaults (label_smoothing 0,
     ipo_normalize True, madpo_* as MADPO_DEFAULTS); knobs of other losses are ignored."""
+    pairs = Pairs(chosen_logratios, rejected_logratios, chosen_lengths, rejected_lengths, reward_margins,
+                  chosen_logps, rejected_logps)
+    return pair_loss(loss_type, pairs, beta=beta, **knobs)
+
+
+def pair_loss(loss_type: str, pairs: Pairs, *, beta: float, **knobs) -> torch.Tensor:
+    """`preference_loss` for a batch already gathered into `Pairs` (the trainer's way)."""
     check_knobs(loss_type, beta=beta, **knobs)
     loss = LOSSES[loss_type]
-    pairs = Pairs(chosen_logratios, rejected_logratios, chosen_lengths, rejected_lengths, reward_margins)
-    if loss.needs_margins and reward_margins is None:
+    if loss.needs_margins and pairs.reward_margins is None:
         raise ValueError(f"{loss_type} needs reward_margins (a margin column in the data, score columns or a reward "
                          "model)")
-    return loss.fn(pairs, beta=beta, **{k: knobs.get(k, default) for k, default in loss.knobs.items()})
+    return loss.fn(pairs, beta=beta, **own_knobs(loss_type, knobs))
+
+
+def own_knobs(loss_type: str, knobs: dict) -> dict:
+    """The knobs `loss_type` reads, from `knobs` or its defaults."""
+    return {k: knobs.get(k, default) for k, default in LOSSES[loss_type].knobs.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -183,10 +209,15 @@ register_loss("robust", knobs={"label_smoothing": 0.0}, check=_check_label_smoot
 MADPO_DEFAULTS = {"madpo_c_max": 2.0, "madpo_c_min": None, "madpo_lambda": 1.0, "madpo_tau": math.log(999.0)}
 
 
-def madpo_knobs(madpo_c_max: float = 2.0, madpo_c_min: float | None = None, madpo_lambda: float = 1.0,
-                madpo_tau: float = math.log(999.0)) -> tuple[float, float, float, float]:
-    """(c_max, c_min, lambda, tau), checked. The scale c must run from c_max > 1 (small |m|) down to 0 < c_min < 1
-    (large |m|) through c = 1 at |m| = tau, which is what makes w continuous at m = -tau."""
+def madpo_knobs(**knobs) -> tuple[float, float, float, float]:
+    """(c_max, c_min, lambda, tau) from madpo_* knobs (MADPO_DEFAULTS for those not given), checked. The scale c must
+    run from c_max > 1 (small |m|) down to 0 < c_min < 1 (large |m|) through c = 1 at |m| = tau, which is what makes w
+    continuous at m = -tau."""
+    unknown = set(knobs) - set(MADPO_DEFAULTS)
+    if unknown:
+        raise TypeError(f"madpo has no knob {', '.join(sorted(unknown))}")
+    knobs = {**MADPO_DEFAULTS, **knobs}
+    madpo_c_max, madpo_c_min, madpo_lambda, madpo_tau = (knobs[k] for k in MADPO_DEFAULTS)
     c_max = float(madpo_c_max)
     c_min = 1.0 / c_max if madpo_c_min is None else float(madpo_c_min)
     lam, tau = float(madpo_lambda), float(madpo_tau)
@@ -201,8 +232,7 @@ def madpo_knobs(madpo_c_max: float = 2.0, madpo_c_min: float | None = None, madp
     return c_max, c_min, lam, tau
 
 
-def madpo_weights(reward_margins: torch.Tensor, madpo_c_max: float = 2.0, madpo_c_min: float | None = None,
-                  madpo_lambda: float = 1.0, madpo_tau: float = math.log(999.0)) -> torch.Tensor:
+def madpo_weights(reward_margins: torch.Tensor, **knobs) -> torch.Tensor:
     """MADPO's per-pair weight w(m) for reward-model margins m = r(x, y_w) - r(x, y_l).
 
         c(|m|) = c_min + (c_max - c_min) / (1 + (c_max - 1) / (1 - c_min) * exp(lambda * (|m| - tau)))
@@ -210,7 +240,7 @@ def madpo_weights(reward_margins: torch.Tensor, madpo_c_max: float = 2.0, madpo_
 
     The margins are constants of the data: they are detached, so no gradient flows into them.
     """
-    c_max, c_min, lam, tau = madpo_knobs(madpo_c_max, madpo_c_min, madpo_lambda, madpo_tau)
+    c_max, c_min, lam, tau = madpo_knobs(**knobs)
     m = reward_margins.detach()
     if m.dtype not in (torch.float32, torch.float64):
         m = m.float()  # half precision would round w visibly; integers cannot go through sigmoid
@@ -219,7 +249,11 @@ def madpo_weights(reward_margins: torch.Tensor, madpo_c_max: float = 2.0, madpo_
     return torch.where(m > -tau, w, torch.ones_like(w))
 
 
-@register_loss("madpo", knobs=MADPO_DEFAULTS, check=madpo_knobs, needs_margins=True)
+def _madpo_metrics(pairs: Pairs, **knobs) -> dict[str, torch.Tensor]:
+    return {"madpo/weight_mean": madpo_weights(pairs.reward_margins, **knobs)}
+
+
+@register_loss("madpo", knobs=MADPO_DEFAULTS, check=madpo_knobs, needs_margins=True, metrics=_madpo_metrics)
 def madpo(pairs: Pairs, *, beta: float, **knobs) -> torch.Tensor:
     h = pairs.h
     w = madpo_weights(pairs.reward_margins, **knobs).to(device=h.device, dtype=h.dtype)
@@ -245,8 +279,10 @@ def project_only_features(args) -> list[str]:
 
 def check_loss_config(args) -> bool:
     """Whether the loss of a DPOConfig needs this project's path (True) or is TRL's own (False). Raise ValueError for
-    what neither path supports, or what would silently do nothing; the CLI (config.validate) and the trainer both
-    call this, so they accept and compute the same."""
+    what neither path supports, or what would silently do nothing. PreferenceConfig calls it when it is made, so a
+    config from the command line and one made in Python are refused alike, with the same line."""
+    if getattr(args, "prefix_sharing", False) and not args.padding_free:
+        raise ValueError("prefix_sharing needs padding_free: true (pairs are packed into rows)")
     features = project_only_features(args)
     trl_only = [t for t in args.loss_type if t not in LOSSES]
     if features and trl_only:

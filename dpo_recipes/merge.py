@@ -11,16 +11,18 @@ difference is the quantisation error, reported by tests/e2e/test_make_merge.py a
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .cli import CommandParser
+from .config import read_run_config
 from .errors import UserError, exit_on_user_error
-from .evaluation import read_run_config
 from .model_card import hub_repo_id, push_folder, write_model_card
 from .modeling import resolve_model_path
 from .reporting import write_json
@@ -43,15 +45,12 @@ def merge_dtype(model: dict, requested: str | None) -> str:
 
 def adapter_model(run_dir: Path, dtype_name: str):
     """The run's base model, unquantised in `dtype_name`, with the run's adapter applied by PEFT (not merged)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     script_args, training, model_args = read_run_config(run_dir)
     base = AutoModelForCausalLM.from_pretrained(
         resolve_model_path(model_args, script_args.tiny_model),
         revision=model_args.model_revision if model_args.model_name_or_path else None,
         dtype=getattr(torch, dtype_name),  # never quantised: the adapter is folded into full-precision weights
-        trust_remote_code=bool(training.get("trust_remote_code")),
+        trust_remote_code=training.trust_remote_code,
         use_safetensors=True,
     )
     return PeftModel.from_pretrained(base, run_dir)
@@ -59,8 +58,6 @@ def adapter_model(run_dir: Path, dtype_name: str):
 
 def merge_run(run_dir: str | Path, out_dir: str | Path, dtype: str | None = None, overwrite: bool = False) -> dict:
     """Merge the adapter of `run_dir` into its base model and save it to `out_dir`; returns the merge record."""
-    from transformers import AutoTokenizer
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     script_args, _, model_args = read_run_config(run_dir)
     dtype_name = merge_dtype(json.loads((run_dir / "run_config.json").read_text())["model"], dtype)
@@ -101,11 +98,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, dtype: str | None = None
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise UserError(f"command line: {message}")
-
-    parser = Parser(prog="python -m dpo_recipes.merge", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m dpo_recipes.merge", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a finished LoRA / QLoRA run folder")
     parser.add_argument("out_dir", help="a new folder for the merged model")
     parser.add_argument("--dtype", default=None, help=f"one of {', '.join(DTYPES)} (default: the run's dtype)")

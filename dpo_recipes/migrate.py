@@ -13,7 +13,6 @@ installs it. An existing file is only replaced with --force. docs/migrating.md h
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import sys
 import tempfile
@@ -24,7 +23,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import TRACKER_PACKAGES, _custom_knobs, _known_keys, missing_trackers, parse_config, read_yaml
+from .cli import CommandParser, read_yaml
+from .config import TRACKER_PACKAGES, _custom_knobs, _known_keys, missing_trackers, parse_config
 from .errors import UserError, exit_on_user_error
 from .losses import LOSSES
 from .renames import CHANGES, KeyChange
@@ -309,14 +309,9 @@ def report(migration: Migration, source: str, target: str, total: int) -> str:
     return "\n".join(lines)
 
 
-class _ArgParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"command line: {message}")
-
-
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> Migration:
-    parser = _ArgParser(prog="python -m dpo_recipes.migrate", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m dpo_recipes.migrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="the old config (YAML)")
     parser.add_argument("-o", "--output", help="the new config (default: <old name>.migrated.yaml next to it)")
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")

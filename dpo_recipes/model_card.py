@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
+
 from .errors import UserError
 from .pretrained import PRETRAINED, is_pretrained
 from .reporting import PLOTS, redact
@@ -182,8 +185,6 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, r
                 commit_message: str = "dpo-recipes: upload") -> str:
     """Upload a run folder or merged export to the Hub (checkpoints and temporary files left out); returns the
     commit URL. The token comes from the environment (HF_TOKEN) or `hf auth login`."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
 
     api = HfApi()

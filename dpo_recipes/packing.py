@@ -14,17 +14,22 @@ flex_attention (GPU only, not exercised by the CPU tests). A pair's row holds up
 two padding-free rows hold: with rows of `max_length`, most HH pairs took a row each and a fifth of the computed
 positions were padding (bench/bench_training.py, prefix_sharing). The kept tokens are TRL's: the collator truncates each
 sequence as the padded path does and shares only the prompt tokens both sequences start with.
+
+`PreferenceCollator` is the one collator of a run's layout: the trainer batches with it and the evaluation report
+scores its pairs with it.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch.nn.attention.flex_attention import create_block_mask
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from .names import BRANCH_IDS, SEQUENCE_IDS
+from .names import BRANCH_IDS, MARGIN_COLUMN, ROW_ID_COLUMN, SEQUENCE_IDS
 
 # What a preference batch gives the model: padded (attention_mask) or packed (position_ids, sequence and branch ids).
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "completion_mask", SEQUENCE_IDS, BRANCH_IDS)
@@ -165,11 +170,10 @@ def record_router_logits(model, sink: list):
 # the shared part, as if the other branch were absent.
 
 
-def check_shared_prompts(padding_free: bool, attn_implementation: str | None) -> None:
-    """What prefix_sharing needs, checked by the config (one line, exit 2) and by PreferenceTrainer (Python users)
-    alike: packed rows, and an attention implementation that takes the layout's mask. ValueError otherwise."""
-    if not padding_free:
-        raise ValueError("prefix_sharing needs padding_free: true (pairs are packed into rows)")
+def check_shared_prompts(attn_implementation: str | None) -> None:
+    """What prefix_sharing needs of the model, checked against the config's attn_implementation (one line, exit 2)
+    and, in Python, the model PreferenceTrainer gets: an attention implementation that takes the layout's mask.
+    ValueError otherwise. (Packed rows, the config's side, are losses.check_loss_config's.)"""
     if not takes_shared_prompt_mask(attn_implementation):
         raise ValueError(f"prefix_sharing needs attn_implementation in {list(PREFIX_SHARING_ATTENTION)}, got "
                          f"{attn_implementation or 'sdpa'!r} (it cannot take the mask that keeps chosen and rejected "
@@ -264,3 +268,30 @@ def logical_token_count(inputs: dict) -> torch.Tensor:
     last = inputs["position_ids"].new_full((num_sequences + 1,), -1).scatter_reduce(
         0, (sequence_ids % (num_sequences + 1)).reshape(-1), inputs["position_ids"].reshape(-1), reduce="amax")
     return (last[:num_sequences] + 1).sum()
+
+
+@dataclass
+class PreferenceCollator(DataCollatorForPreference):
+    """TRL's preference collator, also carrying the per-pair reward margin that madpo needs. With padding_free, the
+    padded batch TRL builds (and truncates) is unpadded and packed into rows (packing.py)."""
+
+    padding_free: bool = False
+    prefix_sharing: bool = False
+
+    @classmethod
+    def for_config(cls, config, pad_token_id: int) -> "PreferenceCollator":
+        """The collator of a run's layout (the trainer's, and the evaluation report's): `config` is a PreferenceConfig
+        or anything with its max_length, truncation_mode, padding_free and prefix_sharing."""
+        return cls(pad_token_id=pad_token_id, max_length=config.max_length, truncation_mode=config.truncation_mode,
+                   pad_to_multiple_of=getattr(config, "pad_to_multiple_of", None), padding_free=config.padding_free,
+                   prefix_sharing=getattr(config, "prefix_sharing", False))
+
+    def torch_call(self, examples):
+        batch = super().torch_call(examples)
+        if self.padding_free:  # the kept tokens are TRL's (it truncated each sequence above)
+            pack_padded_batch(batch, self.max_length, self.pad_token_id, self.prefix_sharing)
+        if MARGIN_COLUMN in examples[0]:
+            batch[MARGIN_COLUMN] = torch.tensor([float(e[MARGIN_COLUMN]) for e in examples])
+        if ROW_ID_COLUMN in examples[0]:
+            batch[ROW_ID_COLUMN] = [e[ROW_ID_COLUMN] for e in examples]
+        return batch

@@ -25,6 +25,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
 from .errors import UserError, exit_on_user_error
 from .names import REPO_ROOT
 
@@ -109,8 +112,6 @@ slightly from {spec.original}'s. License: {spec.license} (the original model's a
 def convert(gguf: Path, out: Path) -> None:
     """GGUF file -> Hugging Face folder. transformers dequantises the GGUF tensors; its GGUF-loaded model refuses
     save_pretrained (its config carries the quantisation), so the same weights go into a plain model of its class."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -32,7 +32,7 @@ def reference_weights_hash(model, adapters_disabled: bool) -> str:
         if adapters_disabled and "lora_" in name:
             continue
         if hasattr(tensor, "ds_id"):  # DeepSpeed ZeRO-3 keeps only a shard here: gather the whole parameter
-            import deepspeed
+            import deepspeed  # only here: DeepSpeed is optional, and only ZeRO-3 runs reach this line
 
             with deepspeed.zero.GatheredParameters(tensor):
                 tensor = tensor.detach().cpu().clone()

@@ -151,6 +151,8 @@ def plot_series(log_history: list[dict]) -> dict[str, tuple[str, dict[str, list[
 
 def plot_log_history(log_history: list[dict], out_dir: str | Path) -> list[Path]:
     """PNG plots of the logged metrics against the step; returns the files written."""
+    # Here, not at the top: matplotlib's import time would fall on every command that writes a JSON file, and the
+    # headless backend must be chosen before pyplot is imported.
     import matplotlib
 
     matplotlib.use("Agg")

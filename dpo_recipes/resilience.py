@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -90,8 +91,6 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def run_config(script_args, training_args, model_args) -> dict:
     """The resolved config that defines a run (what must match for a resume)."""
-    from dataclasses import asdict
-
     return {"script": asdict(script_args), "training": training_args.to_dict(), "model": asdict(model_args)}
 
 

@@ -20,7 +20,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, set_seed
 from trl import RewardConfig, RewardTrainer, get_peft_config
 
-from .config import parse_config, read_yaml
+from .cli import read_yaml
+from .config import parse_config
 from .data import load_preference_splits
 from .errors import UserError, exit_on_user_error
 from .modeling import load_tokenizer, resolve_model_path

@@ -19,7 +19,7 @@ from .config import parse_config
 from .data import load_preference_data
 from .errors import exit_on_user_error
 from .finish import finish_run_outputs, release_training_memory
-from .losses import load_losses_file
+from .losses import load_losses_file, needs_margins
 from .margins import add_reward_margins
 from .modeling import check_shared_prompt_support, load_model, load_tokenizer, resolve_model_path
 from .reporting import plot_log_history, warn_version_drift, write_json, write_manifest
@@ -64,7 +64,7 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
         if training_args.process_index == 0:
             write_audit(data, output_dir)
     train_dataset, eval_dataset = data.train, data.eval
-    if "madpo" in training_args.loss_type:  # MADPO's per-pair margins: a reward model, a margin or score columns
+    if needs_margins(training_args.loss_type):  # per-pair margins (madpo): a reward model, a margin or score columns
         train_dataset, eval_dataset = add_reward_margins(script_args, training_args, train_dataset, eval_dataset)
 
     # 4. Model and LoRA config (QLoRA when load_in_4bit).
@@ -119,7 +119,7 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
     state.wait_for_everyone()  # every rank has trained and saved
     state.destroy_process_group()  # the report below needs no collective; nothing can time out on it
     if is_main:
-        finish_run_outputs(output_dir, script_args, training_args.to_dict(), model_args, eval_dataset)
+        finish_run_outputs(output_dir, script_args, training_args, model_args, eval_dataset)
     return eval_metrics
 
 

@@ -24,20 +24,20 @@ consolidated ZeRO-3 weights, checks they are complete, and checks that they chan
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from safetensors import safe_open
 
+from .cli import CommandParser, read_yaml
 from .errors import UserError, exit_on_user_error
 from .families import FAMILIES, unknown_family
+from .launchers import cpu_launcher_config, deepspeed_json, launch_count, needs_gpu
 from .names import REPO_ROOT
 from .variants import variant_files
 
@@ -47,7 +47,6 @@ SMOKE_STEPS = 3
 SMOKE_LEARNING_RATE = 1e-3
 SMOKE_MICRO_BATCH = 2
 SMOKE_MAX_ACCUMULATION = 2
-SMOKE_MAX_PROCESSES = 2
 SMOKE_ROWS = {"train": 64, "test": 16}
 MIN_LOGPROB_CHANGE = 1e-4  # a trained result must move some log-prob by more than this (untrained: exactly 0)
 REPORT = "smoke_report.json"
@@ -58,69 +57,7 @@ PROBE = [  # the conversation whose log-probs are compared before and after
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Launcher configs: which need a GPU, and their CPU form
-
-
-def read_yaml(path: Path) -> dict:
-    """A YAML mapping (an accelerate or recipe config), or one line saying what is wrong with the file. (config.py has
-    its own, for recipe configs; this one keeps check-device free of TRL's import time.)"""
-    if not Path(path).is_file():
-        raise UserError(f"{path}: file not found")
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: must be a mapping of key: value")
-    return data
-
-
-def needs_gpu(launcher: dict) -> bool:
-    return not launcher.get("use_cpu", False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_launcher_config(launcher: dict) -> dict:
-    """The same accelerate config, run by CPU processes on this machine (see the module docstring for why)."""
-    cpu = dict(launcher)
-    cpu["use_cpu"] = True
-    cpu.pop("mixed_precision", None)
-    cpu.pop("gpu_ids", None)
-    if cpu.get("distributed_type") == "MULTI_GPU":
-        cpu["distributed_type"] = "MULTI_CPU"
-    cpu["num_processes"] = min(int(cpu.get("num_processes", 1)), SMOKE_MAX_PROCESSES)
-    cpu["num_machines"], cpu["machine_rank"] = 1, 0
-    cpu["main_process_ip"], cpu["main_process_port"] = "127.0.0.1", free_port()  # parallel runs must not collide
-    return cpu
-
-
-def deepspeed_json(launcher: dict, root: Path = REPO_ROOT) -> dict | None:
-    """The DeepSpeed JSON an accelerate config points to (None without DeepSpeed)."""
-    if launcher.get("distributed_type") != "DEEPSPEED":
-        return None
-    file = (launcher.get("deepspeed_config") or {}).get("deepspeed_config_file")
-    if not file:
-        raise UserError("accelerate config: DEEPSPEED needs deepspeed_config.deepspeed_config_file (a JSON file)")
-    path = root / file
-    if not path.is_file():
-        raise UserError(f"accelerate config: deepspeed_config_file {file} not found (paths are relative to the "
-                        "repository root)")
-    return json.loads(path.read_text())
-
-
-def _launch_count(launch_args: list[str], key: str, default: int) -> int:
-    """`--num_processes 8` / `--num_processes=8` from accelerate launch arguments."""
-    for i, token in enumerate(launch_args):
-        if token == f"--{key}" and i + 1 < len(launch_args):
-            return int(launch_args[i + 1])
-        if token.startswith(f"--{key}="):
-            return int(token.split("=", 1)[1])
-    return default
+# Does this machine have the launcher's GPUs?
 
 
 def check_device(launcher_path: Path, recipe: str, launch_args: list[str]) -> None:
@@ -128,10 +65,10 @@ def check_device(launcher_path: Path, recipe: str, launch_args: list[str]) -> No
     launcher = read_yaml(launcher_path)
     if not needs_gpu(launcher):
         return
-    import torch
+    import torch  # here, not at the top: check-device runs before every `make train` and stays light
 
-    machines = _launch_count(launch_args, "num_machines", int(launcher.get("num_machines", 1)))
-    wanted = _launch_count(launch_args, "num_processes", int(launcher.get("num_processes", 1))) // max(machines, 1)
+    machines = launch_count(launch_args, "num_machines", int(launcher.get("num_machines", 1)))
+    wanted = launch_count(launch_args, "num_processes", int(launcher.get("num_processes", 1))) // max(machines, 1)
     have = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if have == 0:
         raise UserError(f"recipe {recipe} trains on {wanted} CUDA GPU(s) ({launcher_path}) and this machine has none; "
@@ -256,8 +193,6 @@ class SmokeFailed(Exception):
 
 
 def _safetensors_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
     shapes = {}
     for file in sorted(directory.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
@@ -268,7 +203,7 @@ def _safetensors_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
 
 def probe_logprobs(model, tokenizer):
     """Log-softmax over the vocabulary at every position of PROBE, in float32."""
-    import torch
+    import torch  # here, not at the top: check-device stays light
 
     ids = tokenizer.apply_chat_template(PROBE, return_tensors="pt", return_dict=True)["input_ids"]
     with torch.no_grad():
@@ -277,12 +212,12 @@ def probe_logprobs(model, tokenizer):
 
 def check_result(run_dir: Path, base_dir: Path, argv: list[str]) -> dict:
     """Reload what the run saved and measure how much it changes the model's log-probs; raise if it does not."""
+    # Imported here, as in run_smoke: check-device stays light.
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # Imported here, as in run_smoke: check-device stays light.
-    from .config import parse_config
-    from .modeling import load_model
+    from .config import parse_config  # (the same reason)
+    from .modeling import load_model  # (the same reason)
 
     _, training_args, model_args = parse_config(argv)
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
@@ -294,7 +229,7 @@ def check_result(run_dir: Path, base_dir: Path, argv: list[str]) -> dict:
     base_shapes = _safetensors_shapes(base_dir)
 
     if model_args.use_peft:
-        from peft import PeftModel
+        from peft import PeftModel  # here: check-device stays light
 
         adapter = _safetensors_shapes(run_dir)
         targets = sorted({key.split(".")[-3] for key in adapter if ".lora_B." in key})
@@ -335,7 +270,7 @@ def check_result(run_dir: Path, base_dir: Path, argv: list[str]) -> dict:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dpo_recipes.smoke", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m dpo_recipes.smoke", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="smoke-test a recipe on CPU")
     run.add_argument("recipe_dir", type=Path)

@@ -6,50 +6,30 @@ needs it (cdpo, madpo, a recipe's own registered loss, summed IPO, padding-free 
 `losses.project_only_features`) does `compute_loss` take a short path of ours: one policy forward through TRL's fused
 LM head, the reference log-probs from TRL's own `compute_ref_log_probs` (or the precomputed columns), then the
 registry's loss and TRL's metric names.
-`losses.check_loss_config` refuses what neither path supports, here and in config.validate alike.
+`losses.check_loss_config` refuses what neither path supports, once, when the PreferenceConfig is made.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-
+import copy
 import torch
 from datasets import Dataset
 from trl import DPOTrainer
 from accelerate.utils import broadcast_object_list, is_peft_model
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import use_adapter
 
-from .losses import LOSSES, MADPO_DEFAULTS, TRL_NAMES, check_loss_config, knob_values, madpo_weights, preference_loss
+from .losses import (LOSSES, TRL_NAMES, Pairs, knob_values, needs_margins, own_knobs, pair_loss,
+                     project_only_features)
 from . import ref_cache
 from .margins import check_margins
-from .names import BRANCH_IDS, MARGIN_COLUMN, ROW_ID_COLUMN, SEQUENCE_IDS
-from .packing import (MODEL_INPUTS, check_shared_prompts, completion_logps, logical_token_count, model_attention_mask,
+from .names import BRANCH_IDS, MARGIN_COLUMN, SEQUENCE_IDS
+from .packing import (MODEL_INPUTS, PreferenceCollator, check_shared_prompts, completion_logps, logical_token_count, model_attention_mask,
                       pack_padded_batch)
 from .trainer_mixin import StableTrainingMixin
 
 _REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
-
-
-@dataclass
-class PreferenceCollator(DataCollatorForPreference):
-    """TRL's preference collator, also carrying the per-pair reward margin that madpo needs. With padding_free, the
-    padded batch TRL builds (and truncates) is unpadded and packed into rows (packing.py)."""
-
-    padding_free: bool = False
-    prefix_sharing: bool = False
-
-    def torch_call(self, examples):
-        batch = super().torch_call(examples)
-        if self.padding_free:  # the kept tokens are TRL's (it truncated each sequence above)
-            pack_padded_batch(batch, self.max_length, self.pad_token_id, self.prefix_sharing)
-        if MARGIN_COLUMN in examples[0]:
-            batch[MARGIN_COLUMN] = torch.tensor([float(e[MARGIN_COLUMN]) for e in examples])
-        if ROW_ID_COLUMN in examples[0]:
-            batch[ROW_ID_COLUMN] = [e[ROW_ID_COLUMN] for e in examples]
-        return batch
 
 
 def scored_tokens(inputs) -> torch.Tensor:
@@ -68,37 +48,33 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
     def __init__(self, *args, processing_class=None, data_collator=None, row_origin=None, **kwargs):
         """row_origin: optional, training row index -> where it came from ('file: line N'), for error messages."""
         config = kwargs["args"]
-        use_registry = check_loss_config(config)  # ValueError for what neither loss path supports
+        use_registry = bool(project_only_features(config))  # the config was checked when it was made
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if data_collator is None and tokenizer is not None:
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            data_collator = PreferenceCollator(
-                pad_token_id=tokenizer.pad_token_id,
-                max_length=config.max_length,
-                truncation_mode=config.truncation_mode,
-                pad_to_multiple_of=config.pad_to_multiple_of,
-                padding_free=config.padding_free,
-                prefix_sharing=getattr(config, "prefix_sharing", False),
-            )
-        if getattr(config, "prefix_sharing", False):  # the config's guard, for scripts that skip config.py
+            data_collator = PreferenceCollator.for_config(config, tokenizer.pad_token_id)
+        if getattr(config, "prefix_sharing", False):  # the model's side (the config knows only its attn_implementation)
             model = kwargs.get("model", args[0] if args else None)
-            check_shared_prompts(config.padding_free, getattr(getattr(model, "config", None), "_attn_implementation", None))
+            check_shared_prompts(getattr(getattr(model, "config", None), "_attn_implementation", None))
         # The batch layout, for the reference cache's key: TRL precomputes inside __init__, while padding_free is off.
         self.layout = {"padding_free": config.padding_free, "prefix_sharing": getattr(config, "prefix_sharing", False)}
-        # TRL 1.16 warns and turns padding_free off; we implement it (packing.py), so hide it from TRL's __init__.
-        padding_free, config.padding_free = config.padding_free, False
-        # Without a project-only feature TRL computes the loss, under its names (rdpo is its robust).
-        loss_type = config.loss_type
+        # TRL's __init__ sees a copy of the arguments (the caller's stay as written): padding_free off, since TRL 1.16
+        # warns and turns it off while we implement it (packing.py); without a project-only feature, TRL's names for
+        # the losses it computes (rdpo is its robust).
+        trl_view = copy.copy(config)
+        trl_view.padding_free = False
         if not use_registry:
-            config.loss_type = [TRL_NAMES.get(t, t) for t in loss_type]
+            trl_view.loss_type = [TRL_NAMES.get(t, t) for t in config.loss_type]
         self._ref_weights_hash, self.ref_cache_hits = None, []  # datasets whose reference log-probs came from disk
         super().__init__(*args, processing_class=processing_class, data_collator=data_collator, row_origin=row_origin,
-                         **kwargs)
-        config.padding_free = self.padding_free = padding_free
-        config.loss_type, self.use_registry = loss_type, use_registry
+                         **{**kwargs, "args": trl_view})
+        # What TRL's and transformers' __init__ wrote into their arguments (DeepSpeed's config, checkpointing kwargs,
+        # the accumulation steps) holds for the caller's too; the two fields TRL was not shown stay as written.
+        config.__dict__.update({k: v for k, v in vars(trl_view).items() if k not in ("padding_free", "loss_type")})
+        self.args, self.padding_free, self.use_registry = config, config.padding_free, use_registry
         self.loss_knobs = knob_values(config)
-        if "madpo" in self.loss_types:  # stop at the start, not at the first batch without margins
+        if needs_margins(self.loss_types):  # stop at the start, not at the first batch without margins
             evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval": self.eval_dataset}
             for split, dataset in {"train": self.train_dataset, **evals}.items():
                 if isinstance(dataset, Dataset):
@@ -175,20 +151,16 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
 
-        margins = inputs.get(MARGIN_COLUMN)
+        pairs = Pairs(chosen_logratios, rejected_logratios, chosen_lengths, rejected_lengths,
+                      reward_margins=inputs.get(MARGIN_COLUMN), chosen_logps=chosen_logps, rejected_logps=rejected_logps)
         loss = 0.0
         for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
-            per_pair = preference_loss(
-                loss_type,
-                chosen_logratios,
-                rejected_logratios,
-                beta=self.beta,
-                chosen_lengths=chosen_lengths,
-                rejected_lengths=rejected_lengths,
-                reward_margins=margins,
-                **self.loss_knobs,
-            )
-            loss = loss + weight * per_pair.mean()
+            loss = loss + weight * pair_loss(loss_type, pairs, beta=self.beta, **self.loss_knobs).mean()
+            if LOSSES[loss_type].metrics is not None:  # a loss's own metrics (madpo's mean weight)
+                with torch.no_grad():
+                    values = LOSSES[loss_type].metrics(pairs, **own_knobs(loss_type, self.loss_knobs))
+                for name, value in values.items():
+                    self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.float()).mean().item())
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
@@ -228,7 +200,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         metrics["mean_token_accuracy"].append(ratio((is_top1 & chosen).sum(), chosen.sum()))
 
     def _log_pair_metrics(self, mode, inputs, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios):
-        """The metrics TRL logs for DPO, under TRL's names, plus madpo's mean weight."""
+        """The metrics TRL logs for DPO, under TRL's names."""
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics[mode]
         chosen_rewards = gather(self.beta * chosen_logratios.detach())
@@ -243,7 +215,3 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
             real_tokens = logical_token_count(inputs) if SEQUENCE_IDS in inputs else inputs["attention_mask"].sum()
             self._total_train_tokens += gather(real_tokens).sum().item() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
-        if "madpo" in self.loss_types and MARGIN_COLUMN in inputs:
-            knobs = {k: self.loss_knobs[k] for k in MADPO_DEFAULTS}
-            weights = gather(madpo_weights(inputs[MARGIN_COLUMN], **knobs).float())
-            metrics["madpo/weight_mean"].append(weights.mean().item())

@@ -171,7 +171,8 @@ def test_yaml_python_tags_are_refused(tmp_path):
         (["--loss_type", "madpo", "--madpo_c_max", "1.0"], "config: madpo_c_max must be a finite number > 1, got 1.0"),
         (["--loss_type", "madpo", "--madpo_c_min", "1.5"], "config: madpo_c_min must be in (0, 1), got 1.5"),
         (["--loss_type", "madpo", "--madpo_tau", "0"], "config: madpo_tau must be a finite number > 0, got 0.0"),
-        (["--reward_model_name_or_path", "rm"], "config: reward_model_name_or_path is only used by loss_type madpo"),
+        (["--reward_model_name_or_path", "rm"],
+         "config: reward_model_name_or_path is only used by a loss that needs reward margins (madpo)"),
     ],
 )
 def test_madpo_config_mistakes(args, message):

@@ -14,8 +14,8 @@ import torch
 from tests.helpers import REPO
 from dpo_recipes.config import parse_config
 from dpo_recipes.errors import UserError
-from dpo_recipes.losses import (BUILT_IN, LOSS_TYPES, LOSSES, MADPO_DEFAULTS, check_knobs, madpo_weights,
-                                preference_loss, register_loss)
+from dpo_recipes.losses import (BUILT_IN, LOSS_TYPES, LOSSES, MADPO_DEFAULTS, check_knobs, load_losses_file,
+                                madpo_weights, preference_loss, register_loss)
 
 LN2 = 0.6931471805599453
 TAU = 6.906754778648554  # ln 999, the paper's default threshold
@@ -330,6 +330,57 @@ def slic(pairs, *, beta, slic_delta):
     """SLiC-HF's calibration loss (Zhao et al. 2023): a hinge on the scaled log-ratio difference."""
     return torch.relu(slic_delta - beta * pairs.h)
 '''
+
+
+# The reference-free example of docs/losses.md (SimPO), word for word.
+SIMPO_PY = '''\
+import torch.nn.functional as F
+
+from dpo_recipes.losses import register_loss
+
+
+def check(simpo_gamma):
+    if not simpo_gamma >= 0:
+        raise ValueError(f"simpo_gamma must be >= 0, got {simpo_gamma}")
+
+
+@register_loss("simpo", knobs={"simpo_gamma": 1.0}, check=check)
+def simpo(pairs, *, beta, simpo_gamma):
+    """SimPO (Meng et al. 2024): the reward is the policy's mean log-prob per completion token, scaled by beta, with
+    no reference model; the chosen reply must win by the margin gamma."""
+    chosen = pairs.chosen_logps / pairs.chosen_lengths.clamp(min=1)
+    rejected = pairs.rejected_logps / pairs.rejected_lengths.clamp(min=1)
+    return -F.logsigmoid(beta * (chosen - rejected) - simpo_gamma)
+'''
+
+
+@pytest.fixture
+def simpo():
+    """SimPO registered from a recipe's losses.py, as `make train` loads it."""
+    folder = REPO / "recipes" / f"test-simpo-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    (folder / "losses.py").write_text(SIMPO_PY)
+    try:
+        load_losses_file(folder / "losses.py")
+        yield LOSSES["simpo"]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        LOSSES.pop("simpo", None)
+
+
+def test_docs_show_simpo():
+    assert SIMPO_PY in (REPO / "docs/losses.md").read_text()
+
+
+def test_simpo_reads_the_policy_log_probs_not_the_log_ratios(simpo):
+    # Pair 1: chosen -6 over 3 tokens (mean -2), rejected -12 over 4 (mean -3): -log s(2 * (-2 + 3) - 1) = log(1 + e^-1)
+    # Pair 2: equal means -1 and -1: -log s(-1) = log(1 + e). The log-ratios (all 0 here) must not matter.
+    out = preference_loss("simpo", t(0.0, 0.0), t(0.0, 0.0), beta=2.0, chosen_logps=t(-6.0, -2.0),
+                          rejected_logps=t(-12.0, -5.0), chosen_lengths=t(3.0, 2.0), rejected_lengths=t(4.0, 5.0),
+                          simpo_gamma=1.0)
+    assert out.tolist() == pytest.approx([math.log1p(math.exp(-1.0)), math.log1p(math.e)], abs=1e-12)
+    with pytest.raises(ValueError, match="simpo_gamma must be >= 0"):
+        preference_loss("simpo", t(0.0), t(0.0), beta=2.0, simpo_gamma=-1.0)
 
 
 @pytest.fixture

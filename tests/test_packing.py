@@ -300,7 +300,8 @@ def test_padded_reference_pass_hands_the_model_only_its_inputs(tiny_llama, tmp_p
     ({"attention": "flash_attention_2"}, "prefix_sharing needs attn_implementation in"),
 ])
 def test_trainer_refuses_what_shared_prompts_cannot_do(tiny_llama, tmp_path, change, message):
-    """The Python API refuses what the config refuses (a script that builds PreferenceTrainer skips config.py)."""
+    """The Python API refuses what the config refuses (a script that builds PreferenceTrainer skips config.py): the
+    arguments when they are made, the model's attention when the trainer gets it."""
     from datasets import load_dataset
 
     from tests.helpers import REPO
@@ -311,8 +312,8 @@ def test_trainer_refuses_what_shared_prompts_cannot_do(tiny_llama, tmp_path, cha
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     model.config._attn_implementation = change.pop("attention", "sdpa")  # flash-attention cannot load on CPU
     settings = {"padding_free": True, "prefix_sharing": True, **change}
-    args = PreferenceConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **settings)
     data = load_dataset("json", data_files=str(REPO / "data/demo/train.jsonl"))["train"].select(range(4))
     with pytest.raises(ValueError, match=message):
+        args = PreferenceConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **settings)
         PreferenceTrainer(model=model, args=args, train_dataset=data,
                           processing_class=AutoTokenizer.from_pretrained(tiny_llama))

@@ -19,7 +19,7 @@ from dpo_recipes.config import parse_config
 from dpo_recipes.families import SMOKE_FAMILIES
 from dpo_recipes.reporting import version_drift
 from dpo_recipes.variants import known_variants, variant_files
-from dpo_recipes.smoke import SMOKE_MAX_PROCESSES, cpu_launcher_config, deepspeed_json
+from dpo_recipes.launchers import CPU_MAX_PROCESSES, cpu_launcher_config, deepspeed_json
 
 RECIPES = sorted(p.name for p in (REPO / "recipes").iterdir() if (p / "train.py").is_file())
 VARIANTS = [(r, v) for r in RECIPES for v in known_variants(REPO / "recipes" / r)]
@@ -172,7 +172,7 @@ def test_launcher_configs(name):
             assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     cpu = cpu_launcher_config(cfg)
     assert cpu["use_cpu"] is True and "mixed_precision" not in cpu
-    assert cpu["num_processes"] == min(int(cfg["num_processes"]), SMOKE_MAX_PROCESSES)
+    assert cpu["num_processes"] == min(int(cfg["num_processes"]), CPU_MAX_PROCESSES)
     assert cpu["distributed_type"] != "MULTI_GPU"
 
 

@@ -24,7 +24,8 @@ from tests.helpers import REPO, TOKEN_METRICS
 from dpo_recipes.config import PreferenceConfig, parse_config
 from dpo_recipes.errors import UserError
 from dpo_recipes.losses import madpo_weights
-from dpo_recipes.trainer import MARGIN_COLUMN, ROW_ID_COLUMN, PreferenceTrainer
+from dpo_recipes.names import ROW_ID_COLUMN
+from dpo_recipes.trainer import MARGIN_COLUMN, PreferenceTrainer
 
 TRL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
                "logps/rejected")

@@ -1,6 +1,7 @@
 """The evaluation report (dpo_recipes/evaluation.py), the model card, TensorBoard logging and the opt-in hub push,
 on real runs of the demo recipe (tiny Llama, real tokenizer, small data) and a tiny reward model as the judge."""
 
+import dataclasses
 import json
 import math
 import os
@@ -60,7 +61,8 @@ def reward_model(tmp_path_factory, tiny_llama):
 
 
 def load(run_dir: Path):
-    from dpo_recipes.evaluation import load_run_models, read_run_config
+    from dpo_recipes.evaluation import load_run_models
+    from dpo_recipes.config import read_run_config
     from dpo_recipes.modeling import resolve_model_path
 
     script_args, training, model_args = read_run_config(run_dir)
@@ -195,10 +197,10 @@ def test_make_eval_with_a_judge_on_the_finished_run(lora_run, reward_model, tmp_
 def test_bad_eval_inputs_stop_with_one_line(lora_run, tiny_llama, tmp_path):
     cases = [
         (["make", "--no-print-directory", "eval"], "set RUN=<run folder>"),
-        ([sys.executable, "-m", "dpo_recipes.evaluation", str(tmp_path)], "not a run folder of this project"),
-        ([sys.executable, "-m", "dpo_recipes.evaluation", str(lora_run[0]), "--judge_model", str(tiny_llama)],
+        ([sys.executable, "-m", "dpo_recipes.evaluate", str(tmp_path)], "not a run folder of this project"),
+        ([sys.executable, "-m", "dpo_recipes.evaluate", str(lora_run[0]), "--judge_model", str(tiny_llama)],
          "judge_model:"),
-        ([sys.executable, "-m", "dpo_recipes.evaluation", str(lora_run[0]), "--eval_report_prompts", "0"],
+        ([sys.executable, "-m", "dpo_recipes.evaluate", str(lora_run[0]), "--eval_report_prompts", "0"],
          "eval_report_prompts must be an integer >= 1"),
     ]
     for cmd, message in cases:
@@ -248,7 +250,7 @@ def test_hub_push_is_off_by_default_and_wired(lora_run, tmp_path):
 
     from dpo_recipes.config import PreferenceConfig
     from dpo_recipes.errors import UserError
-    from dpo_recipes.evaluation import read_run_config
+    from dpo_recipes.config import read_run_config
     from dpo_recipes.finish import finish_run_outputs
     from dpo_recipes.model_card import hub_repo_id
 
@@ -266,9 +268,9 @@ def test_hub_push_is_off_by_default_and_wired(lora_run, tmp_path):
     script_args.eval_report = False
     finish_run_outputs(run_dir, script_args, training, model_args, None)  # push_to_hub false: no hub call
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    asked = dataclasses.replace(training, push_to_hub=True, hub_model_id="me/dpo-run")
     with pytest.raises(UserError, match=r"repository 'me/dpo-run' failed: .*offline mode is enabled"):
-        finish_run_outputs(run_dir, script_args, {**training, "push_to_hub": True, "hub_model_id": "me/dpo-run"},
-                           model_args, None)
+        finish_run_outputs(run_dir, script_args, asked, model_args, None)
 
 
 @pytest.mark.slow

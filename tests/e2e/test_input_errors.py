@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.helpers import GOOD_PAIR, REPO, jsonl, run
-from dpo_recipes.smoke import free_port
+from dpo_recipes.launchers import free_port
 
 DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
 GOOD = json.dumps(GOOD_PAIR) + "\n"

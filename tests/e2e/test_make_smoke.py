@@ -12,7 +12,8 @@ import pytest
 
 from tests.helpers import run
 from tests.test_recipes import GPU_RECIPES, RECIPES, config, launcher
-from dpo_recipes.smoke import SMOKE_MAX_PROCESSES, SMOKE_STEPS, deepspeed_json
+from dpo_recipes.launchers import CPU_MAX_PROCESSES, deepspeed_json
+from dpo_recipes.smoke import SMOKE_STEPS
 
 
 @pytest.mark.slow
@@ -47,7 +48,7 @@ def test_smoke(recipe, tmp_path):
 
     # It ran through the recipe's own launcher: process count, DeepSpeed stage, offload, precision, as the ranks saw it.
     assert launch["device"] == "cpu"
-    assert launch["num_processes"] == min(int(wanted["num_processes"]), SMOKE_MAX_PROCESSES)
+    assert launch["num_processes"] == min(int(wanted["num_processes"]), CPU_MAX_PROCESSES)
     assert launch["distributed_type"] == {"NO": "NO", "MULTI_GPU": "MULTI_CPU"}.get(wanted["distributed_type"],
                                                                                      wanted["distributed_type"])
     assert launch["zero_stage"] == (ds["zero_optimization"]["stage"] if ds else None)

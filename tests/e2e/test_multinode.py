@@ -11,15 +11,9 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.helpers import REPO
-from dpo_recipes.smoke import (
-    SMOKE_STEPS,
-    check_result,
-    cpu_launcher_config,
-    free_port,
-    read_yaml,
-    smoke_overrides,
-    write_smoke_data,
-)
+from dpo_recipes.cli import read_yaml
+from dpo_recipes.launchers import cpu_launcher_config, free_port
+from dpo_recipes.smoke import SMOKE_STEPS, check_result, smoke_overrides, write_smoke_data
 
 RECIPE = REPO / "recipes" / "qwen2.5-7b-full-zero3"  # a full fine-tune: the result is the consolidated model
 

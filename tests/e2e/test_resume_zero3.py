@@ -12,7 +12,9 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.helpers import REPO
-from dpo_recipes.smoke import cpu_launcher_config, read_yaml, smoke_overrides, write_smoke_data
+from dpo_recipes.cli import read_yaml
+from dpo_recipes.launchers import cpu_launcher_config
+from dpo_recipes.smoke import smoke_overrides, write_smoke_data
 
 pytestmark = pytest.mark.slow
 RECIPE = REPO / "recipes" / "llama3-lora-zero3"
