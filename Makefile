@@ -115,7 +115,7 @@ test: install
 test-fast: install
 	$(PY) -m pytest tests -m "not slow"
 
-# Benchmarks (docs in README "Performance"); results are committed under bench/results/.
+# Benchmarks (docs/performance.md, docs/benchmarks.md); results are committed under bench/results/.
 bench: install
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_training.py

@@ -3,7 +3,7 @@
 The benchmark trains every variant with the same seeds (the same flipped pairs, the same batches), so the fair
 question is per seed: how much better or worse than DPO on the same noisy data? For each variant, rate and metric
 this gives the mean of the per-seed differences (variant - DPO), its 95% t interval (n - 1 degrees of freedom) and
-how many seeds go each way. A difference is stated in the README only when its interval excludes 0.
+how many seeds go each way. A difference is stated in docs/benchmarks.md only when its interval excludes 0.
 
     python bench/noise_paired.py     # reads bench/results/noise.json, writes bench/results/noise_paired.{json,md}
 """

@@ -1,5 +1,6 @@
-"""The README's label-noise statements come from the committed results: the paired per-seed comparisons
-(bench/noise_paired.py) recomputed from bench/results/noise.json, and each figure the README quotes among them."""
+"""The label-noise statements of docs/benchmarks.md come from the committed results: the paired per-seed comparisons
+(bench/noise_paired.py) recomputed from bench/results/noise.json, and each figure the page quotes among them; the
+scaling statements of docs/performance.md from bench/results/training.json."""
 
 import importlib.util
 import json
@@ -11,7 +12,8 @@ noise_paired = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(noise_paired)
 
 NOISE = json.loads((REPO / "bench/results/noise.json").read_text())
-README = " ".join((REPO / "README.md").read_text().split())
+BENCHMARKS = " ".join((REPO / "docs/benchmarks.md").read_text().split())
+PERFORMANCE = " ".join((REPO / "docs/performance.md").read_text().split())
 
 
 def ci(variant, rate, metric):
@@ -27,22 +29,22 @@ def test_committed_paired_table_is_recomputed_from_noise_json():
                 assert cell == noise_paired.paired(NOISE["runs"], variant, float(rate), metric)
 
 
-def test_readme_accuracy_claims_at_40_percent():
+def test_benchmarks_page_accuracy_claims_at_40_percent():
     cdpo, text = ci("cdpo@true", 0.4, "accuracy")
-    assert cdpo["excludes_zero"] and cdpo["lower"] == 3 and text in README
+    assert cdpo["excludes_zero"] and cdpo["lower"] == 3 and text in BENCHMARKS
     for variant in ("rdpo@true", "madpo", "ipo", "cdpo@0.1", "rdpo@0.1"):  # "no difference that 3 seeds resolve"
         cell, text = ci(variant, 0.4, "accuracy")
         assert not cell["excludes_zero"], variant
     for variant in ("rdpo@true", "madpo", "ipo"):
-        assert ci(variant, 0.4, "accuracy")[1] in README
+        assert ci(variant, 0.4, "accuracy")[1] in BENCHMARKS
 
 
-def test_readme_calibration_claims():
+def test_benchmarks_page_calibration_claims():
     for variant in ("rdpo@true", "madpo", "ipo"):
         for rate in (0.1, 0.2, 0.3):
             cell, _ = ci(variant, rate, "brier")
             assert cell["excludes_zero"] and cell["lower"] == 3, (variant, rate)
-        assert f"{ci(variant, 0.3, 'brier')[0]['mean']:.3f}" in README
+        assert f"{ci(variant, 0.3, 'brier')[0]['mean']:.3f}" in BENCHMARKS
         assert not ci(variant, 0.4, "brier")[0]["excludes_zero"]
     at_40 = {v: NOISE["summary"][v]["0.4"] for v in NOISE["meta"]["variants"]}
     assert min(at_40, key=lambda v: at_40[v]["ece"]["mean"]) == "cdpo@true"
@@ -52,11 +54,11 @@ def test_readme_calibration_claims():
             assert m["mean_p_chosen"]["mean"] < m["accuracy"]["mean"]
 
 
-def test_readme_scaling_claims_come_from_training_json():
+def test_performance_page_scaling_claims_come_from_training_json():
     scaling = json.loads((REPO / "bench/results/training.json").read_text())["scaling"]
     two, eight = scaling["len512_bs2"], scaling["len512_bs8"]
     total = two["tokens_per_second"] / eight["tokens_per_second"]
     padding = two["real_token_fraction"] / eight["real_token_fraction"]
-    assert f"by {total:.2f}x" in README and f"Padding explains {padding:.2f}x" in README
-    assert f"the other {total / padding:.2f}x" in README
-    assert f"from {two['real_token_fraction']:.3f} to {eight['real_token_fraction']:.3f}" in README
+    assert f"by {total:.2f}x" in PERFORMANCE and f"Padding explains {padding:.2f}x" in PERFORMANCE
+    assert f"the other {total / padding:.2f}x" in PERFORMANCE
+    assert f"from {two['real_token_fraction']:.3f} to {eight['real_token_fraction']:.3f}" in PERFORMANCE
