@@ -61,52 +61,52 @@ check-variant:
 	@test -z "$(VARIANT)" || test -n "$(VARIANT_FILES)" || { echo "error: recipe $(RECIPE) has no VARIANT '$(VARIANT)'; variants: $$(ls variants $(RECIPE_DIR)/variants 2>/dev/null | grep '\.yaml$$' | sed 's/\.yaml//' | sort -u | tr '\n' ' ')" >&2; exit 2; }
 
 # A GPU recipe on a machine without the GPUs stops here with one line (pointing to `make smoke`), not deep inside.
-# dpo_recipes.launch is `accelerate launch` after a pre-flight (config and data checked in one plain process), and
+# dpo_recipes.commands.launch is `accelerate launch` after a pre-flight (config and data checked in one plain process), and
 # it exits with the training processes' code instead of raising the launcher's traceback (docs/launching.md).
 train: install check-recipe check-variant
-	@$(PY) -m dpo_recipes.smoke check-device $(ACCELERATE_CONFIG) --recipe $(RECIPE) $(LAUNCH_ARGS)
-	$(PY) -m dpo_recipes.launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_ARGS) \
+	@$(PY) -m dpo_recipes.commands.smoke check-device $(ACCELERATE_CONFIG) --recipe $(RECIPE) $(LAUNCH_ARGS)
+	$(PY) -m dpo_recipes.commands.launch --config_file $(ACCELERATE_CONFIG) $(LAUNCH_ARGS) \
 		$(RECIPE_DIR)/train.py $(CONFIG_ARGS) $(ARGS)
 
 # The recipe through its own launcher on CPU: tiny model of its family, bundled data, 3 steps, result reloaded.
 smoke: install check-recipe check-variant
-	$(PY) -m dpo_recipes.smoke run $(RECIPE_DIR) --out $(SMOKE_OUT) $(if $(VARIANT),--variant $(VARIANT))
+	$(PY) -m dpo_recipes.commands.smoke run $(RECIPE_DIR) --out $(SMOKE_OUT) $(if $(VARIANT),--variant $(VARIANT))
 
 new-recipe: install
 	$(PY) scripts/new_recipe.py "$(NAME)" "$(FROM)" "$(OWN)"
 
 # The data audit alone: the recipe's data through its tokenizer, written to output_dir/data_audit.json.
 audit: install check-recipe
-	$(PY) -m dpo_recipes.audit --config $(RECIPE_DIR)/config.yaml $(ARGS)
+	$(PY) -m dpo_recipes.report.audit --config $(RECIPE_DIR)/config.yaml $(ARGS)
 
 # After a run (docs/evaluation.md): the evaluation report again (other settings, a judge), plots, a merged export.
 check-run:
 	@test -n "$(RUN)" || { echo "error: set RUN=<run folder> (a training run's output_dir)" >&2; exit 2; }
 
 eval: install check-run
-	$(PY) -m dpo_recipes.evaluate $(RUN) $(ARGS)
+	$(PY) -m dpo_recipes.commands.evaluate $(RUN) $(ARGS)
 
 plots: install check-run
-	$(PY) -m dpo_recipes.reporting plots $(RUN)
+	$(PY) -m dpo_recipes.report.run_record plots $(RUN)
 
 merge: install check-run
 	@test -n "$(OUT)" || { echo "error: make merge needs OUT=<new folder for the merged model>" >&2; exit 2; }
-	$(PY) -m dpo_recipes.merge $(RUN) $(OUT) $(ARGS)
+	$(PY) -m dpo_recipes.commands.merge $(RUN) $(OUT) $(ARGS)
 
 # One GGUF file for llama.cpp / ollama (docs/export.md): a LoRA run merged as `make merge` does, or a full fine-tune.
 export: install check-run
 	@test -n "$(OUT)" || { echo "error: make export needs OUT=<new file.gguf>" >&2; exit 2; }
-	$(PY) -m dpo_recipes.gguf_export $(RUN) $(OUT) $(ARGS)
+	$(PY) -m dpo_recipes.commands.gguf_export $(RUN) $(OUT) $(ARGS)
 
 # Before a run: predicted memory per GPU (GPUS / GPU_MEM override the launcher's processes and 24/40/80 GiB).
 estimate: install
-	@$(PY) -m dpo_recipes.estimate $(RECIPE) $(if $(GPUS),--gpus $(GPUS)) $(if $(GPU_MEM),--gpu_mem $(GPU_MEM)) \
+	@$(PY) -m dpo_recipes.commands.estimate $(RECIPE) $(if $(GPUS),--gpus $(GPUS)) $(if $(GPU_MEM),--gpu_mem $(GPU_MEM)) \
 		$(if $(VARIANT),--variant $(VARIANT))
 
 # An alignment-handbook / TRL 0.x DPO config in this project's keys, every change explained (docs/migrating.md).
 migrate: install
 	@test -n "$(CONFIG)" || { echo "error: make migrate needs CONFIG=<old config.yaml> [OUT=<new config.yaml>]" >&2; exit 2; }
-	$(PY) -m dpo_recipes.migrate $(CONFIG) $(if $(OUT),-o $(OUT)) $(ARGS)
+	$(PY) -m dpo_recipes.commands.migrate $(CONFIG) $(if $(OUT),-o $(OUT)) $(ARGS)
 
 test: install
 	$(PY) -m pytest tests

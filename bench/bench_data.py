@@ -29,13 +29,13 @@ sys.path.insert(0, str(HERE.parent))
 import datasets  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from dpo_recipes.config import ScriptArguments  # noqa: E402
-from dpo_recipes.data import add_token_lengths, load_preference_data  # noqa: E402
-from dpo_recipes.data_files import read_source  # noqa: E402
-from dpo_recipes.data_formats import normalise  # noqa: E402
-from dpo_recipes.data_sources import Source  # noqa: E402
-from dpo_recipes.reporting import installed_versions  # noqa: E402
-from dpo_recipes.tiny import build_tiny  # noqa: E402
+from dpo_recipes.train.config import ScriptArguments  # noqa: E402
+from dpo_recipes.data.preparation import add_token_lengths, load_preference_data  # noqa: E402
+from dpo_recipes.data.files import read_source  # noqa: E402
+from dpo_recipes.data.formats import normalise  # noqa: E402
+from dpo_recipes.data.sources import Source  # noqa: E402
+from dpo_recipes.report.run_record import installed_versions  # noqa: E402
+from dpo_recipes.models.tiny import build_tiny  # noqa: E402
 
 TOPICS = ["the moon", "rivers", "bread", "chess", "volcanoes", "trains", "bees", "glass", "maps", "tea"]
 

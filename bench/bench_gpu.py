@@ -4,7 +4,7 @@ initialised weights of the real architecture (no download, no licence needed).
     python bench/bench_gpu.py [--recipes llama3-qlora qwen2.5-0.5b] [--steps 10]   # writes bench/results/gpu.json
     python bench/bench_gpu.py --cpu-check --steps 1 --warmup 1    # the same path on CPU with tiny models (tests)
 
-For each recipe it writes a random model of the recipe's architecture (dpo_recipes.estimate's table) in bf16 to
+For each recipe it writes a random model of the recipe's architecture (dpo_recipes.commands.estimate's table) in bf16 to
 bench/tmp, then trains through the recipe's own config (QLoRA loads it in 4-bit as the recipe does) on
 length-skewed synthetic pairs (bench_training.skewed_pairs at full length, the recipes' max_length of 1024), with the
 tiny tokenizer of the recipe's family (token ids stay below its 1,024 entries; the model's full vocabulary is still
@@ -42,8 +42,8 @@ def random_model(recipe: str) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from dpo_recipes.cli import read_yaml
-    from dpo_recipes.estimate import ALIASES, BUILTIN
-    from dpo_recipes.tiny import FAMILIES, build_tokenizer
+    from dpo_recipes.commands.estimate import ALIASES, BUILTIN
+    from dpo_recipes.models.tiny import FAMILIES, build_tokenizer
 
     config = read_yaml(REPO / "recipes" / recipe / "config.yaml")
     name = config["model_name_or_path"]
@@ -86,10 +86,10 @@ def measure(recipe: str, steps: int, warmup: int, layout: str, cpu_check: bool =
 
     from bench_training import skewed_pairs
     from dpo_recipes.cli import read_yaml
-    from dpo_recipes.config import parse_config
-    from dpo_recipes.modeling import load_model, load_tokenizer
-    from dpo_recipes.tiny import build_tiny
-    from dpo_recipes.trainer import PreferenceTrainer
+    from dpo_recipes.train.config import parse_config
+    from dpo_recipes.models.loading import load_model, load_tokenizer
+    from dpo_recipes.models.tiny import build_tiny
+    from dpo_recipes.train.trainer import PreferenceTrainer
 
     cuda = not cpu_check
     if cpu_check:  # the recipe's family at the tiny size: checks this script's path, measures nothing worth quoting

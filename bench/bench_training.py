@@ -65,7 +65,7 @@ def hh_pairs(n: int, seed: int = 0) -> list[dict]:
     the last reply) is most of each sequence."""
     import gzip
 
-    from dpo_recipes.data_formats import Defect, normalise_pair
+    from dpo_recipes.data.formats import Defect, normalise_pair
 
     pairs = []
     with gzip.open(REPO / "data/hh-rlhf/harmless-base-test.jsonl.gz", "rt") as f:
@@ -81,8 +81,8 @@ def hh_pairs(n: int, seed: int = 0) -> list[dict]:
 def bench_model(config: dict) -> tuple[str, str]:
     """The model a measurement trains and the recipe config it starts from: SmolLM2-135M-Instruct with
     recipes/smollm2-135m (its LoRA), or the bench's 32.5M random Llama with recipes/demo-cpu."""
-    from dpo_recipes.pretrained import materialise
-    from dpo_recipes.tiny import build_tiny
+    from dpo_recipes.models.pretrained import materialise
+    from dpo_recipes.models.tiny import build_tiny
 
     if config.get("model") == "smollm2-135m-instruct":
         return str(materialise(config["model"])), str(REPO / "recipes/smollm2-135m/config.yaml")
@@ -98,10 +98,10 @@ def measure(config: dict) -> dict:
     from transformers import TrainerCallback
     from trl import DPOTrainer
 
-    from dpo_recipes.config import parse_config
-    from dpo_recipes.modeling import load_model, load_tokenizer
-    from dpo_recipes.threads import use_threads
-    from dpo_recipes.trainer import PreferenceTrainer
+    from dpo_recipes.train.config import parse_config
+    from dpo_recipes.models.loading import load_model, load_tokenizer
+    from dpo_recipes.train.threads import use_threads
+    from dpo_recipes.train.trainer import PreferenceTrainer
 
     use_threads()
     model_dir, recipe = bench_model(config)
@@ -171,10 +171,10 @@ def measure_layouts(config: dict) -> dict:
     import torch
     from datasets import Dataset
 
-    from dpo_recipes.config import parse_config
-    from dpo_recipes.modeling import load_model, load_tokenizer
-    from dpo_recipes.threads import use_threads
-    from dpo_recipes.trainer import PreferenceTrainer
+    from dpo_recipes.train.config import parse_config
+    from dpo_recipes.models.loading import load_model, load_tokenizer
+    from dpo_recipes.train.threads import use_threads
+    from dpo_recipes.train.trainer import PreferenceTrainer
 
     use_threads()
     model_dir, config_file = bench_model(config)
@@ -281,18 +281,18 @@ def step_flops(model, batch) -> dict:
 
 def measure_speed(config: dict) -> dict:
     """In one process: the machine's matmul peak (fp32, bf16); recipes/smollm2-135m's training step on HH pairs in
-    fp32 and in bf16 (dpo_recipes/precision.py), the two alternating batch by batch; the achieved FLOP/s; a
+    fp32 and in bf16 (dpo_recipes/models/precision.py), the two alternating batch by batch; the achieved FLOP/s; a
     torch.profiler table of one bf16 step; batched against one-prompt-at-a-time greedy generation."""
     import torch
     from datasets import Dataset
     from torch.profiler import ProfilerActivity, profile
 
-    from dpo_recipes.config import parse_config
-    from dpo_recipes.generation import generate
-    from dpo_recipes.modeling import load_model, load_tokenizer
-    from dpo_recipes.threads import use_threads
-    from dpo_recipes.tokenization import generation_prompt_ids
-    from dpo_recipes.trainer import PreferenceTrainer
+    from dpo_recipes.train.config import parse_config
+    from dpo_recipes.report.generation import generate
+    from dpo_recipes.models.loading import load_model, load_tokenizer
+    from dpo_recipes.train.threads import use_threads
+    from dpo_recipes.data.tokenization import generation_prompt_ids
+    from dpo_recipes.train.trainer import PreferenceTrainer
 
     threads = use_threads()
     result = {"threads": threads, "matmul": {"shape": list(MATMUL_SHAPE)}}
@@ -415,7 +415,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*",
                         help="overhead padding_free prefix_sharing prefix_sharing_real ref_cache scaling speed")
     a = parser.parse_args()
-    from dpo_recipes.threads import threads_per_process  # torch: not needed for --help
+    from dpo_recipes.train.threads import threads_per_process  # torch: not needed for --help
 
     if a.one:
         config = json.loads(a.one)

@@ -80,9 +80,9 @@ def config_args(data_dir: Path, out: Path, steps: int, seed: int, extra: list[st
 
 
 def train_reward_model(data_dir: Path, seed: int, steps: int) -> Path:
-    """MADPO step one: a reward model on the same noisy pairs (RewardTrainer through dpo_recipes.reward_model)."""
-    from dpo_recipes.config import parse_config
-    from dpo_recipes.reward_model import reward_config, train_reward_model as train
+    """MADPO step one: a reward model on the same noisy pairs (RewardTrainer through dpo_recipes.commands.reward_model)."""
+    from dpo_recipes.train.config import parse_config
+    from dpo_recipes.commands.reward_model import reward_config, train_reward_model as train
 
     out = WORK / f"reward-model-{data_dir.name}"  # beside the data folder: a dataset folder must hold only data
     if (out / "model.safetensors").is_file():
@@ -98,7 +98,7 @@ def held_out_margins(trainer) -> list[float]:
     """h = chosen log-ratio - rejected log-ratio for every held-out pair, in order."""
     import torch
 
-    from dpo_recipes.packing import MODEL_INPUTS
+    from dpo_recipes.train.packing import MODEL_INPUTS
 
     margins = []
     trainer.model.eval()
@@ -135,11 +135,11 @@ def calibration(margins: list[float], beta: float) -> dict:
 
 
 def train_variant(data_dir: Path, variant: str, rate: float, seed: int, steps: int, reward_model: Path | None):
-    from dpo_recipes.config import parse_config
-    from dpo_recipes.data import load_preference_splits
-    from dpo_recipes.margins import add_reward_margins
-    from dpo_recipes.modeling import load_model, load_tokenizer, resolve_model_path
-    from dpo_recipes.trainer import PreferenceTrainer
+    from dpo_recipes.train.config import parse_config
+    from dpo_recipes.data.preparation import load_preference_splits
+    from dpo_recipes.train.margins import add_reward_margins
+    from dpo_recipes.models.loading import load_model, load_tokenizer, resolve_model_path
+    from dpo_recipes.train.trainer import PreferenceTrainer
 
     extra = variant_args(variant, rate)
     if variant == "madpo":
@@ -229,7 +229,7 @@ def run_all(calls: list[tuple], jobs: int) -> list:
     in order."""
     if jobs == 1:
         return [fn(*args) for fn, *args in calls]
-    from dpo_recipes.threads import set_child_threads  # torch: only where workers start
+    from dpo_recipes.train.threads import set_child_threads  # torch: only where workers start
 
     set_child_threads(jobs)  # the workers split the cores (or take OMP_NUM_THREADS)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

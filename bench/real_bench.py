@@ -13,7 +13,7 @@ selection file of the same split, and writes each cell's test result once: a cel
 evaluated again (a new protocol needs a new --out). Per cell, on the test pairs: reward accuracy, the length-balanced
 accuracy (the mean of the accuracies where the chosen reply is shorter and where it is not), the margin, and the KL to
 the reference (k3, sampled completions). Beside them, the baseline "the shorter reply wins" on the same pairs.
-Intervals come from dpo_recipes/stats.py with the seed as the unit. A win-rate is given only when the judge's own
+Intervals come from dpo_recipes/report/statistics.py with the seed as the unit. A win-rate is given only when the judge's own
 accuracy on the validation split has a 95% interval above 0.5; the judge is a reward model trained with another seed
 than the one that sets MADPO's margins, so MADPO is never judged by its own reward model.
 """
@@ -63,8 +63,8 @@ def recipe_args(plan: dict, *extra: str) -> list[str]:
     args = ["--config", str(RECIPE / "config.yaml"), "--report_to", "none", "--eval_strategy", "no",
             "--eval_report", "false", "--dataset_num_proc", "1", *plan["batch"]]
     if plan["tiny"]:
-        from dpo_recipes.pretrained import CACHE_DIR
-        from dpo_recipes.tiny import build_tiny
+        from dpo_recipes.models.pretrained import CACHE_DIR
+        from dpo_recipes.models.tiny import build_tiny
 
         args += ["--model_name_or_path", str(build_tiny("llama", CACHE_DIR / "tiny-llama"))]
     return [*args, *extra]
@@ -103,9 +103,9 @@ def conversation_split(rows: list[dict]) -> dict[str, list[dict]]:
 def write_split(work: Path, plan: dict) -> Path:
     """The recipe's data audit (its tokenizer and max_length) once, then the clean pairs split by conversation into
     train / validation / test files (capped at plan["max_pairs"], first rows of each part)."""
-    from dpo_recipes.config import parse_config
-    from dpo_recipes.data import load_preference_data
-    from dpo_recipes.modeling import load_tokenizer, resolve_model_path
+    from dpo_recipes.train.config import parse_config
+    from dpo_recipes.data.preparation import load_preference_data
+    from dpo_recipes.models.loading import load_tokenizer, resolve_model_path
 
     folder = work / "data"
     if (work / "split.json").is_file():
@@ -151,7 +151,7 @@ def length_baseline(rows) -> tuple[list[float], list[str]]:
 
 
 def balanced_accuracy_of(correct: list[float], groups: list[str]) -> float:
-    from dpo_recipes.stats import balanced_mean
+    from dpo_recipes.report.statistics import balanced_mean
 
     return balanced_mean(correct, groups)
 
@@ -166,8 +166,8 @@ def train_reward_model(work: Path, plan: dict, data: Path, seed: int) -> tuple[P
     import torch
     from datasets import load_dataset
 
-    from dpo_recipes.margins import load_reward_model, score_pairs
-    from dpo_recipes.reward_model import main as reward_main
+    from dpo_recipes.train.margins import load_reward_model, score_pairs
+    from dpo_recipes.commands.reward_model import main as reward_main
 
     out = work / f"reward-model-seed{seed}"
     if not (out / "model.safetensors").is_file():
@@ -184,7 +184,7 @@ def write_madpo_margins(data: Path, reward_model: Path) -> Path:
     import torch
     from datasets import load_dataset
 
-    from dpo_recipes.margins import load_reward_model, score_pairs
+    from dpo_recipes.train.margins import load_reward_model, score_pairs
 
     folder = data.parent / f"data-margins-{reward_model.name}"
     if (folder / "train.jsonl").is_file():
@@ -207,14 +207,14 @@ def train_and_evaluate(plan: dict, variant: str, seed: int, lr: float, steps: in
     import torch
     from datasets import load_dataset
 
-    from dpo_recipes.config import parse_config
-    from dpo_recipes.data import load_preference_splits
-    from dpo_recipes.evaluation import ReportSettings, pair_logps, unique_prompts
-    from dpo_recipes.generation import completion_token_logps, generate, kl_estimates
-    from dpo_recipes.margins import add_reward_margins
-    from dpo_recipes.modeling import load_model, load_tokenizer, resolve_model_path
-    from dpo_recipes.tokenization import generation_prompt_ids, tokenize_pair
-    from dpo_recipes.trainer import PreferenceTrainer
+    from dpo_recipes.train.config import parse_config
+    from dpo_recipes.data.preparation import load_preference_splits
+    from dpo_recipes.report.evaluation import ReportSettings, pair_logps, unique_prompts
+    from dpo_recipes.report.generation import completion_token_logps, generate, kl_estimates
+    from dpo_recipes.train.margins import add_reward_margins
+    from dpo_recipes.models.loading import load_model, load_tokenizer, resolve_model_path
+    from dpo_recipes.data.tokenization import generation_prompt_ids, tokenize_pair
+    from dpo_recipes.train.trainer import PreferenceTrainer
 
     started = time.time()
     script, training, model_args = parse_config(recipe_args(
@@ -256,7 +256,7 @@ def train_and_evaluate(plan: dict, variant: str, seed: int, lr: float, steps: in
             "prompts": [r["prompt"] for r in prompts], "replies": [decode(g) for g in greedy],
             "reference_replies": [decode(g) for g in greedy_ref]}
     if judge is not None:
-        from dpo_recipes.judge import judge_scores, load_judge
+        from dpo_recipes.report.judge import judge_scores, load_judge
 
         model_j, tok_j = load_judge(str(judge), torch.device("cpu"))
         cell["judge_scores"] = {"policy": judge_scores(model_j, tok_j, cell["prompts"], cell["replies"]),
@@ -266,14 +266,14 @@ def train_and_evaluate(plan: dict, variant: str, seed: int, lr: float, steps: in
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Summary: seeds as units (dpo_recipes/stats.py)
+# Summary: seeds as units (dpo_recipes/report/statistics.py)
 
 
 def summarise(cells: list[dict], baseline: list[float], groups: list[str], judge_ok: bool) -> dict:
     """Per variant over its seeds: accuracy, length-balanced accuracy, accuracy minus the length baseline (t over
     seeds, and a hierarchical bootstrap over seeds and pairs), margin, KL, chosen log-prob change; against DPO the
     per-seed differences (paired t); the win-rate over the reference clustered by prompt, only if judge_ok."""
-    from dpo_recipes.stats import (balanced_mean, clustered_win_rate, hierarchical_bootstrap, paired_t_interval,
+    from dpo_recipes.report.statistics import (balanced_mean, clustered_win_rate, hierarchical_bootstrap, paired_t_interval,
                                    t_interval)
 
     by_variant: dict[str, list[dict]] = {}
@@ -350,7 +350,7 @@ def markdown(result: dict) -> str:
 
 
 def judge_summary(outcomes: list[int]) -> dict:
-    from dpo_recipes.stats import wilson_interval
+    from dpo_recipes.report.statistics import wilson_interval
 
     low, high = wilson_interval(sum(outcomes), len(outcomes))
     return {"pairs": len(outcomes), "accuracy": sum(outcomes) / len(outcomes), "low": low, "high": high,

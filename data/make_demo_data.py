@@ -3,7 +3,7 @@
 Deterministic (seeded). Each pair asks one factual question, and both replies state the correct fact: they differ
 only in style. The chosen reply is direct: one sentence that names the subject and gives the answer, then one short
 supporting sentence. The rejected reply gives the same fact hedged and rambling ("I think it might be ..., but don't
-quote me"). The rule that tells the two apart is `in_chosen_style` in dpo_recipes/probes.py; every chosen reply
+quote me"). The rule that tells the two apart is `in_chosen_style` in dpo_recipes/report/probes.py; every chosen reply
 passes it and every rejected reply fails it (checked here and in tests/test_demo_data.py).
 
 Held out: 10 subjects, and whole templates (3 of the 9 questions, 1 of the 3 chosen and 4 of the 11 rejected
@@ -17,7 +17,7 @@ import json
 import random
 from pathlib import Path
 
-from dpo_recipes.probes import in_chosen_style
+from dpo_recipes.report.probes import in_chosen_style
 
 # subject -> (answer, one short supporting sentence)
 SUBJECTS = {

@@ -1,8 +1,9 @@
-"""dpo-recipes: the shared package every recipe imports. One module per concern:
+"""dpo-recipes: the shared package every recipe imports, in wings by the stage of a run:
 
-config (YAML + CLI, validation), data (loading, formats, audit), modeling (model, tokenizer, adapters),
-losses (the DPO variants), trainer (DPOTrainer with our losses), reporting (manifest, metrics, plots), run (the
-training path in order), tiny (tiny local models for the demo and tests).
+    data/ -> models/ -> train/ -> report/, and commands/ on top (what make and python -m run)
+
+The bottom (errors, names, renames, cli) stays here, at the package root. The package imports one way: data never
+imports train, train never imports report, nothing imports commands (tests/test_package_layers.py checks it).
 """
 
 import logging

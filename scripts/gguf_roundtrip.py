@@ -3,7 +3,7 @@
     python scripts/gguf_roundtrip.py RUN WORK_DIR OUT.json [--prompts 4] [--max_new_tokens 24]
 
 WORK_DIR receives the .gguf files (they are large; keep it out of git). The record holds, per type, the file size,
-the tensor types written and what dpo_recipes/gguf_check.py measured: tokenizer agreement, the largest |logit
+the tensor types written and what dpo_recipes/commands/gguf_check.py measured: tokenizer agreement, the largest |logit
 difference| to the run's adapter applied by PEFT and to PEFT's merge, greedy replies to held-out demo prompts; and
 the float32 rounding of the reference itself (its distance to the same adapter model in float64).
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from dpo_recipes.gguf_check import chat_ids, check_export, demo_rows, largest_diff, reference_model, summary
-from dpo_recipes.gguf_export import OUTTYPES, export
-from dpo_recipes.merge import adapter_model
-from dpo_recipes.reporting import write_json
+from dpo_recipes.commands.gguf_check import chat_ids, check_export, demo_rows, largest_diff, reference_model, summary
+from dpo_recipes.commands.gguf_export import OUTTYPES, export
+from dpo_recipes.commands.merge import adapter_model
+from dpo_recipes.report.run_record import write_json
 
 
 @torch.no_grad()

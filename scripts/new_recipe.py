@@ -6,7 +6,7 @@ relative link to the same launcher config). What names the old recipe is renamed
 the old recipe in the README and in the configs' comments (make commands, recipes/<old>/, outputs/<old>...). Nothing
 existing is overwritten.
 
-With OWN=1 the new recipe's train.py is the whole training path, dpo_recipes/run.py, as a script of its own: it reads
+With OWN=1 the new recipe's train.py is the whole training path, dpo_recipes/commands/train.py, as a script of its own: it reads
 top to bottom and builds the trainer where you can see it, for when the loop itself must change. Without it the copy
 is config-only and follows the package's training path.
 """
@@ -63,13 +63,13 @@ def rename_comments(text: str, old: str, new: str) -> tuple[str, int]:
 
 
 def own_script(run_py: Path, name: str, source: str) -> str:
-    """dpo_recipes/run.py as a recipe's own train.py: its own docstring, package-absolute imports, a __main__ block."""
+    """dpo_recipes/commands/train.py as a recipe's own train.py: its own docstring, package-absolute imports, a __main__ block."""
     text = run_py.read_text()
     docstring_end = text.index('"""', 3) + 3
     steps = next(line for line in text[:docstring_end].splitlines() if " -> " in line)  # run.py's order of steps
     header = (f'"""Recipe {name}\'s own training script, made by `make new-recipe NAME={name} FROM={source} OWN=1`\n'
-              "from the package's training path (dpo_recipes/run.py) as it was then. It is this recipe's to change:\n"
-              "later changes to dpo_recipes/run.py do not reach it, while the modules it imports are still the\n"
+              "from the package's training path (dpo_recipes/commands/train.py) as it was then. It is this recipe's to change:\n"
+              "later changes to dpo_recipes/commands/train.py do not reach it, while the modules it imports are still the\n"
               "package's. Its steps, top to bottom:\n\n"
               f"{steps}\n\n"
               f"Run it as every recipe: `make train RECIPE={name}` (`make smoke RECIPE={name}` on CPU), or\n"
@@ -108,8 +108,8 @@ def copy_recipe(recipes: Path, name: str, source: str, own: bool = False) -> lis
         readme.write_text("".join(lines))
         changes.append(f"{readme.relative_to(recipes.parent)}: title and {count} mention(s) of {source} -> {name}")
     if own:
-        (dst / "train.py").write_text(own_script(recipes.parent / "dpo_recipes" / "run.py", name, source))
-        changes.append(f"{(dst / 'train.py').relative_to(recipes.parent)}: the training path of dpo_recipes/run.py, "
+        (dst / "train.py").write_text(own_script(recipes.parent / "dpo_recipes" / "commands" / "train.py", name, source))
+        changes.append(f"{(dst / 'train.py').relative_to(recipes.parent)}: the training path of dpo_recipes/commands/train.py, "
                        "yours to change")
     link = dst / "accelerate.yaml"
     if link.is_symlink() and not link.exists():  # a relative link from another depth: point it at the same file

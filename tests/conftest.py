@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
-    from dpo_recipes.tiny import build_tiny
+    from dpo_recipes.models.tiny import build_tiny
 
     return build_tiny("llama", tmp_path_factory.mktemp("tiny-llama"))
 

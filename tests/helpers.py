@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dpo_recipes.config import ScriptArguments
-from dpo_recipes.data import load_preference_data
+from dpo_recipes.train.config import ScriptArguments
+from dpo_recipes.data.preparation import load_preference_data
 from dpo_recipes.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent

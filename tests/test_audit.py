@@ -1,4 +1,4 @@
-"""The audit (dpo_recipes/audit.py) on crafted data with known defects (exact counts), its token statistics checked
+"""The audit (dpo_recipes/report/audit.py) on crafted data with known defects (exact counts), its token statistics checked
 against TRL's own tokenization, and the chat-template rules. `make audit` itself: tests/e2e/test_make_audit.py."""
 
 import json
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO
-from dpo_recipes.audit import AUDIT_FILE, build_report, write_audit
-from dpo_recipes.config import parse_config
-from dpo_recipes.data import load_preference_data
+from dpo_recipes.report.audit import AUDIT_FILE, build_report, write_audit
+from dpo_recipes.train.config import parse_config
+from dpo_recipes.data.preparation import load_preference_data
 from dpo_recipes.errors import UserError
 
 DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
@@ -72,7 +72,7 @@ def configure(path, out, *extra):
 
 
 def prepare(script_args, training_args, tokenizer):
-    """The data as a training run prepares it (dpo_recipes/run.py) with the run's tokenizer and settings."""
+    """The data as a training run prepares it (dpo_recipes/commands/train.py) with the run's tokenizer and settings."""
     return load_preference_data(script_args, seed=training_args.seed, tokenizer=tokenizer,
                                 max_length=training_args.max_length, truncation_mode=training_args.truncation_mode,
                                 num_proc=training_args.dataset_num_proc)
@@ -159,7 +159,7 @@ def test_trl_would_silently_drop_exactly_the_prompts_the_audit_counts(crafted, a
 
 
 def test_audit_file_and_table(audited, crafted):
-    from dpo_recipes.audit import format_table
+    from dpo_recipes.report.audit import format_table
 
     path, _, expected = crafted
     _, _, report, _, out = audited
@@ -214,7 +214,7 @@ def test_conversational_data_without_a_chat_template_names_the_fix(tokenizer, tm
 
 
 def test_recipe_chat_template_is_the_one_applied(tiny_llama, tmp_path):
-    from dpo_recipes.modeling import load_tokenizer
+    from dpo_recipes.models.loading import load_tokenizer
 
     template = tmp_path / "plain.jinja"
     template.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
@@ -230,8 +230,8 @@ def test_recipe_chat_template_is_the_one_applied(tiny_llama, tmp_path):
 
 
 def test_held_out_pairs_seen_in_training_are_reported_not_dropped(tmp_path):
-    from dpo_recipes.audit import format_table
-    from dpo_recipes.config import ScriptArguments
+    from dpo_recipes.report.audit import format_table
+    from dpo_recipes.train.config import ScriptArguments
 
     rows = [good(i) for i in range(10)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -242,8 +242,8 @@ def test_held_out_pairs_seen_in_training_are_reported_not_dropped(tmp_path):
 
 
 def test_scores_missing_from_one_source_are_left_out_with_a_warning(tmp_path):
-    from dpo_recipes.audit import format_table
-    from dpo_recipes.config import ScriptArguments
+    from dpo_recipes.report.audit import format_table
+    from dpo_recipes.train.config import ScriptArguments
 
     scored = [{**good(i), "score_chosen": 5, "score_rejected": 1} for i in range(20)]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scored))
@@ -261,7 +261,7 @@ def test_scores_missing_from_one_source_are_left_out_with_a_warning(tmp_path):
 def test_the_audit_of_every_recipe_runs_on_a_cpu_with_a_local_tokenizer(recipe, tiny_llama, tmp_path):
     """GPU recipes (bf16, 4-bit, gated models) are audited on this CPU machine: the audit parses the config as a CPU
     run, and --tokenizer names a local tokenizer folder instead of the gated hub model."""
-    from dpo_recipes.audit import main
+    from dpo_recipes.report.audit import main
 
     report = main(["--config", str(REPO / "recipes" / recipe / "config.yaml"), "--tokenizer", str(tiny_llama),
                    "--dataset_name", "data/demo", "--dataset_train_split", "train", "--dataset_test_split", "test",
@@ -271,7 +271,7 @@ def test_the_audit_of_every_recipe_runs_on_a_cpu_with_a_local_tokenizer(recipe, 
 
 
 def test_the_audit_names_the_tokenizer_override_when_the_model_cannot_be_reached(tmp_path, capsys):
-    from dpo_recipes.audit import main
+    from dpo_recipes.report.audit import main
 
     missing = tmp_path / "no-such-model"
     with pytest.raises(SystemExit) as stop:
@@ -284,7 +284,7 @@ def test_the_audit_names_the_tokenizer_override_when_the_model_cannot_be_reached
 
 
 def test_a_tokenizer_override_that_is_not_a_folder_is_one_line(tmp_path, capsys):
-    from dpo_recipes.audit import main
+    from dpo_recipes.report.audit import main
 
     with pytest.raises(SystemExit):
         main(["--config", DEMO, "--tokenizer", str(tmp_path / "nope"), "--output_dir", str(tmp_path)])
@@ -299,7 +299,7 @@ def test_the_audit_lists_every_file_of_a_folder(tmp_path, tokenizer):
     (folder / "train-more.jsonl").write_text("".join(json.dumps(good(i)) + "\n" for i in range(10, 16)))
     script_args, training_args, _ = configure(folder, tmp_path / "out")
     report = build_report(prepare(script_args, training_args, tokenizer))
-    from dpo_recipes.audit import format_table
+    from dpo_recipes.report.audit import format_table
 
     files = {f["file"]: (f["rows_read"], f["kept"], f["dropped"]) for f in report["sources"][0]["train"]["files"]}
     # Files are read in name order (train-more.jsonl first): the later file's repeats are the duplicates.

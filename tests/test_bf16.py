@@ -10,9 +10,9 @@ from datasets import load_dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dpo_recipes.config import PreferenceConfig
-from dpo_recipes.precision import fp32_lm_head
-from dpo_recipes.trainer import PreferenceTrainer
+from dpo_recipes.train.config import PreferenceConfig
+from dpo_recipes.models.precision import fp32_lm_head
+from dpo_recipes.train.trainer import PreferenceTrainer
 from tests.helpers import REPO
 
 

@@ -1,11 +1,11 @@
-"""Configuration (dpo_recipes/config.py): YAML then command line, unknown keys and wrong types in one line, the
+"""Configuration (dpo_recipes/train/config.py): YAML then command line, unknown keys and wrong types in one line, the
 combinations that cannot work, safe defaults (no remote code unless asked, safe YAML), and settings that would only
 fail late checked up front. Through a recipe's train.py: tests/e2e/test_input_errors.py."""
 
 import pytest
 
 from tests.helpers import REPO
-from dpo_recipes.config import parse_config
+from dpo_recipes.train.config import parse_config
 from dpo_recipes.errors import UserError
 
 DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
@@ -142,7 +142,7 @@ def test_report_and_logging_settings_are_checked_before_training(argv, message):
     stop at the config, in one line. (wandb and trackio are not installed here.)"""
     import importlib.util
 
-    from dpo_recipes.config import parse_config
+    from dpo_recipes.train.config import parse_config
     from dpo_recipes.errors import UserError
 
     package = argv[1] if argv[0] == "--report_to" else None

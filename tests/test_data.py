@@ -1,4 +1,4 @@
-"""The preparation (dpo_recipes/data.py): seeded held-out sets carved from clean rows, mixtures with exact counts
+"""The preparation (dpo_recipes/data/preparation.py): seeded held-out sets carved from clean rows, mixtures with exact counts
 per source, where every training row came from, worker processes, and the stops when too few rows are left."""
 
 import json
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import GOOD_PAIR, REPO, error_of, jsonl, text_pairs, write_rows
-from dpo_recipes.config import ScriptArguments, parse_config
-from dpo_recipes.data import load_preference_data, mixture_rows
-from dpo_recipes.data_sources import Source
+from dpo_recipes.train.config import ScriptArguments, parse_config
+from dpo_recipes.data.preparation import load_preference_data, mixture_rows
+from dpo_recipes.data.sources import Source
 from dpo_recipes.errors import UserError
 
 

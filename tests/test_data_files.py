@@ -1,4 +1,4 @@
-"""Reading a source (dpo_recipes/data_files.py): every file type, gzip, directories with named splits, the hub; and
+"""Reading a source (dpo_recipes/data/files.py): every file type, gzip, directories with named splits, the hub; and
 what does not load stops with one line naming the file, the line and the field."""
 
 import gzip
@@ -6,8 +6,8 @@ import gzip
 import pytest
 
 from tests.helpers import GOOD_PAIR, error_of, jsonl, text_pairs, write_rows
-from dpo_recipes.config import ScriptArguments
-from dpo_recipes.data import load_preference_data
+from dpo_recipes.train.config import ScriptArguments
+from dpo_recipes.data.preparation import load_preference_data
 from dpo_recipes.errors import UserError
 
 

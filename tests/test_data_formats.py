@@ -1,4 +1,4 @@
-"""Normalising (dpo_recipes/data_formats.py): every input format comes out in TRL's own format, the real Anthropic HH
+"""Normalising (dpo_recipes/data/formats.py): every input format comes out in TRL's own format, the real Anthropic HH
 sample parses row for row, and a row or column that cannot be read as a pair stops with one line."""
 
 import gzip
@@ -8,9 +8,9 @@ import pytest
 from trl.data_utils import is_conversational
 
 from tests.helpers import GOOD_PAIR, REPO, error_of, jsonl
-from dpo_recipes.config import ScriptArguments
-from dpo_recipes.data import load_preference_data
-from dpo_recipes.data_formats import parse_transcript
+from dpo_recipes.train.config import ScriptArguments
+from dpo_recipes.data.preparation import load_preference_data
+from dpo_recipes.data.formats import parse_transcript
 
 HH = REPO / "data/hh-rlhf/harmless-base-test.jsonl.gz"
 
@@ -162,7 +162,7 @@ def test_conversational_output_renders_with_the_tokenizer_chat_template(tmp_path
     """What the data layer hands over is what TRL tokenizes: its chat template renders prompt + reply."""
     from transformers import AutoTokenizer
 
-    from dpo_recipes.tiny import build_tiny
+    from dpo_recipes.models.tiny import build_tiny
 
     tok = AutoTokenizer.from_pretrained(build_tiny(family, tmp_path / family))
     data = load(HH)

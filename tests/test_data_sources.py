@@ -1,12 +1,12 @@
-"""The configured sources (dpo_recipes/data_sources.py): dataset_name or dataset_mixture entries, column mappings,
+"""The configured sources (dpo_recipes/data/sources.py): dataset_name or dataset_mixture entries, column mappings,
 weights and fractions, and data_stop_on, checked before anything is read."""
 
 import pytest
 
 from tests.helpers import REPO, text_pairs, write_rows
-from dpo_recipes.config import ScriptArguments, parse_config
-from dpo_recipes.data import load_preference_data
-from dpo_recipes.data_sources import DEFAULT_STOP_ON, DEFECTS, check_data_args, parse_columns, parse_stop_on
+from dpo_recipes.train.config import ScriptArguments, parse_config
+from dpo_recipes.data.preparation import load_preference_data
+from dpo_recipes.data.sources import DEFAULT_STOP_ON, DEFECTS, check_data_args, parse_columns, parse_stop_on
 from dpo_recipes.errors import UserError
 
 

@@ -1,4 +1,4 @@
-"""What a row hands the chat template beyond role and content (dpo_recipes/data.py, data_formats.py): a `tools`
+"""What a row hands the chat template beyond role and content (dpo_recipes/data/preparation.py, data_formats.py): a `tools`
 column, a per-row `chat_template_kwargs` and message keys such as `tool_calls` reach TRL's DPOTrainer as it passes them
 to the template, the audit's token counts include them, and a template that ignores them is named."""
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO
-from dpo_recipes.audit import build_report, format_table
-from dpo_recipes.config import parse_config
-from dpo_recipes.data import load_preference_data
-from dpo_recipes.modeling import load_tokenizer
+from dpo_recipes.report.audit import build_report, format_table
+from dpo_recipes.train.config import parse_config
+from dpo_recipes.data.preparation import load_preference_data
+from dpo_recipes.models.loading import load_tokenizer
 
 DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
 # A template that renders every input, the way tool-calling and thinking-switch templates do.
@@ -115,7 +115,7 @@ def test_a_template_that_ignores_an_input_is_named(tmp_path, tiny_llama, name):
 
 
 def test_tools_in_text_pairs_are_listed_as_left_out(tmp_path):
-    from dpo_recipes.config import ScriptArguments
+    from dpo_recipes.train.config import ScriptArguments
 
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "a", "rejected": "b", "tools": [TOOL]}) + "\n"
@@ -131,7 +131,7 @@ def test_tools_in_text_pairs_are_listed_as_left_out(tmp_path):
     ("chat_template_kwargs", "thinking off", "field 'chat_template_kwargs' is text, expected a mapping such as {enable_thinking: false}"),
 ])
 def test_a_bad_template_value_is_a_counted_defect(tmp_path, column, value, detail):
-    from dpo_recipes.config import ScriptArguments
+    from dpo_recipes.train.config import ScriptArguments
 
     good = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "a"}],
              "rejected": [{"role": "assistant", "content": "b"}], column: None} for i in range(10)]

@@ -1,4 +1,4 @@
-"""The demo data (data/make_demo_data.py, data/demo) and the style / fact probes (dpo_recipes/probes.py)."""
+"""The demo data (data/make_demo_data.py, data/demo) and the style / fact probes (dpo_recipes/report/probes.py)."""
 
 import importlib.util
 import json
@@ -7,7 +7,7 @@ import re
 import pytest
 
 from dpo_recipes.errors import UserError
-from dpo_recipes.probes import in_chosen_style, load_probes, probe_metrics, states_fact
+from dpo_recipes.report.probes import in_chosen_style, load_probes, probe_metrics, states_fact
 from tests.helpers import REPO
 
 spec = importlib.util.spec_from_file_location("make_demo_data", REPO / "data/make_demo_data.py")
@@ -100,8 +100,8 @@ def test_bad_probes_file_is_one_clear_error(tmp_path):
 def test_report_shows_probes_and_the_log_prob_changes():
     import torch
 
-    from dpo_recipes.evaluation import pair_metrics
-    from dpo_recipes.report_markdown import format_markdown
+    from dpo_recipes.report.evaluation import pair_metrics
+    from dpo_recipes.report.markdown import format_markdown
 
     policy = (torch.tensor([-10.0, -12.0]), torch.tensor([-30.0, -34.0]))
     reference = (torch.tensor([-11.0, -12.0]), torch.tensor([-20.0, -20.0]))

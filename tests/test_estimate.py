@@ -1,4 +1,4 @@
-"""The memory estimate (dpo_recipes/estimate.py) against what transformers, PyTorch, TRL, bitsandbytes and DeepSpeed
+"""The memory estimate (dpo_recipes/commands/estimate.py) against what transformers, PyTorch, TRL, bitsandbytes and DeepSpeed
 actually hold, and against published figures. Against real training runs: tests/e2e/test_memory_estimate.py."""
 
 import json
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.helpers import REPO
-from dpo_recipes.estimate import (
+from dpo_recipes.commands.estimate import (
     ALL_LINEAR,
     BUILTIN,
     GiB,
@@ -187,7 +187,7 @@ def test_published_figures():
 def test_architecture_comes_from_a_local_config_json(tiny_llama, tmp_path):
     """A model folder on this machine is read from its config.json; a model found nowhere is one clear error."""
     from dpo_recipes.errors import UserError
-    from dpo_recipes.estimate import find_architecture
+    from dpo_recipes.commands.estimate import find_architecture
 
     config = json.loads((tiny_llama / "config.json").read_text())
     arch, source = find_architecture(str(tiny_llama), None)

@@ -7,8 +7,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl.trainer.utils import add_fused_lm_head
 
 from tests.helpers import REPO
-from dpo_recipes.evaluation import ReportSettings, pair_logps
-from dpo_recipes.tokenization import tokenize_pair
+from dpo_recipes.report.evaluation import ReportSettings, pair_logps
+from dpo_recipes.data.tokenization import tokenize_pair
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])

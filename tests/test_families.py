@@ -1,4 +1,4 @@
-"""The table of model families (dpo_recipes/families.py) against the pinned transformers, and what reads it: the tiny
+"""The table of model families (dpo_recipes/models/families.py) against the pinned transformers, and what reads it: the tiny
 models' templates, the memory estimate's defaults, the one line for an unknown family. Each family trains two tiny
 steps in tests/e2e/test_tiny_families.py."""
 
@@ -10,9 +10,10 @@ import yaml
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from tests.helpers import REPO
-from dpo_recipes import estimate, smoke
+from dpo_recipes.commands import estimate
+from dpo_recipes.commands import smoke
 from dpo_recipes.errors import UserError
-from dpo_recipes.families import FAMILIES, SPLIT_LINEAR, family_of, split_projections
+from dpo_recipes.models.families import FAMILIES, SPLIT_LINEAR, family_of, split_projections
 
 CONVERSATION = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi there."}]
 
@@ -79,7 +80,7 @@ def test_unknown_family_or_attention_is_one_line_naming_it(tmp_path):
     recipe = tmp_path / "r"
     recipe.mkdir()
     (recipe / "config.yaml").write_text("tiny_model: gemma9\n")
-    with pytest.raises(UserError, match=r"tiny_model 'gemma9' is not a family of dpo_recipes/families.py \(llama, "):
+    with pytest.raises(UserError, match=r"tiny_model 'gemma9' is not a family of dpo_recipes/models/families.py \(llama, "):
         smoke.run_smoke(recipe, tmp_path / "out")
     (recipe / "config.yaml").write_text("dataset_name: data/demo\n")
     with pytest.raises(UserError, match="set tiny_model"):

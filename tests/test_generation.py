@@ -1,4 +1,4 @@
-"""Generation and the KL estimates (dpo_recipes/generation.py). Against the exact KL of a trained model:
+"""Generation and the KL estimates (dpo_recipes/report/generation.py). Against the exact KL of a trained model:
 tests/e2e/test_evaluation_report.py."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dpo_recipes.generation import completion_token_logps, generate, kl_estimates
+from dpo_recipes.report.generation import completion_token_logps, generate, kl_estimates
 
 
 def test_kl_estimates_are_zero_for_identical_models_and_sum_over_tokens():

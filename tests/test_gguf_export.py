@@ -1,4 +1,4 @@
-"""GGUF export (dpo_recipes/gguf_export.py) read back by transformers' GGUF reader (dpo_recipes/gguf_check.py), on
+"""GGUF export (dpo_recipes/commands/gguf_export.py) read back by transformers' GGUF reader (dpo_recipes/commands/gguf_check.py), on
 tiny random Llama and Qwen2 models with a freshly initialised LoRA adapter whose B matrices are not zero, so the
 adapter changes the logits. Training runs and `make export` are in tests/e2e/test_make_export.py."""
 
@@ -13,10 +13,10 @@ from tokenizers import processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
-from dpo_recipes import gguf_export
-from dpo_recipes.gguf_check import check_export
-from dpo_recipes.gguf_export import export, main, permute_for_llama
-from dpo_recipes.tiny import build_tiny
+from dpo_recipes.commands import gguf_export
+from dpo_recipes.commands.gguf_check import check_export
+from dpo_recipes.commands.gguf_export import export, main, permute_for_llama
+from dpo_recipes.models.tiny import build_tiny
 
 # Largest |logit difference| to the run's PEFT adapter model, per type, on these tiny models (logits up to about 0.7,
 # the adapter moves them by about 1): f32 is the merge's float32 rounding, the others the type's rounding of random

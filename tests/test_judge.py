@@ -1,10 +1,10 @@
-"""The judge's win-rate (dpo_recipes/judge.py). With a real reward model as the judge:
+"""The judge's win-rate (dpo_recipes/report/judge.py). With a real reward model as the judge:
 tests/e2e/test_evaluation_report.py."""
 
 import pytest
 
-from dpo_recipes.judge import win_rate
-from dpo_recipes.stats import wilson_interval
+from dpo_recipes.report.judge import win_rate
+from dpo_recipes.report.statistics import wilson_interval
 
 
 def test_win_rate_counts_ties_half():

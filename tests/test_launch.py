@@ -1,4 +1,4 @@
-"""The pre-flight of `make train` (dpo_recipes/launch.py): quantised weights against the launcher's DeepSpeed stage.
+"""The pre-flight of `make train` (dpo_recipes/commands/launch.py): quantised weights against the launcher's DeepSpeed stage.
 What a user sees through the launcher itself is in tests/e2e/test_input_errors.py."""
 
 import re
@@ -24,7 +24,7 @@ def test_quantised_weights_and_zero3(model, launcher, message):
     from trl import ModelConfig
 
     from dpo_recipes.errors import UserError
-    from dpo_recipes.launch import check_quantisation_launcher
+    from dpo_recipes.commands.launch import check_quantisation_launcher
 
     args = ModelConfig(use_peft=True, **model)
     if message is None:

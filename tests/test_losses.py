@@ -1,4 +1,4 @@
-"""The loss registry (dpo_recipes/losses.py) against numbers worked out by hand from each paper's formula, and the
+"""The loss registry (dpo_recipes/train/losses.py) against numbers worked out by hand from each paper's formula, and the
 properties the papers state. Everything runs in float64 so the hand values can be checked to 1e-12.
 
 A recipe's own loss: one losses.py in the recipe folder registers it, its config selects it and sets its knobs,
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tests.helpers import REPO
-from dpo_recipes.config import parse_config
+from dpo_recipes.train.config import parse_config
 from dpo_recipes.errors import UserError
-from dpo_recipes.losses import (BUILT_IN, LOSS_TYPES, LOSSES, MADPO_DEFAULTS, check_knobs, load_losses_file,
+from dpo_recipes.train.losses import (BUILT_IN, LOSS_TYPES, LOSSES, MADPO_DEFAULTS, check_knobs, load_losses_file,
                                 madpo_weights, preference_loss, register_loss)
 
 LN2 = 0.6931471805599453
@@ -317,7 +317,7 @@ def test_check_knobs_accepts_the_defaults():
 LOSSES_PY = '''\
 import torch
 
-from dpo_recipes.losses import register_loss
+from dpo_recipes.train.losses import register_loss
 
 
 def check(slic_delta):
@@ -336,7 +336,7 @@ def slic(pairs, *, beta, slic_delta):
 SIMPO_PY = '''\
 import torch.nn.functional as F
 
-from dpo_recipes.losses import register_loss
+from dpo_recipes.train.losses import register_loss
 
 
 def check(simpo_gamma):
@@ -425,7 +425,7 @@ def test_built_in_names_cannot_be_replaced():
 
 
 def test_estimate_reads_a_recipe_with_its_own_loss(recipe):
-    from dpo_recipes.estimate import recipe_setup
+    from dpo_recipes.commands.estimate import recipe_setup
 
     setup, about = recipe_setup(recipe.name)  # before: "unknown key 'slic_delta'"
     assert about["recipe"] == recipe.name and setup.lora_r == 16

@@ -1,4 +1,4 @@
-"""MADPO's margins (dpo_recipes/margins.py) from score columns or a margin column, and the one-line errors when there
+"""MADPO's margins (dpo_recipes/train/margins.py) from score columns or a margin column, and the one-line errors when there
 is none or they are wrong. Margins from a trained reward model, and MADPO trained with them:
 tests/e2e/test_madpo_two_step.py."""
 
@@ -8,10 +8,10 @@ import pytest
 from datasets import Dataset
 
 from tests.helpers import REPO
-from dpo_recipes.config import parse_config
-from dpo_recipes.data import load_preference_splits
+from dpo_recipes.train.config import parse_config
+from dpo_recipes.data.preparation import load_preference_splits
 from dpo_recipes.errors import UserError
-from dpo_recipes.margins import add_reward_margins
+from dpo_recipes.train.margins import add_reward_margins
 from dpo_recipes.names import MARGIN_COLUMN
 
 DEMO = str(REPO / "recipes/demo-cpu/config.yaml")

@@ -1,5 +1,5 @@
 """Bring your config: real alignment-handbook and TRL 0.x DPO configs (tests/legacy_configs.py) through
-`python -m dpo_recipes.migrate`, and the one-error report of unknown keys in config.py. `make migrate` and a recipe
+`python -m dpo_recipes.commands.migrate`, and the one-error report of unknown keys in config.py. `make migrate` and a recipe
 run on an old config: tests/e2e/test_make_migrate.py."""
 
 import re
@@ -9,9 +9,10 @@ import yaml
 
 from tests import legacy_configs as legacy
 from tests.helpers import REPO, demo_subset
-from dpo_recipes import audit, migrate
-from dpo_recipes.config import OPTIONAL_TRACKERS, _known_keys, parse_config
-from dpo_recipes.data_sources import sources_from_args
+from dpo_recipes.report import audit
+from dpo_recipes.commands import migrate
+from dpo_recipes.train.config import OPTIONAL_TRACKERS, _known_keys, parse_config
+from dpo_recipes.data.sources import sources_from_args
 from dpo_recipes.errors import UserError
 from dpo_recipes.renames import CHANGES
 
@@ -211,7 +212,7 @@ def test_unknown_keys_are_reported_at_once_with_their_renames(tmp_path):
     assert re.findall(r"'(\w+)' \(", message) == unknown and len(unknown) == 8
     assert "'torch_dtype' (now 'dtype', TRL 0.27)" in message and "torch_compile" not in message
     assert "'max_prompt_length' (removed in TRL 0.29)" in message
-    assert f"python -m dpo_recipes.migrate {old}" in message
+    assert f"python -m dpo_recipes.commands.migrate {old}" in message
 
 
 def test_unknown_key_without_a_rename_suggests_the_closest():

@@ -1,4 +1,4 @@
-"""Packed batches (dpo_recipes/packing.py): padding-free rows and shared prompts give the padded path's log-probs,
+"""Packed batches (dpo_recipes/train/packing.py): padding-free rows and shared prompts give the padded path's log-probs,
 losses and gradients, for every loss variant. And the model's inputs: an MoE router's load-balancing loss over real
 tokens only, and extra batch columns kept away from a model whose forward takes only its own arguments."""
 
@@ -10,11 +10,11 @@ from datasets import load_dataset
 from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
 
 from tests.helpers import REPO, TOKEN_METRICS
-from dpo_recipes.config import parse_config
-from dpo_recipes.modeling import load_model, load_tokenizer
-from dpo_recipes.packing import (BRANCH_IDS, SEQUENCE_IDS, balanced_rows, pack_pairs, pack_sequences,
+from dpo_recipes.train.config import parse_config
+from dpo_recipes.models.loading import load_model, load_tokenizer
+from dpo_recipes.train.packing import (BRANCH_IDS, SEQUENCE_IDS, balanced_rows, pack_pairs, pack_sequences,
                                  shared_prompt_mask)
-from dpo_recipes.trainer import MARGIN_COLUMN, PreferenceTrainer
+from dpo_recipes.train.trainer import MARGIN_COLUMN, PreferenceTrainer
 
 
 def test_balanced_rows_bounds_rows_and_places_every_sequence_once():
@@ -305,8 +305,8 @@ def test_trainer_refuses_what_shared_prompts_cannot_do(tiny_llama, tmp_path, cha
     from datasets import load_dataset
 
     from tests.helpers import REPO
-    from dpo_recipes.config import PreferenceConfig
-    from dpo_recipes.trainer import PreferenceTrainer
+    from dpo_recipes.train.config import PreferenceConfig
+    from dpo_recipes.train.trainer import PreferenceTrainer
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)

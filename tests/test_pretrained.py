@@ -1,4 +1,4 @@
-"""The offline pretrained model (dpo_recipes/pretrained.py): the cache key, and one-line errors for a missing package
+"""The offline pretrained model (dpo_recipes/models/pretrained.py): the cache key, and one-line errors for a missing package
 or a damaged file. Its materialised folder against the GGUF file: tests/e2e/test_pretrained_model.py."""
 
 import importlib.metadata
@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from dpo_recipes import pretrained
+from dpo_recipes.models import pretrained
 from dpo_recipes.errors import UserError
-from dpo_recipes.pretrained import PRETRAINED, find_gguf, materialise
+from dpo_recipes.models.pretrained import PRETRAINED, find_gguf, materialise
 
 NAME = "smollm2-135m-instruct"
 SPEC = PRETRAINED[NAME]
@@ -79,7 +79,7 @@ def test_intact_copy_is_accepted(tmp_path):
 def test_unknown_name_and_model_path_resolution():
     from trl import ModelConfig
 
-    from dpo_recipes.modeling import resolve_model_path
+    from dpo_recipes.models.loading import resolve_model_path
 
     with pytest.raises(UserError, match="not a project model"):
         materialise("smollm2-9b")

@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from tests.helpers import REPO
-from dpo_recipes.config import parse_config
-from dpo_recipes.families import SMOKE_FAMILIES
-from dpo_recipes.reporting import version_drift
-from dpo_recipes.variants import known_variants, variant_files
-from dpo_recipes.launchers import CPU_MAX_PROCESSES, cpu_launcher_config, deepspeed_json
+from dpo_recipes.train.config import parse_config
+from dpo_recipes.models.families import SMOKE_FAMILIES
+from dpo_recipes.report.run_record import version_drift
+from dpo_recipes.commands.variants import known_variants, variant_files
+from dpo_recipes.commands.launchers import CPU_MAX_PROCESSES, cpu_launcher_config, deepspeed_json
 
 RECIPES = sorted(p.name for p in (REPO / "recipes").iterdir() if (p / "train.py").is_file())
 VARIANTS = [(r, v) for r in RECIPES for v in known_variants(REPO / "recipes" / r)]
@@ -46,7 +46,7 @@ def check_folder(folder):
     assert link.resolve().parent == REPO / "accelerate_configs"
     check_train_script(folder / "train.py")
     cfg = yaml.safe_load((folder / "config.yaml").read_text())
-    assert cfg["tiny_model"] in SMOKE_FAMILIES, "make smoke needs tiny_model, a family of dpo_recipes/families.py"
+    assert cfg["tiny_model"] in SMOKE_FAMILIES, "make smoke needs tiny_model, a family of dpo_recipes/models/families.py"
     assert folder.name in cfg["output_dir"], "output_dir names the recipe"
 
 
@@ -54,7 +54,7 @@ def check_train_script(path):
     """train.py runs the package's training path, or is a recipe's own script (make new-recipe ... OWN=1): no
     relative imports, every dpo_recipes name it imports exists, a docstring saying what it is, a __main__ block."""
     script = path.read_text()
-    if "from dpo_recipes.run import main" in script:
+    if "from dpo_recipes.commands.train import main" in script:
         return
     tree = ast.parse(script)
     assert "own training script" in ast.get_docstring(tree), "an own train.py says what it is"
@@ -190,4 +190,4 @@ def test_shipped_madpo_variants_are_the_papers_two_steps():
         variant = {**shared, **yaml.safe_load(path.read_text())}
         output_dir = yaml.safe_load((recipe / "config.yaml").read_text())["output_dir"]
         assert variant == {"loss_type": "madpo", "reward_model_name_or_path": f"{output_dir}-reward-model"}, path
-        assert f"-m dpo_recipes.reward_model --config recipes/{recipe.name}/config.yaml" in path.read_text()
+        assert f"-m dpo_recipes.commands.reward_model --config recipes/{recipe.name}/config.yaml" in path.read_text()

@@ -5,9 +5,9 @@ import torch
 from datasets import load_dataset
 
 from tests.helpers import REPO
-from dpo_recipes.config import parse_config
-from dpo_recipes.modeling import load_model, load_tokenizer
-from dpo_recipes.trainer import PreferenceTrainer
+from dpo_recipes.train.config import parse_config
+from dpo_recipes.models.loading import load_model, load_tokenizer
+from dpo_recipes.train.trainer import PreferenceTrainer
 
 
 class CountingTrainer(PreferenceTrainer):

@@ -1,9 +1,9 @@
-"""Reporting (dpo_recipes/reporting.py): the training curves' series and the redaction of secrets. Plots of real runs
+"""Reporting (dpo_recipes/report/run_record.py): the training curves' series and the redaction of secrets. Plots of real runs
 and `make plots`: tests/e2e/test_make_plots.py."""
 
 import math
 
-from dpo_recipes.reporting import plot_series
+from dpo_recipes.report.run_record import plot_series
 
 
 def test_series_skip_missing_and_non_finite_values():
@@ -24,7 +24,7 @@ def test_series_skip_missing_and_non_finite_values():
 
 
 def test_redact_hides_secrets_but_keeps_token_counts(monkeypatch):
-    from dpo_recipes.reporting import redact
+    from dpo_recipes.report.run_record import redact
 
     monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnop")
     out = redact({"hub_token": "x", "token": "y", "wandb_api_key": "z", "num_tokens": 123, "eval_num_tokens": 9.0,

@@ -1,4 +1,4 @@
-"""MADPO's first step (dpo_recipes/reward_model.py): what it refuses. Training a reward model with it:
+"""MADPO's first step (dpo_recipes/commands/reward_model.py): what it refuses. Training a reward model with it:
 tests/e2e/test_madpo_two_step.py."""
 
 import pytest
@@ -9,7 +9,7 @@ DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
 
 
 def test_reward_model_step_refuses_4bit_with_one_line(capsys, tmp_path):
-    from dpo_recipes.reward_model import main
+    from dpo_recipes.commands.reward_model import main
 
     with pytest.raises(SystemExit) as exit_code:
         main(["--config", DEMO, "--load_in_4bit", "true", "--output_dir", str(tmp_path / "rm")])

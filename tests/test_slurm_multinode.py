@@ -45,7 +45,7 @@ def test_slurm_script_starts_the_recipes_launcher_per_node_with_its_rank(tmp_pat
     proc, calls = run_slurm_script(tmp_path, recipe, (REPO / "recipes" / recipe / "accelerate.yaml").read_text(),
                                    "--beta", "0.2")
     assert proc.returncode == 0, proc.stderr
-    common = (f"-m dpo_recipes.launch --config_file recipes/{recipe}/accelerate.yaml --deepspeed_multinode_launcher "
+    common = (f"-m dpo_recipes.commands.launch --config_file recipes/{recipe}/accelerate.yaml --deepspeed_multinode_launcher "
               "standard --num_machines 2 --num_processes 16 --machine_rank {rank} --main_process_ip node-a "
               f"--main_process_port 29500 recipes/{recipe}/train.py --config recipes/{recipe}/config.yaml --config "
               f"variants/ipo.yaml --beta 0.2 | 840 64")

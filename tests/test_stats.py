@@ -1,10 +1,10 @@
-"""Intervals (dpo_recipes/stats.py)."""
+"""Intervals (dpo_recipes/report/statistics.py)."""
 
 import math
 
 import pytest
 
-from dpo_recipes.stats import (balanced_mean, clustered_win_rate, hierarchical_bootstrap, paired_t_interval,
+from dpo_recipes.report.statistics import (balanced_mean, clustered_win_rate, hierarchical_bootstrap, paired_t_interval,
                                 t_interval, wilson_interval)
 
 

@@ -1,10 +1,11 @@
-"""Threads per process (dpo_recipes/threads.py): one process every core, N processes side by side the cores split,
+"""Threads per process (dpo_recipes/train/threads.py): one process every core, N processes side by side the cores split,
 an explicit OMP_NUM_THREADS always; the launcher hands the share to its CPU processes."""
 
 import pytest
 
-from dpo_recipes import launch, threads
-from dpo_recipes.threads import set_child_threads, threads_per_process
+from dpo_recipes.commands import launch
+from dpo_recipes.train import threads
+from dpo_recipes.train.threads import set_child_threads, threads_per_process
 
 
 @pytest.mark.parametrize("processes, cores, expected", [(1, 6, 6), (2, 6, 3), (4, 16, 4), (3, 16, 5), (8, 2, 1)])

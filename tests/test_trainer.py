@@ -1,4 +1,4 @@
-"""The trainer (dpo_recipes/trainer.py) and its loss paths: a tiny Llama on bundled conversational data.
+"""The trainer (dpo_recipes/train/trainer.py) and its loss paths: a tiny Llama on bundled conversational data.
 
 (a) Our sigmoid / ipo / rdpo give bit-for-bit TRL's loss, gradients and metrics on the same batch and model (with a
     LoRA adapter). By default TRL computes these (see (e)); ours run when a project-only feature needs them
@@ -21,11 +21,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from tests.helpers import REPO, TOKEN_METRICS
-from dpo_recipes.config import PreferenceConfig, parse_config
+from dpo_recipes.train.config import PreferenceConfig, parse_config
 from dpo_recipes.errors import UserError
-from dpo_recipes.losses import madpo_weights
+from dpo_recipes.train.losses import madpo_weights
 from dpo_recipes.names import ROW_ID_COLUMN
-from dpo_recipes.trainer import MARGIN_COLUMN, PreferenceTrainer
+from dpo_recipes.train.trainer import MARGIN_COLUMN, PreferenceTrainer
 
 TRL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
                "logps/rejected")
@@ -127,8 +127,8 @@ def test_token_metrics_by_hand_padded_and_packed(tiny_llama, tmp_path, pairs):
     """Two sequences (a chosen, a rejected) scored at known positions, once padded and once packed into one row."""
     from types import SimpleNamespace
 
-    from dpo_recipes.packing import SEQUENCE_IDS
-    from dpo_recipes.trainer import scored_tokens
+    from dpo_recipes.train.packing import SEQUENCE_IDS
+    from dpo_recipes.train.trainer import scored_tokens
 
     trainer = make_trainer(tiny_llama, tmp_path, pairs, ["sigmoid"])
     t = torch.tensor

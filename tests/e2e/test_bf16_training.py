@@ -1,5 +1,5 @@
 """20 LoRA DPO steps of a tiny Llama with bf16 weights (and the fp32 LM head, adapter, optimizer and loss of
-dpo_recipes/precision.py) against the same 20 steps in fp32: every logged loss within BF16_LOSS_TOLERANCE.
+dpo_recipes/models/precision.py) against the same 20 steps in fp32: every logged loss within BF16_LOSS_TOLERANCE.
 
 The tolerance: bf16 keeps 8 significant bits (relative rounding 2^-9, 0.2%) of the frozen base weights and of each
 matmul's output. The DPO loss depends on differences of policy and reference log-probs computed through the same

@@ -1,5 +1,5 @@
 """A new user's own data and config mistakes, through the documented commands (`make audit`, `make train
-RECIPE=demo-cpu`, and the recipe's launcher, dpo_recipes.launch, which `make train` runs): one line naming the file
+RECIPE=demo-cpu`, and the recipe's launcher, dpo_recipes.commands.launch, which `make train` runs): one line naming the file
 and the fix, exit code 2, no traceback, before any model loads. The inputs are written here, into tmp_path."""
 
 import json
@@ -62,7 +62,7 @@ def test_a_data_mistake_is_one_line_through_make(tmp_path, case, target):
 @pytest.mark.parametrize("case", ["latin-1", "sft"])
 def test_a_data_mistake_is_one_line_through_the_recipe_launcher(tmp_path, case):
     path, message = cases(tmp_path)[case]
-    proc = run([sys.executable, "-m", "dpo_recipes.launch", "--config_file", "recipes/demo-cpu/accelerate.yaml",
+    proc = run([sys.executable, "-m", "dpo_recipes.commands.launch", "--config_file", "recipes/demo-cpu/accelerate.yaml",
                 "recipes/demo-cpu/train.py", "--config", str(REPO / "recipes/demo-cpu/config.yaml"),
                 "--dataset_name", str(path), "--output_dir", str(tmp_path / "o")], check=False, timeout=300)
     assert_one_line(proc, message, through_make=False)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dpo_recipes.threads import threads_per_process
+from dpo_recipes.train.threads import threads_per_process
 from tests.helpers import REPO, run
 
 pytestmark = pytest.mark.slow

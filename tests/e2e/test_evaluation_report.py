@@ -1,4 +1,4 @@
-"""The evaluation report (dpo_recipes/evaluation.py), the model card, TensorBoard logging and the opt-in hub push,
+"""The evaluation report (dpo_recipes/report/evaluation.py), the model card, TensorBoard logging and the opt-in hub push,
 on real runs of the demo recipe (tiny Llama, real tokenizer, small data) and a tiny reward model as the judge."""
 
 import dataclasses
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.helpers import REPO, run
-from dpo_recipes.generation import kl_estimates
-from dpo_recipes.stats import wilson_interval
+from dpo_recipes.report.generation import kl_estimates
+from dpo_recipes.report.statistics import wilson_interval
 
 SECRET = "hf_evaluationTestSecret0123456789"
 ENV = {"OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest on a shared CPU
@@ -61,9 +61,9 @@ def reward_model(tmp_path_factory, tiny_llama):
 
 
 def load(run_dir: Path):
-    from dpo_recipes.evaluation import load_run_models
-    from dpo_recipes.config import read_run_config
-    from dpo_recipes.modeling import resolve_model_path
+    from dpo_recipes.report.evaluation import load_run_models
+    from dpo_recipes.train.config import read_run_config
+    from dpo_recipes.models.loading import resolve_model_path
 
     script_args, training, model_args = read_run_config(run_dir)
     return load_run_models(run_dir, resolve_model_path(model_args, script_args.tiny_model), model_args), training
@@ -126,8 +126,8 @@ def test_kl_estimate_matches_the_exact_kl(lora_run):
     """With one new token the KL between policy and reference is exact from their next-token distributions. The k1
     and k3 Monte-Carlo estimates from 400 sampled tokens per prompt agree with it within 4 standard errors, although
     the model's generation_config asks for top-k / top-p sampling (which must not leak into the estimate)."""
-    from dpo_recipes.generation import completion_token_logps, generate
-    from dpo_recipes.tokenization import generation_prompt_ids
+    from dpo_recipes.report.generation import completion_token_logps, generate
+    from dpo_recipes.data.tokenization import generation_prompt_ids
 
     models, _ = load(lora_run[0])
     models.policy.generation_config.top_k = 3
@@ -197,10 +197,10 @@ def test_make_eval_with_a_judge_on_the_finished_run(lora_run, reward_model, tmp_
 def test_bad_eval_inputs_stop_with_one_line(lora_run, tiny_llama, tmp_path):
     cases = [
         (["make", "--no-print-directory", "eval"], "set RUN=<run folder>"),
-        ([sys.executable, "-m", "dpo_recipes.evaluate", str(tmp_path)], "not a run folder of this project"),
-        ([sys.executable, "-m", "dpo_recipes.evaluate", str(lora_run[0]), "--judge_model", str(tiny_llama)],
+        ([sys.executable, "-m", "dpo_recipes.commands.evaluate", str(tmp_path)], "not a run folder of this project"),
+        ([sys.executable, "-m", "dpo_recipes.commands.evaluate", str(lora_run[0]), "--judge_model", str(tiny_llama)],
          "judge_model:"),
-        ([sys.executable, "-m", "dpo_recipes.evaluate", str(lora_run[0]), "--eval_report_prompts", "0"],
+        ([sys.executable, "-m", "dpo_recipes.commands.evaluate", str(lora_run[0]), "--eval_report_prompts", "0"],
          "eval_report_prompts must be an integer >= 1"),
     ]
     for cmd, message in cases:
@@ -248,11 +248,11 @@ def test_hub_push_is_off_by_default_and_wired(lora_run, tmp_path):
     stops at huggingface_hub's offline guard, reported in one line naming the repository."""
     import yaml
 
-    from dpo_recipes.config import PreferenceConfig
+    from dpo_recipes.train.config import PreferenceConfig
     from dpo_recipes.errors import UserError
-    from dpo_recipes.config import read_run_config
-    from dpo_recipes.finish import finish_run_outputs
-    from dpo_recipes.model_card import hub_repo_id
+    from dpo_recipes.train.config import read_run_config
+    from dpo_recipes.report.end_of_run import finish_run_outputs
+    from dpo_recipes.report.model_card import hub_repo_id
 
     assert PreferenceConfig.__dataclass_fields__["push_to_hub"].default is False
     for config in (REPO / "recipes").glob("*/config.yaml"):

@@ -1,5 +1,5 @@
 """What a user sees when the input is wrong, through every documented command (`make train`, a recipe's train.py,
-`make audit`, `make smoke`, dpo_recipes.launch single- and multi-process): one line naming the file, line or key, exit
+`make audit`, `make smoke`, dpo_recipes.commands.launch single- and multi-process): one line naming the file, line or key, exit
 code 2, and no traceback, neither the project's nor the launcher's (accelerate's CalledProcessError, torch elastic's
 ChildFailedError). make adds its own "make: *** [...] Error 2" line, which no recipe can remove."""
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.helpers import GOOD_PAIR, REPO, jsonl, run
-from dpo_recipes.launchers import free_port
+from dpo_recipes.commands.launchers import free_port
 
 DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
 GOOD = json.dumps(GOOD_PAIR) + "\n"
@@ -84,7 +84,7 @@ def test_launch_passes_on_the_exit_code(tmp_path, processes):
     script = tmp_path / "crash.py"
     script.write_text("import os, sys\nif os.environ.get('RANK', '0') == '0':\n    raise RuntimeError('boom')\n"
                       "sys.exit(0)\n")
-    proc = run([sys.executable, "-m", "dpo_recipes.launch", "--config_file", str(cpu_launcher(tmp_path, processes)),
+    proc = run([sys.executable, "-m", "dpo_recipes.commands.launch", "--config_file", str(cpu_launcher(tmp_path, processes)),
                 str(script), "--config", str(REPO / "recipes/demo-cpu/config.yaml")], check=False, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.count("Traceback") == 1 and "RuntimeError: boom" in proc.stderr
@@ -100,7 +100,7 @@ def test_smoke_with_a_bad_recipe_config_is_one_line(tmp_path):
     (recipe / "train.py").write_text((REPO / "recipes/demo-cpu/train.py").read_text())
     (recipe / "accelerate.yaml").write_text((REPO / "recipes/demo-cpu/accelerate.yaml").read_text())
     (recipe / "config.yaml").write_text((REPO / "recipes/demo-cpu/config.yaml").read_text() + "beta: -1\n")
-    proc = run([sys.executable, "-m", "dpo_recipes.smoke", "run", str(recipe), "--out", str(tmp_path / "out")],
+    proc = run([sys.executable, "-m", "dpo_recipes.commands.smoke", "run", str(recipe), "--out", str(tmp_path / "out")],
                check=False, timeout=300)
     assert_one_line(proc, "config: beta must be a finite number > 0, got -1", through_make=False)
 

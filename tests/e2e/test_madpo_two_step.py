@@ -1,5 +1,5 @@
 """MADPO's margins and the paper's two-step method on a CPU: train a tiny reward model with TRL's RewardTrainer
-(`python -m dpo_recipes.reward_model`), score every pair with it, train MADPO through the recipe; and the recipe's one
+(`python -m dpo_recipes.commands.reward_model`), score every pair with it, train MADPO through the recipe; and the recipe's one
 line when there are no margins. The other margin sources (score columns, a margin column) and their errors:
 tests/test_margins.py."""
 
@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.helpers import REPO, run
-from dpo_recipes.config import parse_config
-from dpo_recipes.data import load_preference_splits
-from dpo_recipes.margins import add_reward_margins
-from dpo_recipes.trainer import MARGIN_COLUMN
+from dpo_recipes.train.config import parse_config
+from dpo_recipes.data.preparation import load_preference_splits
+from dpo_recipes.train.margins import add_reward_margins
+from dpo_recipes.train.trainer import MARGIN_COLUMN
 
 DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
 FAST = ["--activation_checkpointing", "false", "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "1",
@@ -38,7 +38,7 @@ def mini_demo(tmp_path_factory):
 def reward_model(mini_demo, tmp_path_factory):
     """Step one: a tiny reward model (LoRA, merged on save) trained for 4 steps through the command line."""
     out = tmp_path_factory.mktemp("reward-model") / "rm"
-    run([sys.executable, "-m", "dpo_recipes.reward_model", "--config", DEMO, "--dataset_name", str(mini_demo),
+    run([sys.executable, "-m", "dpo_recipes.commands.reward_model", "--config", DEMO, "--dataset_name", str(mini_demo),
          "--output_dir", str(out), "--max_steps", "4", "--learning_rate", "1e-3", *FAST], timeout=600)
     return out
 
@@ -113,9 +113,9 @@ def test_madpo_trains_with_the_reward_models_margins(reward_model, mini_demo, tm
 SCORE_SCRIPT = """
 import json, sys
 from accelerate import PartialState
-from dpo_recipes.config import parse_config
-from dpo_recipes.data import load_preference_splits
-from dpo_recipes.margins import add_reward_margins
+from dpo_recipes.train.config import parse_config
+from dpo_recipes.data.preparation import load_preference_splits
+from dpo_recipes.train.margins import add_reward_margins
 state = PartialState()
 s, t, _ = parse_config(["--config", sys.argv[1], "--loss_type", "madpo", "--dataset_name", sys.argv[2],
                         "--reward_model_name_or_path", sys.argv[3], "--per_device_eval_batch_size", "4"])

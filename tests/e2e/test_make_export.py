@@ -1,5 +1,5 @@
-"""`make export`: a trained LoRA run as one GGUF file (dpo_recipes/gguf_export.py), read back by transformers' GGUF
-reader and compared with the run's adapter applied by PEFT (dpo_recipes/gguf_check.py): short training runs of the
+"""`make export`: a trained LoRA run as one GGUF file (dpo_recipes/commands/gguf_export.py), read back by transformers' GGUF
+reader and compared with the run's adapter applied by PEFT (dpo_recipes/commands/gguf_check.py): short training runs of the
 demo recipe on tiny Llama and Qwen2 models, and SmolLM2-135M-Instruct with a fresh adapter."""
 
 import json
@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from dpo_recipes.gguf_check import check_export
+from dpo_recipes.commands.gguf_check import check_export
 from tests.e2e.test_make_merge import train
 from tests.helpers import demo_subset, run
 from tests.test_gguf_export import TOLERANCE
@@ -74,8 +74,8 @@ def test_smollm2_export_equals_the_adapter_model(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dpo_recipes.gguf_export import main
-    from dpo_recipes.pretrained import materialise
+    from dpo_recipes.commands.gguf_export import main
+    from dpo_recipes.models.pretrained import materialise
 
     base = materialise("smollm2-135m-instruct")
     run_dir = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""`make merge`: a LoRA or QLoRA run folded into standalone weights (dpo_recipes/merge.py), on real training runs of
+"""`make merge`: a LoRA or QLoRA run folded into standalone weights (dpo_recipes/commands/merge.py), on real training runs of
 the demo recipe (tiny Llama; QLoRA with bitsandbytes' 4-bit NF4 layers on CPU)."""
 
 import json
@@ -93,7 +93,7 @@ def test_merge_in_bfloat16(runs, tmp_path):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dpo_recipes.merge import merge_run
+    from dpo_recipes.commands.merge import merge_run
 
     outs = {}
     for dtype in ("float32", "bfloat16"):
@@ -110,7 +110,7 @@ def test_merge_in_bfloat16(runs, tmp_path):
 @pytest.mark.slow
 def test_merge_refuses_what_it_cannot_do(runs, tmp_path, capsys):
     """One line, exit 2: a full fine-tune has no adapter; OUT is not overwritten unless --overwrite; OUT is needed."""
-    from dpo_recipes.merge import main
+    from dpo_recipes.commands.merge import main
 
     full = tmp_path / "full"
     full.mkdir()

@@ -28,7 +28,7 @@ def test_copy_is_renamed_and_passes_its_smoke_test(new_recipe, tmp_path):
     assert f"created recipes/{new_recipe} from recipes/{SOURCE}" in proc.stdout
     # OWN=1: train.py is the training path itself, readable top to bottom, building the trainer in plain sight.
     script = (folder / "train.py").read_text()
-    assert "from ." not in script and "from dpo_recipes.run" not in script
+    assert "from ." not in script and "from dpo_recipes.commands.train" not in script
     assert "trainer = PreferenceTrainer(" in script and "trainer.train(" in script
     assert script.rstrip().endswith("main(Path(__file__).resolve().parent)")
 

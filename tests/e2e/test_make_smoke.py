@@ -12,8 +12,8 @@ import pytest
 
 from tests.helpers import run
 from tests.test_recipes import GPU_RECIPES, RECIPES, config, launcher
-from dpo_recipes.launchers import CPU_MAX_PROCESSES, deepspeed_json
-from dpo_recipes.smoke import SMOKE_STEPS
+from dpo_recipes.commands.launchers import CPU_MAX_PROCESSES, deepspeed_json
+from dpo_recipes.commands.smoke import SMOKE_STEPS
 
 
 @pytest.mark.slow
@@ -72,5 +72,5 @@ def test_smoke(recipe, tmp_path):
 
 @pytest.mark.slow
 def test_smoke_cli_rejects_a_folder_that_is_not_a_recipe(tmp_path):
-    proc = run([sys.executable, "-m", "dpo_recipes.smoke", "run", str(tmp_path)], check=False)
+    proc = run([sys.executable, "-m", "dpo_recipes.commands.smoke", "run", str(tmp_path)], check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path}: not a recipe folder (no train.py)"

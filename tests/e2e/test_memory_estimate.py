@@ -1,4 +1,4 @@
-"""The memory estimate (dpo_recipes/estimate.py) against real training: the bytes a trainer holds after a step, the
+"""The memory estimate (dpo_recipes/commands/estimate.py) against real training: the bytes a trainer holds after a step, the
 peak memory of CPU training runs, and `make estimate` as a user runs it."""
 
 import json
@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from tests.helpers import REPO, run
-from dpo_recipes.estimate import Setup, estimate
+from dpo_recipes.commands.estimate import Setup, estimate
 
 
 def _trainer(tmp_path, tiny_llama, **overrides):
     """A real PreferenceTrainer on the tiny model and the bundled demo data (one optimizer step taken)."""
-    from dpo_recipes.config import parse_config
-    from dpo_recipes.data import load_preference_data
-    from dpo_recipes.modeling import load_model, load_tokenizer
-    from dpo_recipes.trainer import PreferenceTrainer
+    from dpo_recipes.train.config import parse_config
+    from dpo_recipes.data.preparation import load_preference_data
+    from dpo_recipes.models.loading import load_model, load_tokenizer
+    from dpo_recipes.train.trainer import PreferenceTrainer
 
     argv = ["--config", str(REPO / "recipes/demo-cpu/config.yaml"), "--model_name_or_path", str(tiny_llama),
             "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--per_device_train_batch_size", "2",
@@ -52,7 +52,7 @@ def test_weight_and_state_bytes_equal_the_trainers(method, tmp_path, tiny_llama)
     overrides = {"full": {"use_peft": "false"}, "lora": {},
                  "qlora": {"load_in_4bit": "true", "use_bnb_nested_quant": "true"}}[method]
     trainer, model_args, training_args = _trainer(tmp_path, tiny_llama, **overrides)
-    from dpo_recipes.estimate import architecture_from_config
+    from dpo_recipes.commands.estimate import architecture_from_config
 
     arch = architecture_from_config(json.loads((tiny_llama / "config.json").read_text()))
     setup = Setup(arch=arch, dtype="float32", mixed_precision=False, use_peft=method != "full", lora_r=model_args.lora_r,
@@ -91,10 +91,10 @@ import json, os, sys, threading, time
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-from dpo_recipes.config import parse_config
-from dpo_recipes.data import load_preference_data
-from dpo_recipes.modeling import load_model, load_tokenizer
-from dpo_recipes.trainer import PreferenceTrainer
+from dpo_recipes.train.config import parse_config
+from dpo_recipes.data.preparation import load_preference_data
+from dpo_recipes.models.loading import load_model, load_tokenizer
+from dpo_recipes.train.trainer import PreferenceTrainer
 s, t, m = parse_config(sys.argv[1:])
 tok = load_tokenizer(m.model_name_or_path, m, False, None)
 data = load_preference_data(s, seed=t.seed, tokenizer=tok, max_length=t.max_length, truncation_mode=t.truncation_mode,
@@ -123,8 +123,8 @@ def test_peak_memory_of_cpu_training_runs(tmp_path):
     every allocation of 64 KiB or more to the system at once, so that RSS follows what is allocated. The estimate
     leaves out the Python process's own growth during training (measured ~50 MiB here), so the peak may be above it
     by that much, never below; the growth between two batch sizes isolates the activations."""
-    from dpo_recipes.estimate import architecture_from_config
-    from dpo_recipes.tiny import build_tiny
+    from dpo_recipes.commands.estimate import architecture_from_config
+    from dpo_recipes.models.tiny import build_tiny
 
     model_dir = build_tiny("llama", tmp_path / "model", hidden_size=256, num_layers=4)
     data = tmp_path / "data"

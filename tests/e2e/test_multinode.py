@@ -12,16 +12,16 @@ from safetensors.torch import load_file
 
 from tests.helpers import REPO
 from dpo_recipes.cli import read_yaml
-from dpo_recipes.launchers import cpu_launcher_config, free_port
-from dpo_recipes.smoke import SMOKE_STEPS, check_result, smoke_overrides, write_smoke_data
+from dpo_recipes.commands.launchers import cpu_launcher_config, free_port
+from dpo_recipes.commands.smoke import SMOKE_STEPS, check_result, smoke_overrides, write_smoke_data
 
 RECIPE = REPO / "recipes" / "qwen2.5-7b-full-zero3"  # a full fine-tune: the result is the consolidated model
 
 
 @pytest.mark.slow
 def test_two_machines_train_one_consolidated_zero3_model(tmp_path):
-    from dpo_recipes.modeling import CACHE_DIR
-    from dpo_recipes.tiny import build_tiny
+    from dpo_recipes.models.loading import CACHE_DIR
+    from dpo_recipes.models.tiny import build_tiny
 
     launcher = tmp_path / "multinode_cpu.yaml"
     launcher.write_text(yaml.safe_dump(cpu_launcher_config(read_yaml(RECIPE / "accelerate.yaml"))))
@@ -85,7 +85,7 @@ def test_other_ranks_do_not_wait_for_rank_0s_report(tmp_path):
     script.write_text(
         "import atexit, os, sys, time\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from dpo_recipes import run\n"
+        "from dpo_recipes.commands import train as run\n"
         f"mark = lambda name: open(os.path.join({str(marks)!r}, name), 'w').write(repr(time.time()))\n"
         "atexit.register(mark, 'exit-' + os.environ['RANK'])\n"
         "original = run.finish_run_outputs\n"

@@ -13,8 +13,8 @@ import yaml
 
 from tests.helpers import REPO
 from dpo_recipes.cli import read_yaml
-from dpo_recipes.launchers import cpu_launcher_config
-from dpo_recipes.smoke import smoke_overrides, write_smoke_data
+from dpo_recipes.commands.launchers import cpu_launcher_config
+from dpo_recipes.commands.smoke import smoke_overrides, write_smoke_data
 
 pytestmark = pytest.mark.slow
 RECIPE = REPO / "recipes" / "llama3-lora-zero3"
@@ -24,7 +24,7 @@ SCRIPT = f"""
 import sys
 import torch
 sys.path.insert(0, {str(REPO)!r})
-from dpo_recipes import run
+from dpo_recipes.commands import train as run
 
 load_model, forwards = run.load_model, []
 
@@ -49,8 +49,8 @@ run.main({str(RECIPE)!r})
 
 @pytest.mark.parametrize("zero_json", ["zero2.json", "zero3.json"])
 def test_non_finite_gradient_stops_deepspeed(tmp_path, zero_json):
-    from dpo_recipes.modeling import CACHE_DIR
-    from dpo_recipes.tiny import build_tiny
+    from dpo_recipes.models.loading import CACHE_DIR
+    from dpo_recipes.models.tiny import build_tiny
 
     launcher = cpu_launcher_config(read_yaml(RECIPE / "accelerate.yaml"))
     launcher["deepspeed_config"] = {**launcher["deepspeed_config"],

@@ -1,4 +1,4 @@
-"""The offline pretrained model (dpo_recipes/pretrained.py) materialised for real: its folder against the GGUF file
+"""The offline pretrained model (dpo_recipes/models/pretrained.py) materialised for real: its folder against the GGUF file
 (tokens and logits), and the same bytes from a second conversion."""
 
 import hashlib
@@ -6,7 +6,7 @@ import hashlib
 import pytest
 import torch
 
-from dpo_recipes.pretrained import find_gguf, materialise
+from dpo_recipes.models.pretrained import find_gguf, materialise
 
 
 NAME = "smollm2-135m-instruct"
@@ -22,7 +22,7 @@ def test_materialised_folder_matches_gguf_logits_and_is_deterministic(tmp_path):
 
     from trl import ModelConfig
 
-    from dpo_recipes.modeling import resolve_model_path
+    from dpo_recipes.models.loading import resolve_model_path
 
     folder = materialise(NAME)  # the project cache: shared with the end-to-end test
     assert resolve_model_path(ModelConfig(model_name_or_path=NAME), None) == str(folder)

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from tests.helpers import REPO, demo_subset, run
 from tests.test_losses import SIMPO_PY, recipe  # noqa: F401 (fixture: a copy of the demo recipe with its own loss)
-from dpo_recipes.tokenization import tokenize_pair
+from dpo_recipes.data.tokenization import tokenize_pair
 
 
 @pytest.mark.slow

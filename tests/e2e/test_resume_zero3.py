@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from tests.helpers import REPO
 from dpo_recipes.cli import read_yaml
-from dpo_recipes.launchers import cpu_launcher_config
-from dpo_recipes.smoke import smoke_overrides, write_smoke_data
+from dpo_recipes.commands.launchers import cpu_launcher_config
+from dpo_recipes.commands.smoke import smoke_overrides, write_smoke_data
 
 pytestmark = pytest.mark.slow
 RECIPE = REPO / "recipes" / "llama3-lora-zero3"
@@ -22,8 +22,8 @@ STEPS = 6
 
 
 def command(tmp_path, out):
-    from dpo_recipes.modeling import CACHE_DIR
-    from dpo_recipes.tiny import build_tiny
+    from dpo_recipes.models.loading import CACHE_DIR
+    from dpo_recipes.models.tiny import build_tiny
 
     launcher = tmp_path / "zero3_cpu.yaml"
     if not launcher.exists():

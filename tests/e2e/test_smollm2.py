@@ -56,9 +56,9 @@ def test_report_written_with_the_reference_answer(real_run):
 
 
 def test_recipe_held_out_split_is_seeded_and_at_least_300_pairs():
-    from dpo_recipes.config import parse_config
-    from dpo_recipes.data import load_preference_data
-    from dpo_recipes.modeling import load_tokenizer, resolve_model_path
+    from dpo_recipes.train.config import parse_config
+    from dpo_recipes.data.preparation import load_preference_data
+    from dpo_recipes.models.loading import load_tokenizer, resolve_model_path
 
     script, training, model_args = parse_config(["--config", str(REPO / "recipes/smollm2-135m/config.yaml")])
     tokenizer = load_tokenizer(resolve_model_path(model_args, None), model_args, False, None)

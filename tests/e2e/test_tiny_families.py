@@ -1,4 +1,4 @@
-"""Every family of dpo_recipes/families.py trains: the demo recipe with a tiny model of the family in place of its
+"""Every family of dpo_recipes/models/families.py trains: the demo recipe with a tiny model of the family in place of its
 own, two LoRA steps on every linear layer, the run's outputs written; and `make smoke`'s path runs a recipe whose
 tiny_model is one of the families no shipped recipe uses."""
 
@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.helpers import REPO, run
-from dpo_recipes.families import FAMILIES
+from dpo_recipes.models.families import FAMILIES
 
 SHIPPED = {yaml.safe_load(p.read_text())["tiny_model"] for p in REPO.glob("recipes/*/config.yaml")}
 
@@ -44,7 +44,7 @@ def test_smoke_of_a_recipe_set_to_the_family(family, tmp_path):
     if family == "gemma2":  # no SDPA attention (the smoke run refuses it in one line: tests/test_families.py)
         config["attn_implementation"] = "eager"
     (recipe / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = run([sys.executable, "-m", "dpo_recipes.smoke", "run", str(recipe), "--out", str(tmp_path / "out")],
+    proc = run([sys.executable, "-m", "dpo_recipes.commands.smoke", "run", str(recipe), "--out", str(tmp_path / "out")],
                timeout=600)
     assert f"smoke smoke-{family}: OK" in proc.stdout
     report = json.loads((tmp_path / "out" / "smoke_report.json").read_text())

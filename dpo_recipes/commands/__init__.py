@@ -1,0 +1,1 @@
+"""Commands: what `make` and `python -m` run (train, launch, smoke, estimate, migrate, merge, the reward model), and the launcher configs and loss variants they read. Nothing in the package imports them."""
