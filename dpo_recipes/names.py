@@ -5,7 +5,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Columns of the preference data (data_sources.py, data_formats.py, data.py)
+# Columns of the preference data (data/sources.py, data/formats.py, data/preparation.py)
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 SCORE_COLUMNS = ("score_chosen", "score_rejected")  # default names; score_chosen_column / score_rejected_column
 

@@ -66,7 +66,7 @@ def own_script(run_py: Path, name: str, source: str) -> str:
     """dpo_recipes/commands/train.py as a recipe's own train.py: its own docstring, package-absolute imports, a __main__ block."""
     text = run_py.read_text()
     docstring_end = text.index('"""', 3) + 3
-    steps = next(line for line in text[:docstring_end].splitlines() if " -> " in line)  # run.py's order of steps
+    steps = next(line for line in text[:docstring_end].splitlines() if " -> " in line)  # commands/train.py's order of steps
     header = (f'"""Recipe {name}\'s own training script, made by `make new-recipe NAME={name} FROM={source} OWN=1`\n'
               "from the package's training path (dpo_recipes/commands/train.py) as it was then. It is this recipe's to change:\n"
               "later changes to dpo_recipes/commands/train.py do not reach it, while the modules it imports are still the\n"

@@ -70,7 +70,7 @@ def test_a_missing_data_file_stops_with_the_config(tmp_path):
 
 
 def test_the_default_recipe_stops_on_a_missing_file_at_parse_time(tmp_path):
-    """run.py parses the config before it resolves (for demo-smollm2: converts) the model, so this is the first stop."""
+    """commands/train.py parses the config before it resolves (for demo-smollm2: converts) the model, so this is the first stop."""
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(UserError, match=f"^{missing}: file not found$"):
         parse_config(["--config", str(REPO / "recipes/demo-smollm2/config.yaml"), "--dataset_name", str(missing)])

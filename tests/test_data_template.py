@@ -1,4 +1,4 @@
-"""What a row hands the chat template beyond role and content (dpo_recipes/data/preparation.py, data_formats.py): a `tools`
+"""What a row hands the chat template beyond role and content (dpo_recipes/data/preparation.py, data/formats.py): a `tools`
 column, a per-row `chat_template_kwargs` and message keys such as `tool_calls` reach TRL's DPOTrainer as it passes them
 to the template, the audit's token counts include them, and a template that ignores them is named."""
 

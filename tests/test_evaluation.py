@@ -1,4 +1,4 @@
-"""evaluation.py: the report's pair log-probs in the run's layout equal the padded path's."""
+"""report/evaluation.py: the report's pair log-probs in the run's layout equal the padded path's."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""`make eval RUN=<dir>`: the evaluation report of a finished run again (evaluation.py), with the report settings
+"""`make eval RUN=<dir>`: the evaluation report of a finished run again (report/evaluation.py), with the report settings
 overridable, and its model card.
 
     python -m dpo_recipes.commands.evaluate <run dir> [--judge_model <reward model>] [--eval_report_prompts 64 ...]

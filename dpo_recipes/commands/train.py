@@ -2,7 +2,7 @@
 
     config -> tokenizer -> data and its audit -> model and adapter -> trainer and loss -> outputs -> report
 
-Each step's logic lives in its own module (config.py, data.py, modeling.py, trainer.py + losses.py, reporting.py);
+Each step's logic lives in its own module (config.py, data/preparation.py, models/loading.py, trainer.py + losses.py, report/run_record.py);
 this file only puts them in order. A recipe's train.py calls `main(recipe_dir)`.
 """
 

@@ -14,7 +14,7 @@ such message lists are stored as JSON values, so no row gains the keys of anothe
 text, which TRL decodes) and a per-row `chat_template_kwargs` mapping (`{enable_thinking: false}`; an empty one where
 the row has none, since TRL unpacks it).
 
-A row that cannot be a clean pair is marked with its reason (data_sources.DEFECTS), field and detail; data.py drops
+A row that cannot be a clean pair is marked with its reason (data_sources.DEFECTS), field and detail; data/preparation.py drops
 or stops on it.
 """
 

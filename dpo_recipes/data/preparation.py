@@ -1,5 +1,5 @@
-"""Preparing the preference data: read the configured sources (data_sources.py, data_files.py), normalise every
-format to what TRL's DPOTrainer takes (data_formats.py), mark defective rows, drop them (counted) or stop, carve a
+"""Preparing the preference data: read the configured sources (data/sources.py, data/files.py), normalise every
+format to what TRL's DPOTrainer takes (data/formats.py), mark defective rows, drop them (counted) or stop, carve a
 held-out split, and mix the sources.
 
 Every row either comes out as a clean pair or is counted under one reason in `DEFECTS`; `data_stop_on` picks the

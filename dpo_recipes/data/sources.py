@@ -1,6 +1,6 @@
 """The configured sources of preference data: `dataset_name` or `dataset_mixture` entries (file, directory or hub
 id, splits, column mapping, weight or fraction), and `data_stop_on`, the row defects that stop a run. Checked with the
-rest of the config, before anything is read (data_files.py reads the sources, data.py prepares them).
+rest of the config, before anything is read (data/files.py reads the sources, data/preparation.py prepares them).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The end of a training run (run.py, step 7), after the training state is freed: the evaluation report, the model
+"""The end of a training run (commands/train.py, step 7), after the training state is freed: the evaluation report, the model
 card and, only when asked, the push to the hub. Runs on the main process."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def release_training_memory(trainer) -> None:
 
 
 def finish_run_outputs(output_dir, script_args, training, model_args, eval_dataset) -> None:
-    """The end of a run (run.py step 7, main process): evaluation report, model card, hub push when asked.
+    """The end of a run (commands/train.py step 7, main process): evaluation report, model card, hub push when asked.
     `training`: the run's PreferenceConfig (or its SavedTraining, read back from the run folder)."""
     output_dir = Path(output_dir)
     if script_args.eval_report:

@@ -1,6 +1,6 @@
 """The held-out evaluation report of a run: eval_report.json and eval_report.md in the run folder.
 
-Written at the end of every run (run.py, step 7) and again on demand (evaluate.py):
+Written at the end of every run (commands/train.py, step 7) and again on demand (evaluate.py):
 
     make eval RUN=<run dir> [ARGS="--judge_model <reward model> --eval_report_prompts 64"]
 

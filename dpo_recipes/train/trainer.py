@@ -94,7 +94,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         """TRL's one reference pass over the data, behind an on-disk cache keyed on everything the values depend on
-        (ref_cache.py). A hit skips the reference forward entirely."""
+        (train/reference_cache.py). A hit skips the reference forward entirely."""
         if self._ref_weights_hash is None:
             reference = self.ref_model if self.ref_model is not None else self.model
             peft_config = getattr(self.model, "peft_config", {})
