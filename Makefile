@@ -77,7 +77,7 @@ new-recipe: install
 
 # The data audit alone: the recipe's data through its tokenizer, written to output_dir/data_audit.json.
 audit: install check-recipe
-	$(PY) -m dpo_recipes.report.audit --config $(RECIPE_DIR)/config.yaml $(ARGS)
+	$(PY) -m dpo_recipes.commands.audit --config $(RECIPE_DIR)/config.yaml $(ARGS)
 
 # After a run (docs/evaluation.md): the evaluation report again (other settings, a judge), plots, a merged export.
 check-run:
@@ -87,7 +87,7 @@ eval: install check-run
 	$(PY) -m dpo_recipes.commands.evaluate $(RUN) $(ARGS)
 
 plots: install check-run
-	$(PY) -m dpo_recipes.report.run_record plots $(RUN)
+	$(PY) -m dpo_recipes.commands.plots $(RUN)
 
 merge: install check-run
 	@test -n "$(OUT)" || { echo "error: make merge needs OUT=<new folder for the merged model>" >&2; exit 2; }

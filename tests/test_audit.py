@@ -261,7 +261,7 @@ def test_scores_missing_from_one_source_are_left_out_with_a_warning(tmp_path):
 def test_the_audit_of_every_recipe_runs_on_a_cpu_with_a_local_tokenizer(recipe, tiny_llama, tmp_path):
     """GPU recipes (bf16, 4-bit, gated models) are audited on this CPU machine: the audit parses the config as a CPU
     run, and --tokenizer names a local tokenizer folder instead of the gated hub model."""
-    from dpo_recipes.report.audit import main
+    from dpo_recipes.commands.audit import main
 
     report = main(["--config", str(REPO / "recipes" / recipe / "config.yaml"), "--tokenizer", str(tiny_llama),
                    "--dataset_name", "data/demo", "--dataset_train_split", "train", "--dataset_test_split", "test",
@@ -271,7 +271,7 @@ def test_the_audit_of_every_recipe_runs_on_a_cpu_with_a_local_tokenizer(recipe, 
 
 
 def test_the_audit_names_the_tokenizer_override_when_the_model_cannot_be_reached(tmp_path, capsys):
-    from dpo_recipes.report.audit import main
+    from dpo_recipes.commands.audit import main
 
     missing = tmp_path / "no-such-model"
     with pytest.raises(SystemExit) as stop:
@@ -284,7 +284,7 @@ def test_the_audit_names_the_tokenizer_override_when_the_model_cannot_be_reached
 
 
 def test_a_tokenizer_override_that_is_not_a_folder_is_one_line(tmp_path, capsys):
-    from dpo_recipes.report.audit import main
+    from dpo_recipes.commands.audit import main
 
     with pytest.raises(SystemExit):
         main(["--config", DEMO, "--tokenizer", str(tmp_path / "nope"), "--output_dir", str(tmp_path)])

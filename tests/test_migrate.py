@@ -9,7 +9,7 @@ import yaml
 
 from tests import legacy_configs as legacy
 from tests.helpers import REPO, demo_subset
-from dpo_recipes.report import audit
+from dpo_recipes.commands import audit
 from dpo_recipes.commands import migrate
 from dpo_recipes.train.config import OPTIONAL_TRACKERS, _known_keys, parse_config
 from dpo_recipes.data.sources import sources_from_args

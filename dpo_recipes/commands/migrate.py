@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> Migration:
         except UserError as err:
             raise UserError(f"{target} is written but does not pass this project's checks yet: {err}") from None
     print(f"{target}: passes this project's config checks{' (as a CPU run: no GPU here)' if cpu else ''}; "
-          f"python -m dpo_recipes.report.audit --config {target} checks its data with its model's tokenizer")
+          f"python -m dpo_recipes.commands.audit --config {target} checks its data with its model's tokenizer")
     if missing:
         print(f"{target}: report_to {', '.join(missing)} needs {' and '.join(TRACKER_PACKAGES[m] for m in missing)}, "
               "not installed here: `make trackers` installs wandb and trackio (requirements-trackers.txt)")

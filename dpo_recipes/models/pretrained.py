@@ -15,7 +15,6 @@ conversion is deterministic: the same GGUF file gives the same bytes. The weight
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import importlib.metadata
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from dpo_recipes.cli import CommandParser
 from dpo_recipes.errors import UserError, exit_on_user_error
 from dpo_recipes.names import REPO_ROOT
 
@@ -159,7 +159,7 @@ def materialise(name: str, cache_dir: Path | None = None, search_path: list[str]
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dpo_recipes.models.pretrained", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m dpo_recipes.models.pretrained", description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(PRETRAINED))
     parser.add_argument("--cache_dir", type=Path, default=None, help=f"default: {CACHE_DIR}")
     args = parser.parse_args(argv)

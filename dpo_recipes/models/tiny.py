@@ -9,7 +9,6 @@ corpus give the same files.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import json
@@ -20,8 +19,11 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from .families import FAMILIES
+from dpo_recipes.cli import CommandParser
+from dpo_recipes.errors import exit_on_user_error
 from dpo_recipes.names import REPO_ROOT
+
+from .families import FAMILIES
 
 
 def supports_sdpa(family: str) -> bool:
@@ -108,8 +110,9 @@ def build_tiny(family: str, out: str | Path, hidden_size: int = 64, num_layers: 
     return out
 
 
+@exit_on_user_error
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m dpo_recipes.models.tiny", description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=sorted(FAMILIES), default="llama")
     parser.add_argument("--out", required=True)
     parser.add_argument("--hidden_size", type=int, default=64)

@@ -14,7 +14,7 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
-from dpo_recipes.errors import UserError, exit_on_user_error
+from dpo_recipes.errors import UserError
 from dpo_recipes.train.threads import thread_record
 
 STACK = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "deepspeed")
@@ -197,17 +197,3 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     if not written:
         raise UserError(f"{state}: no logged metrics to plot (log_history has no loss, rewards or learning rate)")
     return written
-
-
-def main(argv: list[str] | None = None) -> None:
-
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] != "plots":
-        print("usage: python -m dpo_recipes.report.run_record plots RUN_DIR", file=sys.stderr)
-        sys.exit(2)
-    for path in exit_on_user_error(plot_run)(argv[1]):
-        print(path)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""The data audit as a user runs it: `make audit`, `python -m dpo_recipes.report.audit` (one line and exit 2 on bad input),
+"""The data audit as a user runs it: `make audit`, `python -m dpo_recipes.commands.audit` (one line and exit 2 on bad input),
 and at the start of every training run, before the model loads."""
 
 import json
@@ -32,7 +32,7 @@ def test_audit_entry_point_exits_2_on_bad_data(tmp_path):
     bad = tmp_path / "bad.jsonl"
     broken = '{"prompt": "a", "chosen": '
     bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n' + broken + "\n")
-    proc = run([sys.executable, "-m", "dpo_recipes.report.audit", "--config", DEMO, "--dataset_name", str(bad),
+    proc = run([sys.executable, "-m", "dpo_recipes.commands.audit", "--config", DEMO, "--dataset_name", str(bad),
                 "--output_dir", str(tmp_path / "out")], check=False)
     assert proc.returncode == 2
     expected = f"error: {bad}: line 2: not valid JSON (Expecting value at column {len(broken) + 1})"
@@ -59,7 +59,7 @@ def test_every_training_run_audits_its_data_before_the_model_loads(tmp_path):
 @pytest.mark.slow
 def test_audit_entry_point_names_a_tokenizer_it_cannot_load(tmp_path):
     missing = tmp_path / "no-model"
-    proc = run([sys.executable, "-m", "dpo_recipes.report.audit", "--config", DEMO, "--model_name_or_path", str(missing),
+    proc = run([sys.executable, "-m", "dpo_recipes.commands.audit", "--config", DEMO, "--model_name_or_path", str(missing),
                 "--output_dir", str(tmp_path / "out")], check=False, env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {missing}: cannot load the tokenizer: ")

@@ -63,7 +63,7 @@ def test_make_plots_on_any_run_folder(real_state, tmp_path):
         (unfinished / f"checkpoint-{step}").mkdir(parents=True)
         kept = [e for e in state["log_history"] if e["step"] <= step and (step == 10 or "eval_loss" not in e)]
         (unfinished / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"log_history": kept}))
-    proc = run([sys.executable, "-m", "dpo_recipes.report.run_record", "plots", str(unfinished)])
+    proc = run([sys.executable, "-m", "dpo_recipes.commands.plots", str(unfinished)])
     assert "checkpoint-10" in proc.stderr
     assert (unfinished / "plots" / "reward_accuracy.png").is_file()
 
@@ -74,7 +74,7 @@ def test_make_plots_on_any_run_folder(real_state, tmp_path):
 def test_make_plots_errors_are_one_line(tmp_path, content, message):
     if content is not None:
         (tmp_path / "trainer_state.json").write_text(content)
-    proc = run([sys.executable, "-m", "dpo_recipes.report.run_record", "plots", str(tmp_path)], check=False)
+    proc = run([sys.executable, "-m", "dpo_recipes.commands.plots", str(tmp_path)], check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
