@@ -18,7 +18,7 @@ Stages, in this order (bench/ground_truth.md is the protocol fixed before the te
    learning rate and evaluated on the validation prompts after each of --sweep_steps; the pair with the highest
    validation mean reward is the budget of every cell (sweep.json).
 4. The reference on the test prompts: --reference_samples replies per prompt (its mean reward, best-of-n) and the
-   held-out pairs (the same pair rule; no noise).
+   held-out pairs (its best against its worst reply per prompt, the same minimum gap; no noise).
 5. Cells (variant x beta x eps x seed), most important first; each trains through the project's PreferenceTrainer
    (dpo_recipes.trainer, dpo_recipes.losses), then samples --samples replies per test prompt and measures the mean
    true reward, KL(policy || reference) (dpo_recipes.generation.kl_estimates) and the implicit reward margin and
@@ -75,9 +75,10 @@ class Settings:
     main_beta: float = 0.1
     epsilons: tuple = (0.0, 0.2, 0.4)
     seeds: tuple = (0, 1, 2, 3, 4)
-    sweep_lrs: tuple = (2e-4, 5e-4, 1e-3)
-    sweep_steps: tuple = (12, 24, 36)
-    overconf_epochs: int = 4
+    sweep_lrs: tuple = (5e-4, 1e-3)
+    sweep_steps: tuple = (8, 16, 24)
+    overconf_epochs: int = 3
+    overconf_seeds: int = 3  # the first seeds
     reward_steps: int = 0  # 0: one epoch of the training pairs
     prompts_per_split: int = 0  # 0: all (quick mode: a few)
     quick: bool = False
@@ -114,16 +115,17 @@ def load_prompts(split: str, limit: int = 0, path: Path = PROMPTS) -> list[dict]
     return rows[:limit] if limit else rows
 
 
-def make_pairs(samples: list[dict], min_gap: float) -> list[dict]:
-    """Per prompt, replies sorted by reward: best vs worst, second best vs second worst, ..., kept while the gap is
-    at least min_gap (and above 0). `samples`: rows with prompt, completion, reward."""
+def make_pairs(samples: list[dict], min_gap: float, per_prompt: int = 0) -> list[dict]:
+    """Per prompt, replies sorted by reward: best vs worst, second best vs second worst, ... (at most `per_prompt`
+    pairs; 0: no limit), each kept when its gap is at least min_gap (and above 0). `samples`: rows with prompt,
+    completion, reward."""
     by_prompt: dict[str, list[dict]] = {}
     for row in samples:
         by_prompt.setdefault(row["prompt"], []).append(row)
     pairs = []
     for prompt, rows in by_prompt.items():
         ranked = sorted(rows, key=lambda r: -r["reward"])
-        for i in range(len(ranked) // 2):
+        for i in range(min(len(ranked) // 2, per_prompt or len(ranked))):
             hi, lo = ranked[i], ranked[-1 - i]
             gap = hi["reward"] - lo["reward"]
             if gap >= min_gap and gap > 0:
@@ -329,9 +331,19 @@ def write_pairs(folder: Path, settings: Settings) -> None:
                                              "swapped": swapped_ids(len(train), eps, seed)}) + "\n")
 
 
-def write_heldout_pairs(folder: Path, settings: Settings) -> None:
-    write_jsonl(folder / "pairs" / "test.jsonl", make_pairs(read_jsonl(folder / "reference" / "test.jsonl"),
-                                                            settings.min_gap))
+def write_heldout_pairs(folder: Path, settings: Settings, threads: int) -> None:
+    """The held-out pairs (best against worst reply of each test prompt, the same minimum gap) and the reference's
+    log-ratios on them, computed once for every cell."""
+    import torch
+
+    path = folder / "pairs" / "test_reference.json"
+    if path.is_file():
+        return
+    torch.set_num_threads(threads)
+    pairs = make_pairs(read_jsonl(folder / "reference" / "test.jsonl"), settings.min_gap, per_prompt=1)
+    write_jsonl(folder / "pairs" / "test.jsonl", pairs)
+    model, tokenizer, _ = load_base(settings)
+    path.write_text(json.dumps(heldout_pair_logratios(model, tokenizer, pairs)) + "\n")
 
 
 def training_pairs(folder: Path, eps: float, seed: int) -> list[dict]:
@@ -456,7 +468,7 @@ def run_cell(cell: Cell, settings: Settings, folder: str, threads: int) -> dict:
     mean_tokens = json.loads((folder / "pairs" / "stats.json").read_text())["mean_completion_tokens"]
     beta = ipo_tau(cell.beta, mean_tokens) if cell.variant == "ipo" else cell.beta
     extra = ["--loss_type", VARIANTS[cell.variant], "--beta", str(beta), "--seed", str(cell.seed),
-             "--output_dir", str(WORK / "runs" / cell.name), "--max_steps", str(cell.steps),
+             "--output_dir", str(WORK / settings.key() / cell.name), "--max_steps", str(cell.steps),
              "--learning_rate", str(cell.learning_rate), "--lr_scheduler_type", "constant", "--warmup_steps", "0",
              "--per_device_train_batch_size", str(settings.batch), "--gradient_accumulation_steps", "1",
              "--save_strategy", "no", "--logging_steps", "1", "--precompute_ref_log_probs", "true",
@@ -496,9 +508,7 @@ def run_cell(cell: Cell, settings: Settings, folder: str, threads: int) -> dict:
                                 peft_config=peft_config, callbacks=[EvalAt()])
     policy = trainer.model
     if heldout:
-        policy.eval()
-        with policy.disable_adapter():
-            reference_h.extend(heldout_pair_logratios(policy, tokenizer, heldout))
+        reference_h.extend(json.loads((folder / "pairs" / "test_reference.json").read_text()))
     train_started = time.time()
     trainer.train()
     train_seconds = time.time() - train_started
@@ -513,7 +523,8 @@ def run_cell(cell: Cell, settings: Settings, folder: str, threads: int) -> dict:
             "loss_beta": beta, "label_smoothing": training.label_smoothing,
             "madpo_margin_scale": madpo_scale() if cell.variant == "madpo_true" else None,
             "reward_model_eval": rm_metrics, "train_pairs": len(rows),
-            "swapped": sum(r["swapped"] for r in rows), **{k: v for k, v in final.items() if k != "step"},
+            "swaps": os.path.relpath(folder / "swaps" / f"eps{cell.epsilon}-seed{cell.seed}.json", REPO),
+            "swapped_ids": [r["id"] for r in rows if r["swapped"]], **{k: v for k, v in final.items() if k != "step"},
             "evals": evals, "samples": os.path.relpath(samples_path, REPO),
             "train_log": history, "train_seconds": train_seconds, "seconds": time.time() - started}
 
@@ -544,7 +555,8 @@ def main_cells(settings: Settings, lr: float, steps: int, n_pairs: int) -> list[
     epoch = math.ceil(n_pairs / settings.batch)
     for v in ("dpo", "ipo"):  # H3: over-confidence
         grid += [Cell(v, b, 0.0, s, "overconf", lr, epoch * settings.overconf_epochs,
-                      tuple(epoch * (i + 1) for i in range(settings.overconf_epochs))) for s in seeds]
+                      tuple(epoch * (i + 1) for i in range(settings.overconf_epochs)))
+                 for s in seeds[: settings.overconf_seeds]]
     for v in ("ipo", "madpo_true", "madpo_rm") if not settings.quick else ():  # the other variants under noise
         for eps in [*mid, hi]:
             grid += cells(v, b, eps)
@@ -655,7 +667,7 @@ def main(argv=None) -> None:
         return
     # 4: the reference on the test prompts (after the sweep: nothing chosen above saw them).
     run_stage(reference_samples, "test", settings.reference_samples, settings, folder, args.threads)
-    write_heldout_pairs(folder, settings)
+    run_stage(write_heldout_pairs, folder, settings, args.threads)
     # 5-6: the cells.
     n_pairs = len(read_jsonl(folder / "pairs" / "train.jsonl"))
     run_pool(main_cells(settings, budget["learning_rate"], budget["steps"], n_pairs), settings, folder, args.jobs,
