@@ -40,9 +40,9 @@ LENGTH_MEDIANS = {"prompt": (100, 0.9), "chosen": (230, 0.75), "rejected": (200,
 CPU_LENGTH_SCALE = 0.5
 
 
-def skewed_pairs(n: int, tokenizer, scale: float = CPU_LENGTH_SCALE, seed: int = 0) -> list[dict]:
-    """Preference pairs whose token lengths (in `tokenizer`'s tokens) follow LENGTH_MEDIANS times `scale`. The text
-    is real: windows of the bundled HH sample, cut to the drawn number of tokens."""
+def skewed_pairs(n: int, tokenizer, scale: float = CPU_LENGTH_SCALE, seed: int = 0, fixed: int | None = None) -> list[dict]:
+    """Preference pairs whose token lengths (in `tokenizer`'s tokens) follow LENGTH_MEDIANS times `scale`, or are all
+    `fixed` tokens (equal-length pairs). The text is real: windows of the bundled HH sample, cut to that many tokens."""
     import gzip
 
     stream = []
@@ -53,7 +53,7 @@ def skewed_pairs(n: int, tokenizer, scale: float = CPU_LENGTH_SCALE, seed: int =
 
     def span(part):
         median, sigma = LENGTH_MEDIANS[part]
-        k = max(3, int(rng.lognormvariate(math.log(median * scale), sigma)))
+        k = fixed or max(3, int(rng.lognormvariate(math.log(median * scale), sigma)))
         start = rng.randrange(len(stream) - k)
         return tokenizer.decode(stream[start : start + k])
 
@@ -86,6 +86,8 @@ def bench_model(config: dict) -> tuple[str, str]:
 
     if config.get("model") == "smollm2-135m-instruct":
         return str(materialise(config["model"])), str(REPO / "recipes/smollm2-135m/config.yaml")
+    if config.get("model") == "tiny":  # the tests' tiny Llama (2 layers, hidden 64): the step is mostly overhead
+        return str(build_tiny("llama", WORK / "tiny-llama")), str(REPO / "recipes/demo-cpu/config.yaml")
     return str(build_tiny(out=WORK / "bench-llama", **MODEL)), str(REPO / "recipes/demo-cpu/config.yaml")
 
 
@@ -98,9 +100,10 @@ def measure(config: dict) -> dict:
 
     from dpo_recipes.config import parse_config
     from dpo_recipes.modeling import load_model, load_tokenizer
+    from dpo_recipes.threads import use_threads
     from dpo_recipes.trainer import PreferenceTrainer
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    use_threads()
     model_dir, recipe = bench_model(config)
     out = WORK / f"run-{os.getpid()}"
     args = ["--config", recipe, "--model_name_or_path", str(model_dir), "--gradient_accumulation_steps", "1",
@@ -116,7 +119,10 @@ def measure(config: dict) -> dict:
     tokenizer = load_tokenizer(str(model_dir), model_args, False, None)
     model, peft_config = load_model(str(model_dir), model_args, False)
     scale = config.get("length_scale", CPU_LENGTH_SCALE)
-    pairs = hh_pairs(config["rows"]) if config.get("data") == "hh" else skewed_pairs(config["rows"], tokenizer, scale)
+    if config.get("data") == "hh":
+        pairs = hh_pairs(config["rows"])
+    else:
+        pairs = skewed_pairs(config["rows"], tokenizer, scale, fixed=config.get("fixed_tokens"))
     data = Dataset.from_list(pairs)
 
     class Clock(TrainerCallback):
@@ -167,9 +173,10 @@ def measure_layouts(config: dict) -> dict:
 
     from dpo_recipes.config import parse_config
     from dpo_recipes.modeling import load_model, load_tokenizer
+    from dpo_recipes.threads import use_threads
     from dpo_recipes.trainer import PreferenceTrainer
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    use_threads()
     model_dir, config_file = bench_model(config)
     recipe = ["--config", config_file, "--per_device_train_batch_size", str(config["batch_size"]),
               "--gradient_accumulation_steps", "1"]
@@ -227,6 +234,147 @@ def measure_layouts(config: dict) -> dict:
     return result
 
 
+# Where the time goes (`--only speed`): bench/results/speed.json and speed.md
+
+SPEED_RESULTS = REPO / "bench" / "results" / "speed.json"
+MATMUL_SHAPE = (2048, 576, 1536)  # SmolLM2-135M's hidden size into its MLP width, 2,048 tokens
+
+
+def matmul_peak(dtype, repeats: int) -> dict:
+    """GFLOP/s of one (2048 x 576) @ (576 x 1536) matmul in `dtype`: median and range over `repeats` timings of 20."""
+    import torch
+
+    m, k, n = MATMUL_SHAPE
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    for _ in range(5):
+        a @ b
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(20):
+            a @ b
+        rates.append(20 * 2 * m * k * n / (time.perf_counter() - started) / 1e9)
+    return {"gflops": statistics.median(rates), "range": [min(rates), max(rates)], "repeats": repeats}
+
+
+def step_flops(model, batch) -> dict:
+    """FLOPs of one LoRA DPO step on `batch`: 2N per token for the policy forward, 2N for the backward to the inputs
+    (the frozen weights get no gradient), 2N for the reference forward, N the weights of every matmul (linear layers
+    and LM head); attention's two matmuls per layer (4 d n^2 / 2 per causal sequence of n tokens) forward, twice that
+    backward, once more for the reference. LoRA's own matmuls (r = 16) are left out (under 4%)."""
+    import torch
+
+    linear = sum(m.base_layer.weight.numel() if hasattr(m, "base_layer") else m.weight.numel()
+                 for name, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and "lora_" not in name)
+    cfg = model.config
+    if "sequence_ids" in batch:
+        ids = batch["sequence_ids"].flatten()
+        lengths = torch.bincount(ids[ids >= 0]).tolist()
+    else:
+        lengths = batch["attention_mask"].sum(-1).tolist()
+    tokens = int(sum(lengths))
+    attention_forward = sum(4 * cfg.hidden_size * n * n / 2 for n in lengths) * cfg.num_hidden_layers
+    return {"tokens": tokens, "matmul_weights": linear,
+            "flops": 6 * linear * tokens + 4 * attention_forward}
+
+
+def measure_speed(config: dict) -> dict:
+    """In one process: the machine's matmul peak (fp32, bf16); recipes/smollm2-135m's training step on HH pairs in
+    fp32 and in bf16 (dpo_recipes/precision.py), the two alternating batch by batch; the achieved FLOP/s; a
+    torch.profiler table of one bf16 step; batched against one-prompt-at-a-time greedy generation."""
+    import torch
+    from datasets import Dataset
+    from torch.profiler import ProfilerActivity, profile
+
+    from dpo_recipes.config import parse_config
+    from dpo_recipes.generation import generate
+    from dpo_recipes.modeling import load_model, load_tokenizer
+    from dpo_recipes.threads import use_threads
+    from dpo_recipes.tokenization import generation_prompt_ids
+    from dpo_recipes.trainer import PreferenceTrainer
+
+    threads = use_threads()
+    result = {"threads": threads, "matmul": {"shape": list(MATMUL_SHAPE)}}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        result["matmul"][name] = matmul_peak(dtype, config["matmul_repeats"])
+    model_dir, recipe = bench_model({"model": "smollm2-135m-instruct"})
+    trainers, pairs = {}, hh_pairs(config["batch_size"] * (config["batches"] + 1) + 8)
+    for name, flags in (("fp32", ("--dtype", "float32")), ("bf16", ("--dtype", "bfloat16"))):
+        _, train_args, model_args = parse_config([
+            "--config", recipe, "--model_name_or_path", model_dir, "--output_dir", str(WORK / f"speed-{os.getpid()}"),
+            "--per_device_train_batch_size", str(config["batch_size"]), "--gradient_accumulation_steps", "1",
+            "--eval_strategy", "no", "--report_to", "none", "--dataset_num_proc", "1", "--bf16", "false", *flags])
+        tokenizer = load_tokenizer(model_dir, model_args, False, None)
+        model, peft_config = load_model(model_dir, model_args, False)
+        trainers[name] = PreferenceTrainer(model=model, args=train_args, train_dataset=Dataset.from_list(pairs),
+                                           processing_class=tokenizer, peft_config=peft_config)
+        trainers[name].model.train()
+    names, seconds, flops, tokens = ["fp32", "bf16"], {"fp32": [], "bf16": []}, [], []
+    data = trainers["fp32"].train_dataset
+    for b in range(config["batches"] + 1):  # batch 0 warms up
+        rows = [data[i] for i in range(b * config["batch_size"], (b + 1) * config["batch_size"])]
+        for name in names[b % 2:] + names[: b % 2]:
+            trainer = trainers[name]
+            batch = trainer.data_collator(rows)
+            batch.pop("row_id", None)
+            started = time.perf_counter()
+            trainer.compute_loss(trainer.model, batch).backward()
+            if b:
+                seconds[name].append(time.perf_counter() - started)
+            trainer.model.zero_grad()
+        if b:
+            count = step_flops(trainers["bf16"].model, batch)
+            flops.append(count["flops"])
+            tokens.append(count["tokens"])
+    ratios = [f / b for f, b in zip(seconds["fp32"], seconds["bf16"])]
+    peak = result["matmul"]["bf16"]["gflops"] * 1e9
+    result["step"] = {
+        "model": "SmolLM2-135M-Instruct, LoRA r=16 on every linear layer (recipes/smollm2-135m)",
+        "pairs_per_batch": config["batch_size"], "batches": config["batches"],
+        "layout": "padding-free, shared prompts (the recipe's)", "tokens_per_batch_median": statistics.median(tokens),
+        **{name: {"seconds_per_batch": statistics.median(s), "range": [min(s), max(s)],
+                  "samples_per_second": config["batch_size"] / statistics.median(s)} for name, s in seconds.items()},
+        "bf16_over_fp32": {"median": statistics.median(ratios), "range": [min(ratios), max(ratios)],
+                           "total": sum(seconds["fp32"]) / sum(seconds["bf16"])},
+        "flops_per_batch_median": statistics.median(flops),
+    }
+    for name in names:
+        achieved = sum(flops) / sum(seconds[name])
+        result["step"][name]["achieved_gflops"] = achieved / 1e9
+        result["step"][name]["fraction_of_bf16_matmul_peak"] = achieved / peak
+    trainer = trainers["bf16"]
+    batch = trainer.data_collator([data[i] for i in range(config["batch_size"])])
+    batch.pop("row_id", None)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.compute_loss(trainer.model, batch).backward()
+    trainer.model.zero_grad()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    result["profile_bf16_step"] = [{"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3,
+                                    "share": e.self_cpu_time_total / total} for e in events[:15]]
+    # Generation: greedy replies to HH prompts, one prompt at a time against all together (bf16 base model).
+    del trainers
+    model, _ = load_model(model_dir, model_args, False)
+    model.eval()
+    prompts = [generation_prompt_ids(tokenizer, row) for row in hh_pairs(config["prompts"], seed=1)]
+    started = time.perf_counter()
+    alone = [generate(model, tokenizer, [p], config["new_tokens"], sample=False)[0] for p in prompts]
+    one_at_a_time = time.perf_counter() - started
+    started = time.perf_counter()
+    together = generate(model, tokenizer, prompts, config["new_tokens"], sample=False, batch_size=len(prompts))
+    batched = time.perf_counter() - started
+    generated = sum(len(c[0]) for c in together)
+    result["generation"] = {
+        "prompts": len(prompts), "max_new_tokens": config["new_tokens"], "dtype": "bfloat16",
+        "one_at_a_time_seconds": one_at_a_time, "batched_seconds": batched, "speedup": one_at_a_time / batched,
+        "tokens_generated": generated, "batched_tokens_per_second": generated / batched,
+        "same_replies": sum(a == t for a, t in zip(alone, together)),
+    }
+    return result
+
+
+
 def run_one(config: dict) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(config)], capture_output=True, text=True,
                           cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"})
@@ -251,6 +399,7 @@ def side_by_side(configs: dict[str, dict], repeats: int, once: tuple[str, ...] =
                                      "real_token_fraction")}
         rates = [run["tokens_per_second"] for run in runs]
         summary[name]["tokens_per_second_range"] = [min(rates), max(rates)]
+        summary[name]["rates"] = rates
         for key in ("computed_tokens", "real_tokens"):  # the same batches in every repeat
             if key in runs[0]:
                 summary[name][key] = runs[0][key]
@@ -264,19 +413,27 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke check, not results)")
     parser.add_argument("--only", nargs="*",
-                        help="overhead padding_free prefix_sharing prefix_sharing_real ref_cache scaling")
+                        help="overhead padding_free prefix_sharing prefix_sharing_real ref_cache scaling speed")
     a = parser.parse_args()
+    from dpo_recipes.threads import threads_per_process  # torch: not needed for --help
+
     if a.one:
         config = json.loads(a.one)
-        print(json.dumps(measure_layouts(config) if config.get("layouts") else measure(config)))
+        kind = measure_speed if config.get("speed") else measure_layouts if config.get("layouts") else measure
+        print(json.dumps(kind(config)))
         return
     repeats, steps = (1, 2) if a.quick else (5, 6)  # step times vary with the batch and the machine: 5 repeats
     base = {"rows": 64, "warmup": 2, "steps": steps, "max_length": 512, "batch_size": 4, "trainer": "ours"}
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() and a.only else {}
     results["machine"] = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                          "threads": int(os.environ.get("BENCH_THREADS", "2"))}
+                          "threads": threads_per_process(1)}
     results["model"] = MODEL
-    todo = a.only or ["overhead", "padding_free", "prefix_sharing", "prefix_sharing_real", "ref_cache", "scaling"]
+    todo = a.only or ["overhead", "padding_free", "prefix_sharing", "prefix_sharing_real", "ref_cache", "scaling",
+                      "speed"]
+    if "speed" in todo:
+        write_speed(a.quick)
+        if todo == ["speed"]:
+            return
 
     if "overhead" in todo:
         print("overhead: project path vs plain TRL DPOTrainer", flush=True)
@@ -346,6 +503,95 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(REPO)}")
+
+
+def write_speed(quick: bool) -> dict:
+    """Where the time goes (measure_speed), and this project's training path against a plain TRL DPOTrainer on
+    equal-length pairs: bench/results/speed.json and speed.md."""
+    print("speed: matmul peak, SmolLM2 step fp32 vs bf16, profile, generation", flush=True)
+    config = {"speed": True, "batch_size": 2, "batches": 2 if quick else 4, "matmul_repeats": 3 if quick else 7,
+              "prompts": 4 if quick else 8, "new_tokens": 8 if quick else 32}
+    result = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "loadavg_before": Path("/proc/loadavg").read_text().split()[:3], **run_one(config)}
+    print("speed: project path vs plain TRL DPOTrainer, equal-length pairs, 12 steps", flush=True)
+    equal = {"model": "tiny", "rows": 4 * 14, "warmup": 2, "steps": 2 if quick else 12, "max_length": 512,
+             "batch_size": 4, "fixed_tokens": 32}
+    overhead = side_by_side({"trl": {**equal, "trainer": "trl"}, "ours": {**equal, "trainer": "ours"}},
+                            1 if quick else 4)
+    ratios = [o / t for o, t in zip(overhead["ours"].pop("rates"), overhead["trl"].pop("rates"))]
+    overhead["ours_over_trl"] = {"median": statistics.median(ratios), "range": [min(ratios), max(ratios)]}
+    result["overhead_equal_length"] = overhead
+    result["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    SPEED_RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    SPEED_RESULTS.with_suffix(".md").write_text(speed_markdown(result))
+    print(f"wrote {SPEED_RESULTS.relative_to(REPO)} and speed.md")
+    return result
+
+
+def speed_markdown(r: dict) -> str:
+    step, gen, mm, over = r["step"], r["generation"], r["matmul"], r["overhead_equal_length"]
+    lines = [
+        "# Where the training time goes (CPU)",
+        "",
+        f"`python bench/bench_training.py --only speed`, {r['measured_at']}, {r['threads']} torch thread(s). The machine "
+        f"was shared with other jobs (load average {' / '.join(r['loadavg_before'])} before, "
+        f"{' / '.join(r['loadavg_after'])} after, 1 / 5 / 15 min): absolute times are not reproducible; the ratios "
+        "come from configurations alternating within one process (or one run), medians with their range.",
+        "",
+        "## Matmul peak",
+        "",
+        f"(2048 x 576) @ (576 x 1536): fp32 {mm['fp32']['gflops']:.0f} GFLOP/s (range {mm['fp32']['range'][0]:.0f}-"
+        f"{mm['fp32']['range'][1]:.0f}), bf16 {mm['bf16']['gflops']:.0f} GFLOP/s (range {mm['bf16']['range'][0]:.0f}-"
+        f"{mm['bf16']['range'][1]:.0f}), {mm['bf16']['repeats']} repeats each.",
+        "",
+        "## SmolLM2-135M training step (recipes/smollm2-135m, HH pairs)",
+        "",
+        f"{step['model']}; {step['pairs_per_batch']} pairs per batch, {step['layout']}; median "
+        f"{step['tokens_per_batch_median']:.0f} tokens the model runs per batch; {step['batches']} batches, fp32 and "
+        "bf16 alternating on the same batches. FLOPs per batch: 6N per token (policy forward 2N, backward to the "
+        "inputs 2N, reference forward 2N; N the weights of every matmul, LM head included) plus attention.",
+        "",
+        "| precision | s / batch (median, range) | pairs / s | achieved GFLOP/s | of the bf16 matmul peak |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("fp32", "bf16"):
+        s = step[name]
+        lines.append(f"| {name} | {s['seconds_per_batch']:.2f} ({s['range'][0]:.2f}-{s['range'][1]:.2f}) | "
+                     f"{s['samples_per_second']:.2f} | {s['achieved_gflops']:.0f} | "
+                     f"{100 * s['fraction_of_bf16_matmul_peak']:.0f}% |")
+    ratio = step["bf16_over_fp32"]
+    lines += [
+        "",
+        f"bf16 over fp32, per batch: median {ratio['median']:.2f}x (range {ratio['range'][0]:.2f}-"
+        f"{ratio['range'][1]:.2f}), total time {ratio['total']:.2f}x.",
+        "",
+        "Top operators of one bf16 step (torch.profiler, self CPU time):",
+        "",
+        "| operator | calls | self ms | share |",
+        "|---|---|---|---|",
+        *[f"| `{e['op']}` | {e['calls']} | {e['self_ms']:.0f} | {100 * e['share']:.1f}% |" for e in r["profile_bf16_step"]],
+        "",
+        "## Generation",
+        "",
+        f"{gen['prompts']} HH prompts, greedy, at most {gen['max_new_tokens']} new tokens, {gen['dtype']} weights: one "
+        f"prompt at a time {gen['one_at_a_time_seconds']:.1f} s, all together (left-padded) {gen['batched_seconds']:.1f} s: "
+        f"{gen['speedup']:.2f}x ({gen['batched_tokens_per_second']:.0f} generated tokens/s batched); "
+        f"{gen['same_replies']} of {gen['prompts']} replies identical token for token (bf16 rounding can flip a "
+        "near-tie between the padded and unpadded computation).",
+        "",
+        "## This project's training path against a plain TRL DPOTrainer",
+        "",
+        "The tests' tiny Llama (2 layers, hidden 64: the step is mostly the trainers' own work), equal-length pairs "
+        f"({over['trl']['config']['fixed_tokens']} tokens each of prompt, chosen, rejected), "
+        f"{over['trl']['config']['steps']} timed steps of {over['trl']['config']['batch_size']} pairs, each run in its "
+        f"own process, "
+        f"{over['trl']['repeats']} alternating repeats: ours / TRL tokens per second median "
+        f"{over['ours_over_trl']['median']:.3f} (range {over['ours_over_trl']['range'][0]:.3f}-"
+        f"{over['ours_over_trl']['range'][1]:.3f}); TRL {over['trl']['tokens_per_second']:.0f} tok/s, ours "
+        f"{over['ours']['tokens_per_second']:.0f} tok/s (medians).",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -225,9 +225,13 @@ def machine() -> str:
 
 
 def run_all(calls: list[tuple], jobs: int) -> list:
-    """Each (function, *args) of `calls`, `jobs` at a time in fresh processes (one thread each); results in order."""
+    """Each (function, *args) of `calls`, `jobs` at a time in fresh processes (the cores split among them); results
+    in order."""
     if jobs == 1:
         return [fn(*args) for fn, *args in calls]
+    from dpo_recipes.threads import set_child_threads  # torch: only where workers start
+
+    set_child_threads(jobs)  # the workers split the cores (or take OMP_NUM_THREADS)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(fn, *args) for fn, *args in calls]
         return [future.result() for future in futures]

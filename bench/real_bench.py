@@ -53,9 +53,10 @@ VARIANTS = {  # name -> overrides of the recipe's config
     "rdpo": ["--loss_type", "rdpo", "--label_smoothing", "0.1"],
     "madpo": ["--loss_type", "madpo"],
 }
-# The evaluation's version: a change here re-evaluates finished cells from their trained adapters. 2: every held-out
-# pair, scored in the recipe's layout (shared prompts); 1: the first 100 pairs, padded.
-EVALUATION = 2
+# The evaluation's version: a change here re-evaluates finished cells from their trained adapters. 3: prompts
+# generated and scored in batches (other sampling draws); 2: every held-out pair, scored in the recipe's layout
+# (shared prompts); 1: the first 100 pairs, padded.
+EVALUATION = 3
 README_START, README_END = "<!-- real-bench:start -->", "<!-- real-bench:end -->"
 Z95 = 1.959963984540054
 
@@ -192,11 +193,10 @@ def greedy_replies(model, tokenizer, rows, settings) -> list[str]:
     from dpo_recipes.generation import generate
     from dpo_recipes.tokenization import generation_prompt_ids
 
-    replies = []
-    for row in rows:
-        ids = generate(model, tokenizer, generation_prompt_ids(tokenizer, row), settings.max_new_tokens, sample=False)
-        replies.append(tokenizer.decode(ids[0], skip_special_tokens=True).strip())
-    return replies
+    prompts = [generation_prompt_ids(tokenizer, row) for row in rows]
+    replies = generate(model, tokenizer, prompts, settings.max_new_tokens, sample=False,
+                       batch_size=settings.generation_batch_size)
+    return [tokenizer.decode(c[0], skip_special_tokens=True).strip() for c in replies]
 
 
 def reference_outputs(work: Path, data: Path, judge_dir: Path, args) -> dict:
@@ -313,16 +313,13 @@ def run_cell(variant: str, seed: int, args, data: str, train_data: str, madpo_da
 
     # Held-out prompts: KL from sampled completions, greedy replies, the judge.
     pad = tokenizer.pad_token_id
-    pol, ref, greedy = [], [], []
-    for i, row in enumerate(rows):
-        ids = generation_prompt_ids(tokenizer, row)
-        samples = generate(policy, tokenizer, ids, settings.max_new_tokens, sample=True, n=settings.samples,
-                           seed=1000 * seed + i)
-        pol += completion_token_logps(policy, ids, samples, pad)
-        with policy.disable_adapter():
-            ref += completion_token_logps(policy, ids, samples, pad)
-        reply = generate(policy, tokenizer, ids, settings.max_new_tokens, sample=False)[0]
-        greedy.append(tokenizer.decode(reply, skip_special_tokens=True).strip())
+    prompts, width = [generation_prompt_ids(tokenizer, row) for row in rows], settings.generation_batch_size
+    samples = generate(policy, tokenizer, prompts, settings.max_new_tokens, sample=True, n=settings.samples,
+                       seed=1000 * seed, batch_size=width)
+    pol = completion_token_logps(policy, prompts, samples, pad, width)
+    with policy.disable_adapter():
+        ref = completion_token_logps(policy, prompts, samples, pad, width)
+    greedy = greedy_replies(policy, tokenizer, rows, settings)
     kl = kl_estimates(pol, ref)
     judge, judge_tokenizer = load_judge(reward_model, torch.device("cpu"))
     scores = judge_scores(judge, judge_tokenizer, [r["prompt"] for r in rows], greedy)
@@ -581,7 +578,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--samples", type=int, default=2, help="sampled completions per prompt for the KL")
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--jobs", type=int, default=2, help="cells run at a time, one process each")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (default: OMP_NUM_THREADS, else the cores split among --jobs)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--readme", action="store_true", help="only copy the Markdown summary into README.md")
     parser.add_argument("extra", nargs="*", help="further config overrides for every cell, after --")
@@ -590,6 +588,9 @@ def main(argv=None) -> dict:
     if args.readme:
         write_readme((out / "real.md").read_text() + "\n![Real-model benchmark](bench/results/real.png)")
         return {}
+    from dpo_recipes.threads import threads_per_process  # torch: imported once the arguments are known good
+
+    args.threads = args.threads or threads_per_process(args.jobs)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.time()

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from .model_card import write_model_card
 from .modeling import load_tokenizer, resolve_model_path
 from .names import RUN_CONFIG
 from .packing import MODEL_INPUTS, completion_logps, pack_padded_batch, takes_shared_prompt_mask
+from .precision import fp32_lm_head
 from .report_markdown import write_report
 from .stats import mean_se
 from .tokenization import generation_prompt_ids, tokenize_pair
@@ -61,6 +63,7 @@ class ReportSettings:
     max_length: int | None = 1024
     truncation_mode: str = "keep_start"
     batch_size: int = 8
+    generation_batch_size: int = 16  # sequences generated / scored together
     seed: int = 42
     padding_free: bool = False  # the run's layout: pairs scored in packed rows, shared prompts once
     prefix_sharing: bool = False
@@ -129,6 +132,7 @@ def _load_causal_lm(path: str, model_args, trust_remote_code: bool, quantize: bo
         use_safetensors=True,
         device_map="auto" if torch.cuda.is_available() else {"": "cpu"},
     )
+    fp32_lm_head(model)  # as training computed them (precision.py)
     add_fused_lm_head(model)
     return model.eval()
 
@@ -230,8 +234,6 @@ def unique_prompts(dataset, limit: int) -> list[dict]:
 
 
 def evaluate(models: RunModels, eval_dataset, settings: ReportSettings) -> dict:
-    from tqdm.auto import tqdm
-
     tokenizer, device = models.tokenizer, models.device
     report: dict = {"settings": dataclasses.asdict(settings), "model_kind": models.kind,
                     "held_out_rows": len(eval_dataset)}
@@ -247,16 +249,20 @@ def evaluate(models: RunModels, eval_dataset, settings: ReportSettings) -> dict:
     # 2. Held-out prompts: sampled completions for the KL, greedy replies for the examples and the win-rate.
     rows = unique_prompts(eval_dataset, settings.prompts)
     prompt_ids = [generation_prompt_ids(tokenizer, row) for row in rows]
-    pad = tokenizer.pad_token_id
-    pol_kl, ref_kl, greedy_policy, greedy_reference = [], [], [], []
-    for i, ids in enumerate(tqdm(prompt_ids, desc="generations", leave=False)):
-        samples = generate(models.policy, tokenizer, ids, settings.max_new_tokens, sample=True, n=settings.samples,
-                           seed=settings.seed + i)
-        pol_kl += completion_token_logps(models.policy, ids, samples, pad)
-        greedy_policy.append(generate(models.policy, tokenizer, ids, settings.max_new_tokens, sample=False)[0])
-        with models.reference_model() as reference:
-            ref_kl += completion_token_logps(reference, ids, samples, pad)
-            greedy_reference.append(generate(reference, tokenizer, ids, settings.max_new_tokens, sample=False)[0])
+    pad, width, started = tokenizer.pad_token_id, settings.generation_batch_size, time.perf_counter()
+    samples = generate(models.policy, tokenizer, prompt_ids, settings.max_new_tokens, sample=True, n=settings.samples,
+                       seed=settings.seed, batch_size=width)
+    pol_kl = completion_token_logps(models.policy, prompt_ids, samples, pad, width)
+    greedy_policy = [c[0] for c in generate(models.policy, tokenizer, prompt_ids, settings.max_new_tokens,
+                                            sample=False, batch_size=width)]
+    with models.reference_model() as reference:
+        ref_kl = completion_token_logps(reference, prompt_ids, samples, pad, width)
+        greedy_reference = [c[0] for c in generate(reference, tokenizer, prompt_ids, settings.max_new_tokens,
+                                                   sample=False, batch_size=width)]
+    seconds = time.perf_counter() - started
+    report["generation_seconds"] = round(seconds, 2)
+    print(f"report generations: {len(rows)} prompts x ({settings.samples} samples + 2 greedy) in {seconds:.1f} s, "
+          f"{width} sequences at a time", flush=True)
     report["kl"] = {"prompts": len(rows), "samples_per_prompt": settings.samples, **kl_estimates(pol_kl, ref_kl)}
 
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731

@@ -41,43 +41,73 @@ def _eos_ids(config) -> set[int]:
     return set(eos) if isinstance(eos, (list, tuple)) else {eos}
 
 
+def _left_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows padded on the left to one width, and their attention mask (0 over the padding)."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompt_ids: list[int], max_new_tokens: int, sample: bool, n: int = 1,
-             seed: int = 0) -> list[list[int]]:
-    """`n` completions of the prompt, each cut after its first EOS token (which is kept)."""
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, sample: bool, n: int = 1,
+             seed: int = 0, batch_size: int = 16) -> list[list[list[int]]]:
+    """`n` completions of every prompt (token ids), each cut after its first EOS token (which is kept).
+
+    Prompts are generated together, left-padded with the tokenizer's pad token, at most `batch_size` sequences
+    (prompts times `n`) per call of the model's generate(); transformers derives each row's positions from the
+    attention mask, so a greedy completion is the one the prompt gets alone. Sampling is seeded once per chunk
+    (`seed` + chunk index): the draws depend on the seed and on how the prompts are chunked."""
     from transformers.utils import logging as hf_logging
 
     device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids], device=device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    per_chunk = max(1, batch_size // n)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # transformers calls top_k=0 / min_p=0 invalid flags; here they mean "off"
     try:
         config = _generation_config(tokenizer, model, max_new_tokens, sample, n)
-        torch.manual_seed(seed)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        config.pad_token_id = pad
+        eos = _eos_ids(config)
+        completions: list[list[list[int]]] = []
+        for chunk, start in enumerate(range(0, len(prompts), per_chunk)):
+            ids, mask = _left_padded(prompts[start : start + per_chunk], pad, device)
+            torch.manual_seed(seed + chunk)
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            rows = out[:, ids.shape[1] :].tolist()
+            for i in range(0, len(rows), n):
+                completions.append([row[: next((j + 1 for j, t in enumerate(row) if t in eos), len(row))]
+                                    for row in rows[i : i + n]])
     finally:
         hf_logging.set_verbosity(verbosity)
-    eos = _eos_ids(config)
-    completions = []
-    for row in out[:, len(prompt_ids) :].tolist():
-        cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-        completions.append(row[:cut])
     return completions
 
 
 @torch.no_grad()
-def completion_token_logps(model, prompt_ids: list[int], completions: list[list[int]], pad_id: int) -> list[torch.Tensor]:
-    """log p(y_t | prompt, y_<t) of every completion token (float64), from the full softmax at those positions."""
+def completion_token_logps(model, prompts: list[list[int]], completions: list[list[list[int]]], pad_id: int,
+                           batch_size: int = 16) -> list[torch.Tensor]:
+    """log p(y_t | prompt, y_<t) of every completion token (float64), from the full softmax at those positions;
+    `completions[i]` are completions of `prompts[i]` (as generate() returns them). One tensor per completion, prompt
+    by prompt. Rows are scored `batch_size` at a time: the prompt left-padded, the completion right-padded, so every
+    completion starts in the same column and positions come from the attention mask."""
     device = next(model.parameters()).device
-    width = max(len(c) for c in completions)
-    rows = [prompt_ids + c + [pad_id] * (width - len(c)) for c in completions]
-    mask = [[1] * (len(prompt_ids) + len(c)) + [0] * (width - len(c)) for c in completions]
-    input_ids = torch.tensor(rows, device=device)
-    # Only the positions that predict completion tokens need logits (a full vocabulary row each).
-    logits = model(input_ids=input_ids, attention_mask=torch.tensor(mask, device=device), use_cache=False,
-                   logits_to_keep=width + 1).logits[:, :-1].double()
-    logps = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, -width:, None]).squeeze(-1).cpu()
-    return [logps[i, : len(c)] for i, c in enumerate(completions)]
+    pairs = [(p, c) for p, cs in zip(prompts, completions) for c in cs]
+    out: list[torch.Tensor] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        prompt_width = max(len(p) for p, _ in chunk)
+        width = max(max(len(c) for _, c in chunk), 1)
+        rows = [[pad_id] * (prompt_width - len(p)) + p + c + [pad_id] * (width - len(c)) for p, c in chunk]
+        mask = torch.tensor([[0] * (prompt_width - len(p)) + [1] * (len(p) + len(c)) + [0] * (width - len(c))
+                             for p, c in chunk], device=device)
+        input_ids = torch.tensor(rows, device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # Only the positions that predict completion tokens need logits (a full vocabulary row each).
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                       logits_to_keep=width + 1).logits[:, :-1].double()
+        logps = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, -width:, None]).squeeze(-1).cpu()
+        out += [logps[i, : len(c)] for i, (_, c) in enumerate(chunk)]
+    return out
 
 
 def kl_estimates(policy_logps: list[torch.Tensor], reference_logps: list[torch.Tensor]) -> dict:

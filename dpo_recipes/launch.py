@@ -30,6 +30,7 @@ from .config import parse_config
 from .data import load_preference_data
 from .errors import UserError, exit_on_user_error
 from .smoke import deepspeed_json, read_yaml
+from .threads import set_child_threads
 
 
 def preflight(script_argv: list[str], launcher: dict) -> None:
@@ -67,6 +68,10 @@ def launch(argv: list[str]) -> int:
     launcher = read_yaml(args.config_file) if args.config_file else {}
     if args.cpu or launcher.get("use_cpu"):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would warn that it found no GPU
+        # Each CPU process its share of the cores (accelerate passes OMP_NUM_THREADS on to every process).
+        processes = args.num_processes or launcher.get("num_processes") or 1
+        machines = args.num_machines or launcher.get("num_machines") or 1
+        set_child_threads(max(1, int(processes) // int(machines)))
     try:
         launch_command(args)
     except subprocess.CalledProcessError as err:

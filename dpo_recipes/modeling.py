@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from .errors import UserError
+from .precision import fp32_lm_head
 from .pretrained import CACHE_DIR, is_pretrained, materialise
 from .tiny import FAMILIES, build_tiny
 
@@ -63,6 +64,7 @@ def load_model(path: str, model_args: ModelConfig, trust_remote_code: bool):
         )
     except OSError as err:  # not found, offline, no safetensors weights: one line
         raise UserError(f"{path}: cannot load the model: {str(err).strip().splitlines()[0]}") from None
+    fp32_lm_head(model)  # bf16 weights on a CPU: the log-probs still in fp32 (precision.py)
     return model, get_peft_config(model_args)
 
 

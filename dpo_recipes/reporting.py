@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import UserError, exit_on_user_error
+from .threads import thread_record
 
 STACK = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "deepspeed")
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "HF_API_TOKEN")
@@ -121,6 +122,7 @@ def write_manifest(output_dir, *, script_args, training_args, model_args, datase
         "git_commit": git_commit(repo),
         "datasets": {name: {"fingerprint": ds._fingerprint, "rows": len(ds)} for name, ds in datasets.items()},
         "seed": training_args.seed,
+        "threads": thread_record(),
     }
     write_json(Path(output_dir) / "manifest.json", manifest)
     return manifest

@@ -31,11 +31,13 @@ from .resilience import (
     prepare_output_dir,
     run_config,
 )
+from .threads import use_threads
 from .trainer import PreferenceTrainer
 
 
 @exit_on_user_error
 def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
+    use_threads()  # this process's share of the cores, before torch does any work (threads.py)
     # 1. Config: the recipe's YAML, then command-line overrides; validated before anything heavy happens. A recipe's
     # own losses.py registers its losses first, so that its config can select them.
     load_losses_file(Path(recipe_dir) / "losses.py")

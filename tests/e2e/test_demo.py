@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from dpo_recipes.threads import threads_per_process
 from tests.helpers import REPO, run
 
 pytestmark = pytest.mark.slow
@@ -57,6 +58,8 @@ def test_manifest_records_the_run(demo_run):
     assert manifest["versions"]["trl"] == "1.16.0"
     assert manifest["datasets"]["train"]["rows"] == 2000 and manifest["datasets"]["train"]["fingerprint"]
     assert manifest["git_commit"]
+    # The launcher gave the one training process every core, or OMP_NUM_THREADS when this test runs under it.
+    assert manifest["threads"]["torch_threads"] == threads_per_process(1)
 
 
 def test_saved_adapter_reloads_and_changes_logprobs(demo_run):

@@ -134,15 +134,15 @@ def test_kl_estimate_matches_the_exact_kl(lora_run):
     prompts = [[{"role": "user", "content": text}] for text in ("What is the capital of Peru?", "Name a prime.")]
     for i, prompt in enumerate(prompts):
         ids = generation_prompt_ids(tok, {"prompt": prompt})
-        samples = generate(models.policy, tok, ids, max_new_tokens=1, sample=True, n=400, seed=i)
-        policy_logps = completion_token_logps(models.policy, ids, samples, tok.pad_token_id)
+        samples = generate(models.policy, tok, [ids], max_new_tokens=1, sample=True, n=400, seed=i, batch_size=400)
+        policy_logps = completion_token_logps(models.policy, [ids], samples, tok.pad_token_id)
         with models.reference_model() as reference:
-            reference_logps = completion_token_logps(reference, ids, samples, tok.pad_token_id)
+            reference_logps = completion_token_logps(reference, [ids], samples, tok.pad_token_id)
             ref_next = torch.log_softmax(reference(torch.tensor([ids])).logits[0, -1].double(), -1)
         pol_next = torch.log_softmax(models.policy(torch.tensor([ids])).logits[0, -1].double(), -1)
         exact = (pol_next.exp() * (pol_next - ref_next)).sum().item()
         estimate = kl_estimates(policy_logps, reference_logps)
-        assert len({s[0] for s in samples}) > 3  # real sampling from the whole distribution
+        assert len({s[0] for s in samples[0]}) > 3  # real sampling from the whole distribution
         for name in ("k1", "k3"):
             stat = estimate[name]["per_completion"]
             assert abs(stat["mean"] - exact) < 4 * stat["se"] + 1e-9, (name, stat, exact)

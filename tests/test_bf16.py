@@ -1,0 +1,65 @@
+"""bf16 compute on CPU (recipes/demo-smollm2, recipes/smollm2-135m): base weights and matmuls in bf16, the LoRA
+parameters, their optimizer state, the per-token log-softmax and the loss in fp32, so that a fresh adapter still gives
+exactly ln 2. How far 20 bf16 steps stay from fp32: tests/e2e/test_bf16_training.py."""
+
+import math
+
+import pytest
+import torch
+from datasets import load_dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from dpo_recipes.config import PreferenceConfig
+from dpo_recipes.precision import fp32_lm_head
+from dpo_recipes.trainer import PreferenceTrainer
+from tests.helpers import REPO
+
+
+def bf16_trainer(model_dir, out, steps=1, dtype=torch.bfloat16):
+    rows = load_dataset("json", data_files=str(REPO / "data/demo/train.jsonl"), split="train").select(range(8))
+    args = PreferenceConfig(output_dir=str(out), loss_type=["sigmoid"], beta=0.1, max_length=128,
+                            per_device_train_batch_size=4, max_steps=steps, logging_steps=1, learning_rate=1e-3,
+                            use_cpu=True, bf16=False, report_to="none", save_strategy="no", seed=0,
+                            padding_free=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    assert fp32_lm_head(model) == (dtype == torch.bfloat16)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"],
+                      task_type="CAUSAL_LM")
+    return PreferenceTrainer(model=model, args=args, train_dataset=rows, processing_class=AutoTokenizer.from_pretrained(model_dir),
+                             peft_config=lora)
+
+
+def test_bf16_base_with_fp32_adapter_and_loss_starts_at_ln2(tiny_llama, tmp_path):
+    trainer = bf16_trainer(tiny_llama, tmp_path)
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    frozen = [p for n, p in trainer.model.named_parameters() if not p.requires_grad and "weight" in n and p.ndim == 2]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)  # PEFT's autocast_adapter_dtype
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    trainer.train()
+    first = next(e for e in trainer.state.log_history if "loss" in e)
+    assert first["loss"] == pytest.approx(math.log(2), rel=1e-6)
+    state = [s for group in trainer.optimizer.state.values() for s in group.values() if torch.is_tensor(s) and s.ndim]
+    assert state and all(s.dtype == torch.float32 for s in state)
+
+
+def test_lm_head_of_a_bf16_model_computes_in_fp32(tiny_llama):
+    """The logits (generate, the KL samples) and the fused head's log-probs (training, the report) come from the bf16
+    backbone's hidden states and the head's weight, both taken exactly to fp32, not rounded to bf16."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).eval()
+    ids = torch.tensor([[5, 17, 300, 42, 9, 120, 77]])
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids).last_hidden_state
+        bf16_logits = model(input_ids=ids).logits
+        assert fp32_lm_head(model)
+        logits = model(input_ids=ids).logits
+        add_fused_lm_head(model)
+        fused = model(input_ids=ids, labels=ids, fused_lm_head=True).log_probs
+    assert bf16_logits.dtype == torch.bfloat16 and logits.dtype == torch.float32
+    expected = hidden.float() @ model.lm_head.weight.float().T
+    torch.testing.assert_close(logits, expected, rtol=1e-6, atol=1e-6)
+    want = torch.log_softmax(expected[0, :-1].double(), -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(fused[0].double(), want, rtol=0, atol=1e-5)
+    assert not fp32_lm_head(AutoModelForCausalLM.from_pretrained(tiny_llama))  # fp32 weights: nothing to do
