@@ -49,6 +49,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+
+from dpo_recipes.generation import completion_token_logps, generate, kl_estimates  # noqa: E402
+from dpo_recipes.tokenization import generation_prompt_ids, tokenize_pair  # noqa: E402
 PROMPTS = REPO / "data" / "ground_truth" / "prompts.jsonl"
 RECIPE = REPO / "recipes" / "smollm2-135m" / "config.yaml"
 WORK = REPO / "bench" / "tmp" / "ground_truth"
@@ -209,42 +212,7 @@ def load_base(settings: Settings):
 
 
 def prompt_ids(tokenizer, text: str) -> list[int]:
-    from dpo_recipes.tokenization import generation_prompt_ids
-
     return generation_prompt_ids(tokenizer, {"prompt": [{"role": "user", "content": text}]})
-
-
-def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: int, seed: int,
-           batch: int) -> list[list[list[int]]]:
-    """n completions per prompt (temperature 1, nothing reshaping the distribution), batched with left padding;
-    each cut after its first EOS token (kept). Seeded per batch, so a batch's samples do not depend on the others."""
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from dpo_recipes.generation import _eos_ids, _generation_config
-
-    config = _generation_config(tokenizer, model, max_new_tokens, True, 1)
-    eos = _eos_ids(config)
-    flat = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
-    out: list[list[list[int]]] = [[] for _ in prompts]
-    pad = tokenizer.pad_token_id
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # top_k=0 / min_p=0 mean "off" here
-    try:
-        for b, start in enumerate(range(0, len(flat), batch)):
-            chunk = flat[start : start + batch]
-            width = max(len(p) for _, p in chunk)
-            ids = torch.tensor([[pad] * (width - len(p)) + p for _, p in chunk])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for _, p in chunk])
-            torch.manual_seed(seed * 100003 + b)
-            with torch.no_grad():
-                gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-            for (i, _), row in zip(chunk, gen[:, width:].tolist()):
-                cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
-                out[i].append(row[:cut])
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    return out
 
 
 def decode(tokenizer, ids: list[int]) -> str:
@@ -255,7 +223,8 @@ def sample_rows(model, tokenizer, prompts: list[dict], n: int, settings: Setting
     """(rows, token ids): per reply its prompt, title, completion text and true reward; per prompt its ids and its
     completions' ids."""
     ids = [prompt_ids(tokenizer, p["prompt"]) for p in prompts]
-    completions = sample(model, tokenizer, ids, n, settings.max_new_tokens, seed, settings.gen_batch)
+    completions = generate(model, tokenizer, ids, settings.max_new_tokens, sample=True, n=n, seed=seed,
+                           batch_size=settings.gen_batch)
     rows, tokens = [], []
     for p, pid, comps in zip(prompts, ids, completions):
         for c in comps:
@@ -272,19 +241,13 @@ def conversational(pair: dict) -> dict:
             "rejected": [{"role": "assistant", "content": pair["rejected"]}]}
 
 
-def heldout_pair_logratios(model, tokenizer, pairs: list[dict]) -> list[float]:
-    """Per held-out pair, h = log pi(chosen) - log pi(rejected) summed over completion tokens (TRL's tokenization),
-    and the per-token (length-normalised) version, under `model`."""
-    from dpo_recipes.generation import completion_token_logps
-    from dpo_recipes.tokenization import tokenize_pair
-
-    out = []
-    for pair in pairs:
-        t = tokenize_pair(tokenizer, conversational(pair))
-        c, r = completion_token_logps(model, t["prompt_ids"], [t["chosen_ids"], t["rejected_ids"]],
-                                      tokenizer.pad_token_id)
-        out.append((c.sum().item(), r.sum().item(), len(c), len(r)))
-    return out
+def heldout_pair_logratios(model, tokenizer, pairs: list[dict]) -> list[tuple]:
+    """Per held-out pair (TRL's tokenization), under `model`: the summed log-probs of chosen and rejected and their
+    token counts."""
+    tokenized = [tokenize_pair(tokenizer, conversational(pair)) for pair in pairs]
+    logps = completion_token_logps(model, [t["prompt_ids"] for t in tokenized],
+                                   [[t["chosen_ids"], t["rejected_ids"]] for t in tokenized], tokenizer.pad_token_id)
+    return [(c.sum().item(), r.sum().item(), len(c), len(r)) for c, r in zip(logps[::2], logps[1::2])]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -313,7 +276,7 @@ def reference_samples(split: str, n: int, settings: Settings, folder: Path, thre
         return path
     torch.set_num_threads(threads)
     model, tokenizer, _ = load_base(settings)
-    seed = {"train": 1, "validation": 2, "test": 3}[split]
+    seed = {"train": 1, "validation": 2, "test": 3}[split] * 10**8  # generate() seeds chunk i with seed + i
     rows, _ = sample_rows(model, tokenizer, load_prompts(split, settings.prompts_per_split), n, settings, seed)
     write_jsonl(path, rows)
     return path
@@ -409,21 +372,16 @@ def evaluate(model, tokenizer, cell: Cell, settings: Settings, folder: Path, bet
     """Samples on the cell's evaluation prompts: mean true reward, KL(policy || reference); held-out pair margins."""
     import statistics
 
-    import torch
-
-    from dpo_recipes.generation import completion_token_logps, kl_estimates
-
     was_training = model.training
     model.eval()
     prompts = load_prompts(cell.split, settings.prompts_per_split)
     n = settings.samples if cell.split == "test" else settings.val_samples
-    rows, tokens = sample_rows(model, tokenizer, prompts, n, settings, 1000 + 17 * cell.seed + step)
-    pol, ref = [], []
+    # The same seed for every variant at a (seed, step): common random numbers for the paired comparisons.
+    rows, tokens = sample_rows(model, tokenizer, prompts, n, settings, 10**6 * (cell.seed + 1) + 1000 * step)
     pad = tokenizer.pad_token_id
-    for pid, comps in tokens:  # one forward per prompt and model: its n completions padded together
-        pol += completion_token_logps(model, pid, comps, pad)
-        with model.disable_adapter():
-            ref += completion_token_logps(model, pid, comps, pad)
+    pol = completion_token_logps(model, [p for p, _ in tokens], [c for _, c in tokens], pad)
+    with model.disable_adapter():
+        ref = completion_token_logps(model, [p for p, _ in tokens], [c for _, c in tokens], pad)
     kl = kl_estimates(pol, ref)
     rewards = [r["reward"] for r in rows]
     per_prompt = [statistics.fmean(rewards[i : i + n]) for i in range(0, len(rewards), n)]
