@@ -8,27 +8,30 @@ reply is the VADER compound sentiment of its text, in [-1, 1] (a lexicon and rul
 Stages, in this order (bench/ground_truth.md is the protocol fixed before the test prompts were sampled):
 
 1. The reference (the base model; LoRA's adapters off) samples K replies per training prompt and a few per validation
-   prompt (temperature 1, no top-k / top-p, at most --max_new_tokens tokens); each reply is scored. A training pair
-   is a higher- vs a lower-scored reply of the same prompt with a score gap of at least --min_gap: the best against
+   prompt (temperature 1, no top-k / top-p, at most `max_new_tokens` tokens); each reply is scored. A training pair
+   is a higher- vs a lower-scored reply of the same prompt with a score gap of at least `min_gap`: the best against
    the worst, the second best against the second worst, ... Both scores are kept.
 2. Label noise: for training seed s, a fixed permutation of the pairs (random.Random(s)); at rate eps its first
    round(eps * N) pairs are swapped (chosen <-> rejected, with their scores). The swaps are written to
    swaps/eps<eps>-seed<s>.json and are the same for every variant (so eps 0.2's swaps are a subset of eps 0.4's).
-3. Learning rate and steps: DPO at the main beta, eps 0, seed 0, trained at each --sweep_lrs with a constant
-   learning rate and evaluated on the validation prompts after each of --sweep_steps; the pair with the highest
+3. Learning rate and steps: DPO at the main beta, eps 0, seed 0, trained at each of `sweep_lrs` with a constant
+   learning rate and evaluated on the validation prompts after each of `sweep_steps`; the pair with the highest
    validation mean reward is the budget of every cell (sweep.json).
-4. The reference on the test prompts: --reference_samples replies per prompt (its mean reward, best-of-n) and the
+4. The reference on the test prompts: `reference_samples` replies per prompt (its mean reward, best-of-n) and the
    held-out pairs (its best against its worst reply per prompt, the same minimum gap; no noise).
 5. Cells (variant x beta x eps x seed), most important first; each trains through the project's PreferenceTrainer
-   (dpo_recipes.trainer, dpo_recipes.losses), then samples --samples replies per test prompt and measures the mean
+   (dpo_recipes.trainer, dpo_recipes.losses), then samples `samples` replies per test prompt and measures the mean
    true reward, KL(policy || reference) (dpo_recipes.generation.kl_estimates) and the implicit reward margin and
    accuracy on the held-out pairs. Every reply is written to samples/<cell>.jsonl (prompt, completion, reward).
-6. Over-confidence: DPO and IPO at the main beta for --overconf_epochs epochs, evaluated after each epoch.
+6. Over-confidence: DPO and IPO at the main beta for `overconf_epochs` epochs, evaluated after each epoch.
+
+The names in backquotes are fields of `Settings` below (the full run's values; `--quick` swaps in QUICK's).
 
 Outputs (under --out, default bench/results): ground_truth.json ({"cells": [...], ...}), ground_truth.md, the plots
 ground_truth_*.png, and ground_truth/ (reference samples, pairs, swaps, cells/<cell>.json, samples/<cell>.jsonl).
-Checkpoints and reward models go under bench/tmp/ground_truth/ (ignored by git). A rerun skips every finished
-cell (its JSON exists with the same settings); an interrupted cell starts again.
+Reward models and the reference log-prob cache go under bench/tmp/ground_truth/ (ignored by git). A rerun skips
+every finished cell (its JSON exists with the same settings and VERSION); an interrupted cell starts again. The
+cell key does not cover the package's code: after a change to training or generation, raise VERSION to rerun all.
 """
 
 from __future__ import annotations

@@ -184,7 +184,10 @@ def hypotheses(cells: list[dict], reference: dict | None, settings: dict) -> dic
             ipo_last = t_interval([c["evals"][-1]["normalised_logratio_margin"] for c in over["ipo"].values()])
             ipo_verdict = ("supported" if ipo_last["ci95"][1] < 1 / (2 * tau) else
                            "contradicted" if ipo_last["ci95"][0] > 1 / (2 * tau) else "unresolved")
-            h3.update({"ipo_normalised_margin_last": ipo_last, "ipo_target": 1 / (2 * tau), "ipo_verdict": ipo_verdict})
+            ipo_growth = paired_interval({s: c["evals"][-1]["normalised_logratio_margin"] for s, c in over["ipo"].items()},
+                                         {s: c["evals"][0]["normalised_logratio_margin"] for s, c in over["ipo"].items()})
+            h3.update({"ipo_normalised_margin_last": ipo_last, "ipo_target": 1 / (2 * tau), "ipo_verdict": ipo_verdict,
+                       "ipo_normalised_margin_growth": ipo_growth})
             parts.append(ipo_verdict)
         else:
             parts.append("unresolved")
@@ -227,8 +230,14 @@ def markdown(result: dict) -> str:
     meta, ref = result["meta"], result["reference"]
     lines = ["# Ground truth: true reward vs KL on SmolLM2-135M-Instruct", "",
              f"Written by `make ground-truth` (bench/ground_truth.py); protocol: bench/ground_truth.md. "
-             f"{meta['cells_finished']} cells finished. Task: one-sentence film reviews "
+             f"{meta['cells_finished']} test cells finished. Task: one-sentence film reviews "
              "(data/ground_truth/README.md); true reward: VADER compound sentiment in [-1, 1].", ""]
+    p = meta["progress"]
+    if p.get("pending"):
+        eta = (f"; at the finished cells' median pace they would take about {p['pending_hours_estimate']:.1f} h more "
+               "on this machine" if "pending_hours_estimate" in p else "")
+        lines += [f"**Partial results**: {p['finished']} of {p['planned']} cells (sweep included) have finished; "
+                  f"next: {', '.join(p['pending'][:3])}{eta}. A rerun of `make ground-truth` resumes.", ""]
     sweep = result.get("sweep")
     if sweep:
         lines += [f"Budget chosen on validation prompts: learning rate {sweep['learning_rate']:g}, {sweep['steps']} "
@@ -271,7 +280,8 @@ def markdown(result: dict) -> str:
                       f"({x['dpo_reward_verdict']})")
             if "ipo_verdict" in x:
                 detail += (f"; IPO's normalised margin at the end {_ci(x['ipo_normalised_margin_last'])} vs its target "
-                           f"{x['ipo_target']:.3f} ({x['ipo_verdict']})")
+                           f"{x['ipo_target']:.3f} ({x['ipo_verdict']}), its growth first to last "
+                           f"{_ci(x['ipo_normalised_margin_growth'])}")
         elif name == "H4":
             detail = (f"MADPO minus DPO's frontier at MADPO's KL {_ci(x['difference_at_equal_kl'])} "
                       f"(non-inferiority margin {x['noninferiority_margin']})")
@@ -283,6 +293,17 @@ def markdown(result: dict) -> str:
 
 COLOURS = {"dpo": "#4c72b0", "cdpo": "#dd8452", "rdpo": "#55a868", "ipo": "#c44e52", "madpo_true": "#8172b3",
            "madpo_rm": "#937860"}
+
+
+def _save(fig, axes, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot(result: dict, out: Path) -> None:
@@ -309,14 +330,13 @@ def plot(result: dict, out: Path) -> None:
                               [row["policy_reward"]["ci95"][1] - row["policy_reward"]["mean"]]] if
                         row["policy_reward"]["n"] > 1 else None, color=COLOURS[row["variant"]], marker="D", ms=7,
                         mec="black", capsize=3)
+        if row["epsilon"] == 0 and row["variant"] == "dpo":
+            ax.annotate(f"beta {row['beta']:g}", (row["kl"]["mean"], row["policy_reward"]["mean"]), fontsize=8,
+                        xytext=(6, -12), textcoords="offset points")
     ax.set_xlabel("KL(policy || reference), k3, nats per completion")
     ax.set_ylabel("true reward (VADER compound), test prompts")
     ax.set_title("True reward vs KL (points: seeds; diamonds: means, 95% t)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "ground_truth_frontier.png", dpi=100)
-    plt.close(fig)
+    _save(fig, [ax], out / "ground_truth_frontier.png")
 
     h2 = result["hypotheses"].get("H2")
     if h2 and ref:
@@ -333,11 +353,7 @@ def plot(result: dict, out: Path) -> None:
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("label-noise rate eps")
         ax.set_ylabel("share of DPO's eps-0 gain kept")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "ground_truth_noise.png", dpi=100)
-        plt.close(fig)
+        _save(fig, [ax], out / "ground_truth_noise.png")
 
     over = [c for c in cells if c["kind"] == "overconf"]
     if over:
@@ -354,11 +370,43 @@ def plot(result: dict, out: Path) -> None:
             axes[1].axhline(ref["reward"], color="grey", ls="--", lw=0.8, label="reference")
         for ax in axes:
             ax.set_xlabel("optimizer steps")
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "ground_truth_overconfidence.png", dpi=100)
-        plt.close(fig)
+        _save(fig, axes, out / "ground_truth_overconfidence.png")
+
+
+def plan(folder: Path, settings: dict, sweep: dict | None) -> list[str] | None:
+    """Every cell's name in the order the run takes them (once the budget is chosen), so the report can say what
+    is left."""
+    import dataclasses
+
+    from ground_truth import Settings, main_cells, sweep_cells
+
+    known = {f.name for f in dataclasses.fields(Settings)}
+    s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k in known})
+    names = [c.name for c in sweep_cells(s)]
+    pairs = folder / "pairs" / "train.jsonl"
+    if sweep is None or not pairs.is_file():
+        return None
+    return names + [c.name for c in main_cells(s, sweep["learning_rate"], sweep["steps"], len(read_jsonl(pairs)))]
+
+
+def progress(cells: list[dict], planned: list[str] | None, jobs: int = 2) -> dict:
+    """Finished and pending cells, and the hours the pending ones would take at the finished ones' median pace
+    (`jobs` cells at a time; over-confidence cells weighted by their steps)."""
+    done = {c["name"] for c in cells}
+    out = {"finished": len(done)}
+    if planned is None:
+        return out
+    pending = [n for n in planned if n not in done]
+    main = [c["seconds"] / max(c["steps"], 1) for c in cells if c["kind"] == "main"]
+    per_step = statistics.median(main) if main else None
+    steps = {c["name"]: c["steps"] for c in cells}
+    out.update({"planned": len(planned), "pending": pending})
+    if per_step is not None:
+        main_steps = statistics.median([c["steps"] for c in cells if c["kind"] == "main"])
+        cost = sum(per_step * (3 * main_steps if n.startswith("overconf-") else steps.get(n, main_steps))
+                   for n in pending)
+        out["pending_hours_estimate"] = cost / jobs / 3600
+    return out
 
 
 def write_report(out: Path, settings=None) -> dict:
@@ -374,6 +422,7 @@ def write_report(out: Path, settings=None) -> dict:
     test_cells = [c for c in cells if c["kind"] != "sweep"]
     result = {"meta": {"command": "make ground-truth", "settings": meta_settings,
                        "cells_finished": len(test_cells),
+                       "progress": progress(cells, plan(folder, meta_settings, sweep)),
                        "train_pairs": len(read_jsonl(pairs)) if pairs.is_file() else None},
               "reference": reference, "sweep": sweep, "summary": summarise(test_cells, reference),
               "hypotheses": hypotheses(test_cells, reference, meta_settings),
