@@ -389,7 +389,7 @@ def plan(folder: Path, settings: dict, sweep: dict | None) -> list[str] | None:
     return names + [c.name for c in main_cells(s, sweep["learning_rate"], sweep["steps"], len(read_jsonl(pairs)))]
 
 
-def progress(cells: list[dict], planned: list[str] | None, jobs: int = 2) -> dict:
+def progress(cells: list[dict], planned: list[str] | None, planned_steps: int | None, jobs: int = 2) -> dict:
     """Finished and pending cells, and the hours the pending ones would take at the finished ones' median pace
     (`jobs` cells at a time; over-confidence cells weighted by their steps)."""
     done = {c["name"] for c in cells}
@@ -397,12 +397,14 @@ def progress(cells: list[dict], planned: list[str] | None, jobs: int = 2) -> dic
     if planned is None:
         return out
     pending = [n for n in planned if n not in done]
-    main = [c["seconds"] / max(c["steps"], 1) for c in cells if c["kind"] == "main"]
-    per_step = statistics.median(main) if main else None
+    # Seconds per training step, evaluation included: the main cells' median, else the sweep's (three evaluations
+    # each, so an overestimate).
+    paced = [c for c in cells if c["kind"] == "main"] or [c for c in cells if c["kind"] == "sweep"]
+    per_step = statistics.median(c["seconds"] / max(c["steps"], 1) for c in paced) if paced else None
     steps = {c["name"]: c["steps"] for c in cells}
     out.update({"planned": len(planned), "pending": pending})
     if per_step is not None:
-        main_steps = statistics.median([c["steps"] for c in cells if c["kind"] == "main"])
+        main_steps = planned_steps
         cost = sum(per_step * (3 * main_steps if n.startswith("overconf-") else steps.get(n, main_steps))
                    for n in pending)
         out["pending_hours_estimate"] = cost / jobs / 3600
@@ -422,7 +424,7 @@ def write_report(out: Path, settings=None) -> dict:
     test_cells = [c for c in cells if c["kind"] != "sweep"]
     result = {"meta": {"command": "make ground-truth", "settings": meta_settings,
                        "cells_finished": len(test_cells),
-                       "progress": progress(cells, plan(folder, meta_settings, sweep)),
+                       "progress": progress(cells, plan(folder, meta_settings, sweep), sweep and sweep["steps"]),
                        "train_pairs": len(read_jsonl(pairs)) if pairs.is_file() else None},
               "reference": reference, "sweep": sweep, "summary": summarise(test_cells, reference),
               "hypotheses": hypotheses(test_cells, reference, meta_settings),

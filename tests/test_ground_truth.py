@@ -157,7 +157,7 @@ def committed_cells():
 
 
 def test_committed_results_exist():
-    assert len(committed_cells()) >= 5
+    assert committed_cells() and all((REPO / c["samples"]).is_file() for c in committed_cells())
 
 
 @pytest.mark.parametrize("cell", committed_cells(), ids=lambda c: c["name"])
@@ -183,3 +183,12 @@ def test_swaps_are_the_same_for_every_variant_at_an_eps_and_seed():
         recorded = json.loads((REPO / group[0]["swaps"]).read_text())["swapped"]
         assert all(c["swapped_ids"] == recorded for c in group)
         assert len(recorded) == round(eps * group[0]["train_pairs"])
+
+
+def test_progress_names_what_is_left_and_how_long_it_would_take():
+    cells = [{"name": "a", "kind": "main", "steps": 10, "seconds": 100.0},
+             {"name": "b", "kind": "main", "steps": 10, "seconds": 300.0}]
+    p = report.progress(cells, ["a", "b", "c", "overconf-d"], planned_steps=10, jobs=2)
+    assert p["finished"] == 2 and p["pending"] == ["c", "overconf-d"]
+    # median 20 s per step: c 10 steps, the over-confidence run three times the main budget; two at a time
+    assert p["pending_hours_estimate"] == pytest.approx((200 + 600) / 2 / 3600)
