@@ -416,9 +416,12 @@ def write_report(out: Path, settings=None) -> dict:
     meta_settings = json.loads((folder / "settings.json").read_text())
     cells = load_cells(folder)
     reference = reference_summary(folder)
-    for c in cells:
-        if c["split"] == "test" and reference:
-            c["reference_reward"] = reference["reward"]
+    validation = folder / "reference" / "validation.jsonl"
+    references = {"test": reference["reward"] if reference else None,
+                  "validation": statistics.fmean(r["reward"] for r in read_jsonl(validation))
+                  if validation.is_file() else None}
+    for c in cells:  # the reference's mean on the cell's own evaluation prompts
+        c["reference_reward"] = references[c["split"]]
     sweep = json.loads((folder / "sweep.json").read_text()) if (folder / "sweep.json").is_file() else None
     pairs = folder / "pairs" / "train.jsonl"
     test_cells = [c for c in cells if c["kind"] != "sweep"]
