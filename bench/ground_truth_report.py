@@ -241,7 +241,8 @@ def markdown(result: dict) -> str:
     sweep = result.get("sweep")
     if sweep:
         lines += [f"Budget chosen on validation prompts: learning rate {sweep['learning_rate']:g}, {sweep['steps']} "
-                  f"steps of {meta['settings']['batch']} pairs ({meta['train_pairs']} training pairs).", "",
+                  f"steps of {meta['settings']['batch']} pairs: {sweep['steps'] * meta['settings']['batch']} of the "
+                  f"{meta['train_pairs']} training pairs, each seen at most once, in the seed's order.", "",
                   "| learning rate | steps | validation reward | KL |", "|---|---|---|---|"]
         lines += [f"| {p['learning_rate']:g} | {p['steps']} | {p['validation_reward']:.3f} ± "
                   f"{p['validation_reward_se'] or float('nan'):.3f} | {p['kl']:.2f} |" for p in sweep["points"]]
