@@ -237,7 +237,8 @@ def markdown(result: dict) -> str:
         eta = (f"; at the finished cells' median pace they would take about {p['pending_hours_estimate']:.1f} h more "
                "on this machine" if "pending_hours_estimate" in p else "")
         lines += [f"**Partial results**: {p['finished']} of {p['planned']} cells (sweep included) have finished; "
-                  f"next: {', '.join(p['pending'][:3])}{eta}. A rerun of `make ground-truth` resumes.", ""]
+                  f"next: {', '.join(p['pending'][:3])}{eta}. A rerun of `make ground-truth` resumes. Verdicts below are "
+                  "preliminary until all five seeds of their cells have finished.", ""]
     sweep = result.get("sweep")
     if sweep:
         lines += [f"Budget chosen on validation prompts: learning rate {sweep['learning_rate']:g}, {sweep['steps']} "
