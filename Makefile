@@ -16,7 +16,7 @@ ACCELERATE_CONFIG ?= $(RECIPE_DIR)/accelerate.yaml
 LAUNCH_ARGS ?=
 SMOKE_OUT ?= outputs/smoke/$(RECIPE)
 
-.PHONY: help install train audit test test-fast bench bench-gpu noise-bench real-bench check-recipe check-variant smoke new-recipe eval plots merge export estimate check-run migrate trackers
+.PHONY: help install train audit test test-fast bench bench-gpu noise-bench real-bench ground-truth check-recipe check-variant smoke new-recipe eval plots merge export estimate check-run migrate trackers
 
 help:
 	@echo "make train [RECIPE=<name>] [ARGS='--key value ...']   train a recipe (default: demo-smollm2, a real model, CPU, no downloads)"
@@ -35,6 +35,7 @@ help:
 	@echo "make bench-gpu                                          GPU benchmark of real recipes (needs a CUDA GPU)"
 	@echo "make noise-bench                                        label-noise robustness of the loss variants (CPU)"
 	@echo "make real-bench [ARGS=...]                              DPO variants on SmolLM2-135M and HH data (bench/README.md; many CPU hours, resumes)"
+	@echo "make ground-truth [ARGS=...]                            DPO variants judged by a known reward: reward vs KL (CPU, hours, resumes)"
 	@echo "make install                                            create .venv from requirements.txt"
 	@echo "make trackers                                           add wandb and trackio to .venv (report_to: wandb / trackio)"
 	@echo "recipes: $$(ls recipes | tr '\n' ' ')"
@@ -132,3 +133,8 @@ noise-bench: install
 real-bench: install
 	TQDM_DISABLE=1 $(PY) bench/real_lr_sweep.py $(ARGS)
 	TQDM_DISABLE=1 $(PY) bench/real_bench.py $(ARGS)
+
+# DPO and its variants on SmolLM2-135M-Instruct judged by a reward nobody trained (bench/ground_truth.py, protocol
+# in bench/ground_truth.md); one JSON per finished cell, a rerun resumes. ARGS="--quick --out DIR": every stage, small.
+ground-truth: install
+	TQDM_DISABLE=1 $(PY) bench/ground_truth.py $(ARGS)
