@@ -165,8 +165,8 @@ def test_non_finite_loss_stops_naming_step_and_rows(tmp_path):
     assert len(errors) == 1, errors
     # The step and the batch's row ids are named; Trainer's own NaN filter would have hidden the loss.
     assert re.search(r"^.*error: non-finite (loss|gradient) at step \d+ ", errors[0]), errors[0]
-    # a loss names the batch's pairs where they are in the data: the demo's train split, row by row
-    rows = re.search(r"\(training rows: data/demo \(split train\): rows \d+(, \d+)+\)", errors[0])
+    # a loss names the batch's pairs where they are in the data: the demo folder's training file, line by line
+    rows = re.search(r"\(training rows: \S*data/demo/train\.jsonl: lines \d+(, \d+)+\)", errors[0])
     assert rows or "gradient" in errors[0], errors[0]
     assert "the last complete checkpoint" in errors[0]
 
