@@ -509,10 +509,10 @@ def write_speed(quick: bool) -> dict:
     """Where the time goes (measure_speed), and this project's training path against a plain TRL DPOTrainer on
     equal-length pairs: bench/results/speed.json and speed.md."""
     print("speed: matmul peak, SmolLM2 step fp32 vs bf16, profile, generation", flush=True)
-    config = {"speed": True, "batch_size": 2, "batches": 2 if quick else 4, "matmul_repeats": 3 if quick else 7,
-              "prompts": 4 if quick else 8, "new_tokens": 8 if quick else 32}
+    config = {"speed": True, "batch_size": 2, "batches": 2 if quick else 6, "matmul_repeats": 3 if quick else 7,
+              "prompts": 4 if quick else 16, "new_tokens": 8 if quick else 48}  # the report's 16 prompts x 48 tokens
     result = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "loadavg_before": Path("/proc/loadavg").read_text().split()[:3], **run_one(config)}
+              "cpu": cpu_model(), "loadavg_before": Path("/proc/loadavg").read_text().split()[:3], **run_one(config)}
     print("speed: project path vs plain TRL DPOTrainer, equal-length pairs, 12 steps", flush=True)
     equal = {"model": "tiny", "rows": 4 * 14, "warmup": 2, "steps": 2 if quick else 12, "max_length": 512,
              "batch_size": 4, "fixed_tokens": 32}
@@ -528,15 +528,27 @@ def write_speed(quick: bool) -> dict:
     return result
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), with its cores: the bf16 peak depends on it (AMX, AVX512-BF16)."""
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (info.read_text().splitlines() if info.is_file() else [])
+             if line.startswith("model name")]
+    flags = next((line for line in info.read_text().splitlines() if line.startswith("flags")), "") if names else ""
+    extras = [f for f in ("amx_bf16", "avx512_bf16") if f" {f}" in flags]
+    return f"{names[0] if names else platform.processor()}, {len(names) or os.cpu_count()} cores" + \
+        (f" ({', '.join(extras)})" if extras else "")
+
+
 def speed_markdown(r: dict) -> str:
     step, gen, mm, over = r["step"], r["generation"], r["matmul"], r["overhead_equal_length"]
     lines = [
         "# Where the training time goes (CPU)",
         "",
-        f"`python bench/bench_training.py --only speed`, {r['measured_at']}, {r['threads']} torch thread(s). The machine "
-        f"was shared with other jobs (load average {' / '.join(r['loadavg_before'])} before, "
-        f"{' / '.join(r['loadavg_after'])} after, 1 / 5 / 15 min): absolute times are not reproducible; the ratios "
-        "come from configurations alternating within one process (or one run), medians with their range.",
+        f"`python bench/bench_training.py --only speed`, {r['measured_at']}, {r['threads']} torch thread(s), "
+        f"{r.get('cpu', 'CPU not recorded')}. Load average {' / '.join(r['loadavg_before'])} before, "
+        f"{' / '.join(r['loadavg_after'])} after (1 / 5 / 15 min; above 0 means other jobs shared the cores): "
+        "absolute times depend on both; the ratios come from configurations alternating within one process (or one "
+        "run), medians with their range.",
         "",
         "## Matmul peak",
         "",

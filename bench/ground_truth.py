@@ -43,6 +43,7 @@ import json
 import math
 import multiprocessing
 import os
+import platform
 import random
 import sys
 import time
@@ -487,7 +488,16 @@ def run_cell(cell: Cell, settings: Settings, folder: str, threads: int) -> dict:
             "swaps": os.path.relpath(folder / "swaps" / f"eps{cell.epsilon}-seed{cell.seed}.json", REPO),
             "swapped_ids": [r["id"] for r in rows if r["swapped"]], **{k: v for k, v in final.items() if k != "step"},
             "evals": evals, "samples": os.path.relpath(samples_path, REPO),
-            "train_log": history, "train_seconds": train_seconds, "seconds": time.time() - started}
+            "train_log": history, "train_seconds": train_seconds, "seconds": time.time() - started,
+            "cpu": cpu_model()}
+
+
+def cpu_model() -> str:
+    """The CPU a cell ran on (its timings depend on it; this benchmark's cells did not all run on one machine)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -63,3 +63,20 @@ def test_lm_head_of_a_bf16_model_computes_in_fp32(tiny_llama):
     want = torch.log_softmax(expected[0, :-1].double(), -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
     torch.testing.assert_close(fused[0].double(), want, rtol=0, atol=1e-5)
     assert not fp32_lm_head(AutoModelForCausalLM.from_pretrained(tiny_llama))  # fp32 weights: nothing to do
+
+
+def test_fp32_head_keeps_its_weight_copy_current(tiny_llama):
+    """The head's fp32 weight is cast once and kept; a change of the weight in place (an optimizer step) makes a new
+    copy, and a head that is trained gets its gradient through the cast."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).eval()
+    assert fp32_lm_head(model)
+    head, x = model.lm_head, torch.randn(3, model.config.hidden_size)
+    with torch.no_grad():
+        first = head(x)
+        copy = head._fp32_weight
+        assert head(x).equal(first) and head._fp32_weight is copy  # kept between calls
+        head.weight.mul_(2)  # in place: the version counter moves
+        torch.testing.assert_close(head(x), 2 * first, rtol=1e-6, atol=1e-6)
+    head.weight.requires_grad_(True)
+    head(x).sum().backward()
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
