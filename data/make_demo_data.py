@@ -10,7 +10,7 @@ Held out: 10 subjects, and whole templates (3 of the 9 questions, 1 of the 3 cho
 reply templates). Every held-out pair uses a held-out subject and held-out templates only, so no held-out reply text
 appears in training and held-out accuracy measures whether the style generalises, not recall.
 
-    PYTHONPATH=. python data/make_demo_data.py   # rewrites data/demo/train.jsonl, data/demo/test.jsonl, data/demo-probes.json
+    PYTHONPATH=. python data/make_demo_data.py   # rewrites data/demo/*.jsonl, data/demo-probes*.json
 """
 
 import json
@@ -147,8 +147,10 @@ def make_pair(rng: random.Random, subject: str, questions, chosen, rejected) -> 
     }
 
 
-def build(n_train: int = 2000, n_test: int = 120, seed: int = 1234) -> tuple[list[str], list[str], dict]:
-    """(train lines, test lines, probes)."""
+def build(n_train: int = 2000, n_test: int = 120, n_validation: int = 120, seed: int = 1234) -> dict:
+    """{"train", "validation", "test": lines; "probes", "validation_probes": the probes files}. Validation pairs use
+    training subjects and templates (pairs not in train.jsonl): they choose the recipe's settings
+    (bench/demo_settings.py) without touching the held-out subjects and templates of test.jsonl."""
     rng = random.Random(seed)
     subjects = sorted(SUBJECTS)
     rng.shuffle(subjects)
@@ -164,7 +166,15 @@ def build(n_train: int = 2000, n_test: int = 120, seed: int = 1234) -> tuple[lis
         while len(lines) < n:
             lines.setdefault(json.dumps(make_pair(rng, rng.choice(pool), *templates)))
         out[name] = list(lines)
-    for line in out["train"] + out["test"]:  # the style rule separates every pair
+    # Drawn after train and test, so that those two stay what they were before the validation split existed.
+    templates = [splits[k][0] for k in ("questions", "chosen", "rejected")]
+    lines = {}
+    while len(lines) < n_validation:
+        line = json.dumps(make_pair(rng, rng.choice(train_subjects), *templates))
+        if line not in out["train"]:
+            lines.setdefault(line)
+    out["validation"] = list(lines)
+    for line in out["train"] + out["validation"] + out["test"]:  # the style rule separates every pair
         row = json.loads(line)
         assert in_chosen_style(row["chosen"][0]["content"]), row["chosen"][0]["content"]
         assert not in_chosen_style(row["rejected"][0]["content"]), row["rejected"][0]["content"]
@@ -173,16 +183,20 @@ def build(n_train: int = 2000, n_test: int = 120, seed: int = 1234) -> tuple[lis
         "facts": [{"subject": s, "question": f"What is {s}?", "held_out": s in test_subjects,
                    "accepted": [SUBJECTS[s][0], *ALSO_ACCEPTED.get(SUBJECTS[s][0], [])]} for s in sorted(SUBJECTS)],
     }
-    return out["train"], out["test"], probes
+    # Validation probes: training questions on 30 training subjects (the settings sweep's style uptake); no facts.
+    validation_probes = {"style_prompts": [fill(rng.choice(splits["questions"][0]), s)
+                                           for s in sorted(train_subjects)[:30]], "facts": []}
+    return {**out, "probes": probes, "validation_probes": validation_probes}
 
 
 def main() -> None:
-    train, test, probes = build()
+    built = build()
     here = Path(__file__).parent
     (here / "demo").mkdir(exist_ok=True)
-    for name, lines in (("train", train), ("test", test)):
-        (here / "demo" / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines))
-    (here / "demo-probes.json").write_text(json.dumps(probes, indent=1) + "\n")
+    for name in ("train", "validation", "test"):
+        (here / "demo" / f"{name}.jsonl").write_text("".join(line + "\n" for line in built[name]))
+    (here / "demo-probes.json").write_text(json.dumps(built["probes"], indent=1) + "\n")
+    (here / "demo-probes-validation.json").write_text(json.dumps(built["validation_probes"], indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,10 +24,26 @@ def reply(row, side):
 
 
 def test_committed_files_are_what_the_script_writes():
-    train, test, probes = make_demo_data.build()
-    assert (REPO / "data/demo/train.jsonl").read_text() == "".join(x + "\n" for x in train)
-    assert (REPO / "data/demo/test.jsonl").read_text() == "".join(x + "\n" for x in test)
-    assert json.loads((REPO / "data/demo-probes.json").read_text()) == probes
+    built = make_demo_data.build()
+    for name in ("train", "validation", "test"):
+        assert (REPO / f"data/demo/{name}.jsonl").read_text() == "".join(x + "\n" for x in built[name])
+    assert json.loads((REPO / "data/demo-probes.json").read_text()) == built["probes"]
+    assert json.loads((REPO / "data/demo-probes-validation.json").read_text()) == built["validation_probes"]
+
+
+def test_validation_pairs_are_new_pairs_of_training_subjects_and_templates():
+    train, validation, test = rows("train"), rows("validation"), rows("test")
+    assert len(validation) == 120 and not {json.dumps(r) for r in validation} & {json.dumps(r) for r in train}
+    train_prompts = {r["prompt"][0]["content"] for r in train}
+    train_replies = {reply(r, s) for r in train for s in ("chosen", "rejected")}
+    test_replies = {reply(r, s) for r in test for s in ("chosen", "rejected")}
+    # training subjects and templates only: every prompt and reply text occurs in training, none in test
+    assert all(r["prompt"][0]["content"] in train_prompts for r in validation)
+    assert {reply(r, s) for r in validation for s in ("chosen", "rejected")} <= train_replies
+    assert not {reply(r, s) for r in validation for s in ("chosen", "rejected")} & test_replies
+    questions = json.loads((REPO / "data/demo-probes-validation.json").read_text())["style_prompts"]
+    held = json.loads((REPO / "data/demo-probes.json").read_text())["style_prompts"]
+    assert len(questions) == 30 and not set(questions) & set(held)
 
 
 def test_no_held_out_reply_text_subject_or_template_in_training():
