@@ -41,12 +41,15 @@ def _eos_ids(config) -> set[int]:
     return set(eos) if isinstance(eos, (list, tuple)) else {eos}
 
 
-def _left_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows padded on the left to one width, and their attention mask (0 over the padding)."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-    return ids, mask
+def _padded(rows: list[list[int]], pad_id: int, device, left: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows padded to one width (at least 1) on the left or the right, and their attention mask (0 over the
+    padding)."""
+    width = max(1, max(len(r) for r in rows))
+    pads = [[pad_id] * (width - len(r)) for r in rows]
+    masks = [([0] * (width - len(r)), [1] * len(r)) for r in rows]
+    ids = [p + r if left else r + p for p, r in zip(pads, rows)]
+    mask = [zeros + ones if left else ones + zeros for zeros, ones in masks]
+    return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
 
 
 @torch.no_grad()
@@ -69,7 +72,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, sa
         eos = _eos_ids(config)
         completions: list[list[list[int]]] = []
         for chunk, start in enumerate(range(0, len(prompts), per_chunk)):
-            ids, mask = _left_padded(prompts[start : start + per_chunk], pad, device)
+            ids, mask = _padded(prompts[start : start + per_chunk], pad, device)
             torch.manual_seed(seed + chunk)
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
             rows = out[:, ids.shape[1] :].tolist()
@@ -93,12 +96,11 @@ def completion_token_logps(model, prompts: list[list[int]], completions: list[li
     out: list[torch.Tensor] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        prompt_width = max(len(p) for p, _ in chunk)
-        width = max(max(len(c) for _, c in chunk), 1)
-        rows = [[pad_id] * (prompt_width - len(p)) + p + c + [pad_id] * (width - len(c)) for p, c in chunk]
-        mask = torch.tensor([[0] * (prompt_width - len(p)) + [1] * (len(p) + len(c)) + [0] * (width - len(c))
-                             for p, c in chunk], device=device)
-        input_ids = torch.tensor(rows, device=device)
+        prompt_ids, prompt_mask = _padded([p for p, _ in chunk], pad_id, device, left=True)
+        completion_ids, completion_mask = _padded([c for _, c in chunk], pad_id, device, left=False)
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        width = completion_ids.shape[1]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         # Only the positions that predict completion tokens need logits (a full vocabulary row each).
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False,
