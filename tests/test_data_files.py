@@ -9,6 +9,7 @@ from tests.helpers import GOOD_PAIR, error_of, jsonl, text_pairs, write_rows
 from dpo_recipes.train.config import ScriptArguments
 from dpo_recipes.data.preparation import load_preference_data
 from dpo_recipes.errors import UserError
+from dpo_recipes.report.audit import build_report, format_table
 
 
 def load(seed=0, **kwargs):
@@ -199,3 +200,15 @@ def test_capitalised_spreadsheet_columns_get_the_mapping_to_write(tmp_path):
     path.write_text("Prompt;Chosen;Rejected\n" + "".join(f"q{i};a{i};b{i}\n" for i in range(5)))
     assert error_of(path) == (f"{path}: no column 'chosen' (columns: Prompt, Chosen, Rejected); name it with "
                               "dataset_columns, e.g. {chosen: Chosen}")
+
+
+def test_a_split_the_run_does_not_use_is_named_in_the_audit(tmp_path):
+    write_rows(tmp_path / "train.jsonl", text_pairs(30, "t"))
+    write_rows(tmp_path / "validation.jsonl", text_pairs(7, "v"))
+    write_rows(tmp_path / "test.jsonl", text_pairs(5, "s"))
+    data = load(dataset_name=str(tmp_path), dataset_test_split="test")
+    assert (len(data.train), len(data.eval)) == (30, 5)
+    assert data.sources[0]["splits_not_used"] == {"validation": 7}
+    assert "  splits not used by this run: validation (7 rows)" in format_table(build_report(data)).splitlines()
+    used = load(dataset_name=str(tmp_path), dataset_test_split="validation")
+    assert used.sources[0]["splits_not_used"] == {"test": 5}

@@ -229,6 +229,8 @@ def load_preference_data(
         roles = [("train", source.split)]
         if source.test_split and source.test_split in splits and source.test_split != source.split:
             roles.append(("eval", source.test_split))
+        # The source's other splits are not read into this run; the audit names them with their rows.
+        unused = {split: len(splits[split]) for split in sorted(splits) if split not in {s for _, s in roles}}
         for role, split in roles:
             label = source.name if len(splits) == 1 else f"{source.name} (split {split})"
             ds, format_name = normalise(splits[split], source, label, num_proc, score_names)
@@ -238,7 +240,8 @@ def load_preference_data(
                 ds = add_token_lengths(ds, tokenizer, conversational, label, num_proc)
             parts.append({"source": source, "index": index, "role": role, "label": label, "ds": ds,
                           "counts": SplitCounts(split), "format": format_name, "files": read.files.get(split, []),
-                          "not_data": read.not_data, "left_out": _left_out(splits[split], ds, source),
+                          "not_data": read.not_data, "unused_splits": unused,
+                          "left_out": _left_out(splits[split], ds, source),
                           "numbers": [c for c in ds.column_names if ds.features[c] == Value("float64")]})
     if len(forms) > 1:
         text = [p["label"] for p in parts if p["format"].startswith("standard")]
@@ -286,6 +289,7 @@ def load_preference_data(
         reports.append({
             "name": source.name, "format": train_part["format"], "held_out": held_out,
             "columns_left_out": train_part["left_out"], "files_not_data": train_part["not_data"],
+            "splits_not_used": train_part["unused_splits"],
             "train": train_part["counts"].as_dict(),
             "eval": eval_part["counts"].as_dict() if eval_part else {"split": None, "rows": len(eval_ds)},
             "weight": source.weight, "fraction": source.fraction,

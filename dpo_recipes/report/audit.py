@@ -96,6 +96,9 @@ def format_table(report: dict) -> str:
                 lines.append(f"  first {reason}: {where}")
         if source.get("files_not_data"):
             lines.append(f"  not data, not read: {', '.join(source['files_not_data'])}")
+        if source.get("splits_not_used"):
+            lines.append("  splits not used by this run: " + ", ".join(
+                f"{split} ({rows} rows)" for split, rows in source["splits_not_used"].items()))
     splits = report["splits"]
     rows = [("", "train", "eval"), ("pairs", *(str(splits[s]["rows"]) for s in ("train", "eval")))]
     if "lengths" in splits["train"]:
