@@ -8,12 +8,15 @@ import torch
 import transformers
 import yaml
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from trl import ModelConfig
 
 from tests.helpers import REPO
 from dpo_recipes.commands import estimate
 from dpo_recipes.commands import smoke
 from dpo_recipes.errors import UserError
 from dpo_recipes.models.families import FAMILIES, SPLIT_LINEAR, family_of, split_projections
+from dpo_recipes.models.loading import CACHE_DIR, load_model
+from dpo_recipes.models.tiny import build_tiny
 
 CONVERSATION = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi there."}]
 
@@ -99,3 +102,11 @@ def test_docs_list_every_family():
     rows = {line.split("`")[1] for line in docs.split("## Tiny model families")[1].splitlines()
             if line.startswith("| `")}
     assert rows == set(FAMILIES)
+
+
+def test_a_real_run_with_an_attention_the_model_lacks_stops_in_one_line():
+    """Not only the smoke run: loading a Gemma 2 model with sdpa (transformers raises a ValueError) names the key."""
+    path = build_tiny("gemma2", CACHE_DIR / "tiny-gemma2")
+    with pytest.raises(UserError, match=r"^config: attn_implementation 'sdpa': Gemma2ForCausalLM does not support an "
+                                        r"attention implementation through .*; set attn_implementation: eager"):
+        load_model(str(path), ModelConfig(model_name_or_path=str(path), attn_implementation="sdpa"), False)

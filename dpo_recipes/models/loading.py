@@ -64,6 +64,12 @@ def load_model(path: str, model_args: ModelConfig, trust_remote_code: bool):
         )
     except OSError as err:  # not found, offline, no safetensors weights: one line
         raise UserError(f"{path}: cannot load the model: {str(err).strip().splitlines()[0]}") from None
+    except (ValueError, ImportError) as err:  # an attention the model class or this machine lacks: name the key
+        if model_args.attn_implementation is None or "attention" not in str(err).lower():
+            raise
+        first = str(err).strip().split(". ")[0].splitlines()[0]
+        raise UserError(f"config: attn_implementation {model_args.attn_implementation!r}: {first}; set "
+                        "attn_implementation: eager (or another the model supports)") from None
     fp32_lm_head(model)  # bf16 weights on a CPU: the log-probs still in fp32 (precision.py)
     return model, get_peft_config(model_args)
 
