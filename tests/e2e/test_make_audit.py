@@ -18,7 +18,9 @@ DEMO = str(REPO / "recipes/demo-cpu/config.yaml")
 def test_make_audit_on_the_demo_recipe(tmp_path):
     proc = run(["make", "--no-print-directory", "audit", "RECIPE=demo-cpu", f"ARGS=--output_dir {tmp_path}"])
     report = json.loads((tmp_path / AUDIT_FILE).read_text())
-    assert report["rows_read"] == 2120  # data/demo: 2,000 train + 120 test lines
+    assert report["rows_read"] == 2120  # data/demo: 2,000 train + 120 test lines; its validation split is named
+    assert report["sources"][0]["splits_not_used"] == {"validation": 120}
+    assert "  splits not used by this run: validation (120 rows)" in proc.stdout.splitlines()
     assert report["rows_read"] == report["kept"] + sum(report["dropped"].values())
     assert report["splits"]["train"]["rows"] + report["splits"]["eval"]["rows"] == report["kept"]
     assert f"data audit -> {tmp_path / AUDIT_FILE}" in proc.stdout
