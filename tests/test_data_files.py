@@ -212,3 +212,12 @@ def test_a_split_the_run_does_not_use_is_named_in_the_audit(tmp_path):
     assert "  splits not used by this run: validation (7 rows)" in format_table(build_report(data)).splitlines()
     used = load(dataset_name=str(tmp_path), dataset_test_split="validation")
     assert used.sources[0]["splits_not_used"] == {"test": 5}
+
+
+def test_files_are_named_as_the_folder_was_given(tmp_path, monkeypatch):
+    # datasets resolves a folder's files to absolute paths; the audit keeps the user's relative name
+    (tmp_path / "d").mkdir()
+    write_rows(tmp_path / "d" / "train.jsonl", text_pairs(30, "t"))
+    monkeypatch.chdir(tmp_path)
+    data = load(dataset_name="d")
+    assert [f["file"] for f in data.sources[0]["train"]["files"]] == ["d/train.jsonl"]

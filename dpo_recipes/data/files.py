@@ -144,8 +144,8 @@ def _split_files(path: Path) -> tuple[dict[str, list[Path]], list[Path], list[Pa
                     for split, found in DataFilesDict.from_patterns(patterns, base_path=str(path)).items()}
     except FileNotFoundError:  # datasets: no file matches any pattern
         by_split = {}
-    known = {d.resolve() for d in data}
-    by_split = {split: [f for f in found if f.resolve() in known] for split, found in by_split.items()}
+    known = {d.resolve(): d for d in data}  # datasets returns absolute paths; keep them as the user gave the folder
+    by_split = {split: [known[f.resolve()] for f in found if f.resolve() in known] for split, found in by_split.items()}
     read = {f.resolve() for found in by_split.values() for f in found}
     unread = [p for p in data if p.resolve() not in read]
     return {split: found for split, found in by_split.items() if found}, unread, not_data
