@@ -371,6 +371,23 @@ def measure_speed(config: dict) -> dict:
         "tokens_generated": generated, "batched_tokens_per_second": generated / batched,
         "same_replies": sum(a == t for a, t in zip(alone, together)),
     }
+    # Batch width: the demo report's probe questions (data/demo-probes.json, short prompts), 16 against 64 at a time,
+    # alternating, twice each.
+    probes = json.loads((REPO / "data" / "demo-probes.json").read_text())
+    questions = probes["style_prompts"] + [f["question"] for f in probes["facts"]]
+    ids = [generation_prompt_ids(tokenizer, {"prompt": [{"role": "user", "content": q}]}) for q in questions]
+    widths = {16: [], 64: []}
+    for _ in range(config["width_repeats"]):
+        for width in widths:
+            started = time.perf_counter()
+            generate(model, tokenizer, ids, config["new_tokens"], sample=False, batch_size=width)
+            widths[width].append(time.perf_counter() - started)
+    result["generation_width"] = {
+        "prompts": len(ids), "max_new_tokens": config["new_tokens"], "repeats": config["width_repeats"],
+        **{f"seconds_{w}": statistics.median(t) for w, t in widths.items()},
+        **{f"range_{w}": [min(t), max(t)] for w, t in widths.items()},
+        "speedup_64_over_16": statistics.median(a / b for a, b in zip(widths[16], widths[64])),
+    }
     return result
 
 
@@ -510,7 +527,8 @@ def write_speed(quick: bool) -> dict:
     equal-length pairs: bench/results/speed.json and speed.md."""
     print("speed: matmul peak, SmolLM2 step fp32 vs bf16, profile, generation", flush=True)
     config = {"speed": True, "batch_size": 2, "batches": 2 if quick else 6, "matmul_repeats": 3 if quick else 7,
-              "prompts": 4 if quick else 16, "new_tokens": 8 if quick else 48}  # the report's 16 prompts x 48 tokens
+              "prompts": 4 if quick else 16, "new_tokens": 8 if quick else 48,  # the report's 16 prompts x 48 tokens
+              "width_repeats": 1 if quick else 2}
     result = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "cpu": cpu_model(), "loadavg_before": Path("/proc/loadavg").read_text().split()[:3], **run_one(config)}
     print("speed: project path vs plain TRL DPOTrainer, equal-length pairs, 12 steps", flush=True)
@@ -591,6 +609,10 @@ def speed_markdown(r: dict) -> str:
         f"{gen['same_replies']} of {gen['prompts']} replies identical token for token (bf16 rounding can flip a "
         "near-tie between the padded and unpadded computation).",
         "",
+        *([f"The demo report's {w['prompts']} probe questions, greedy, at most {w['max_new_tokens']} new tokens: 16 at "
+           f"a time {w['seconds_16']:.1f} s, 64 at a time {w['seconds_64']:.1f} s (medians of "
+           f"{w['repeats']}): {w['speedup_64_over_16']:.2f}x "
+           "(`eval_report_generation_batch_size`).", ""] if (w := r.get("generation_width")) else []),
         "## This project's training path against a plain TRL DPOTrainer",
         "",
         "The tests' tiny Llama (2 layers, hidden 64: the step is mostly the trainers' own work), equal-length pairs "

@@ -136,6 +136,7 @@ def test_peft_without_lora_dropout_key_is_not_refused(tmp_path):
     (["--report_to", "trackio"], "report_to trackio needs the trackio package"),
     (["--judge_model", "./no/such/reward-model"], "judge_model './no/such/reward-model' not found"),
     (["--eval_report_examples", "9"], "eval_report_examples (9) cannot exceed eval_report_prompts (8)"),
+    (["--eval_report_generation_batch_size", "0"], "eval_report_generation_batch_size must be an integer >= 1, got 0"),
 ])
 def test_report_and_logging_settings_are_checked_before_training(argv, message):
     """Settings that would only fail at the end of a run (or at the trainer's start, after the model has loaded)

@@ -20,7 +20,7 @@ from dpo_recipes.models.loading import load_tokenizer
 
 # ScriptArguments fields that only shape the report (they can be changed for `make eval` without retraining).
 REPORT_FIELDS = ("eval_report_pairs", "eval_report_prompts", "eval_report_samples", "eval_report_max_new_tokens",
-                 "eval_report_examples", "judge_model", "eval_report_probes")
+                 "eval_report_examples", "eval_report_generation_batch_size", "judge_model", "eval_report_probes")
 TEXT_REPORT_FIELDS = ("judge_model", "eval_report_probes")
 
 

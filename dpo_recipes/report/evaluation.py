@@ -75,6 +75,7 @@ class ReportSettings:
             samples=script_args.eval_report_samples,
             max_new_tokens=script_args.eval_report_max_new_tokens,
             examples=script_args.eval_report_examples,
+            generation_batch_size=script_args.eval_report_generation_batch_size,
             judge_model=script_args.judge_model,
             probes=script_args.eval_report_probes,
             beta=float(training.beta),
@@ -279,14 +280,15 @@ def evaluate(models: RunModels, eval_dataset, settings: ReportSettings) -> dict:
 
 
 @torch.no_grad()
-def greedy_replies(models: RunModels, questions: list[str], max_new_tokens: int) -> dict[str, list[str]]:
-    """Greedy replies of policy and reference to single-turn user questions, generated in batches (generate())."""
+def greedy_replies(models: RunModels, questions: list[str], max_new_tokens: int,
+                   batch_size: int = 16) -> dict[str, list[str]]:
+    """Greedy replies of policy and reference to single-turn user questions, `batch_size` at a time (generate())."""
     tokenizer = models.tokenizer
     ids = [generation_prompt_ids(tokenizer, {"prompt": [{"role": "user", "content": q}]}) for q in questions]
 
     def replies(model) -> list[str]:
         return [tokenizer.decode(c[0], skip_special_tokens=True).strip()
-                for c in generate(model, tokenizer, ids, max_new_tokens, sample=False)]
+                for c in generate(model, tokenizer, ids, max_new_tokens, sample=False, batch_size=batch_size)]
 
     policy = replies(models.policy)
     with models.reference_model() as reference:
@@ -296,8 +298,9 @@ def greedy_replies(models: RunModels, questions: list[str], max_new_tokens: int)
 
 def run_probes(models: RunModels, settings: ReportSettings) -> dict:
     probes = load_probes(settings.probes)
-    style = greedy_replies(models, probes["style_prompts"], settings.max_new_tokens)
-    facts = greedy_replies(models, [f["question"] for f in probes["facts"]], settings.max_new_tokens)
+    width = settings.generation_batch_size
+    style = greedy_replies(models, probes["style_prompts"], settings.max_new_tokens, width)
+    facts = greedy_replies(models, [f["question"] for f in probes["facts"]], settings.max_new_tokens, width)
     return {"file": settings.probes, **probe_metrics(probes, style, facts),
             "style_replies": [{"prompt": q, "policy": p, "reference": r}
                               for q, p, r in zip(probes["style_prompts"], style["policy"], style["reference"])],

@@ -116,6 +116,10 @@ class ScriptArguments:
     eval_report_examples: int = field(
         default=3, metadata={"help": "Prompts shown with the policy's and the reference's greedy replies side by side."}
     )
+    eval_report_generation_batch_size: int = field(
+        default=16, metadata={"help": "Sequences the report generates (and scores for the KL) in one batch; larger "
+                              "is faster where memory allows (a small model on a CPU: 64)."}
+    )
     judge_model: str | None = field(
         default=None,
         metadata={"help": "A reward model (AutoModelForSequenceClassification, one output) that scores the policy's "
@@ -475,7 +479,7 @@ def read_run_config(run_dir: Path) -> tuple[ScriptArguments, SavedTraining, Mode
 def validate_report_args(script_args: ScriptArguments) -> None:
     """The evaluation report's settings (also checked by `make eval`, which can change them)."""
     for key in ("eval_report_pairs", "eval_report_prompts", "eval_report_samples", "eval_report_max_new_tokens",
-                "eval_report_examples"):
+                "eval_report_examples", "eval_report_generation_batch_size"):
         value = getattr(script_args, key)
         smallest = 0 if key == "eval_report_examples" else 1
         if value is not None and value < smallest:
