@@ -111,6 +111,7 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
     # process, once the training state is freed (docs/evaluation.md). The other processes leave first: no rank
     # waits at a barrier while rank 0 generates, which could outlast ddp_timeout.
     is_main = trainer.is_world_process_zero()
+    held_out_logps = trainer.held_out_logps  # the report's pair scores: this pass, not a second one
     del model
     release_training_memory(trainer)
     # The report loads ordinary models: drop ZeRO-3's process-wide config, or from_pretrained would refuse them.
@@ -119,7 +120,7 @@ def main(recipe_dir: str | Path, argv: list[str] | None = None) -> dict:
     state.wait_for_everyone()  # every rank has trained and saved
     state.destroy_process_group()  # the report below needs no collective; nothing can time out on it
     if is_main:
-        finish_run_outputs(output_dir, script_args, training_args, model_args, eval_dataset)
+        finish_run_outputs(output_dir, script_args, training_args, model_args, eval_dataset, held_out_logps)
     return eval_metrics
 
 

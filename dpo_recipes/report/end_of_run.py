@@ -23,12 +23,14 @@ def release_training_memory(trainer) -> None:
         torch.cuda.empty_cache()
 
 
-def finish_run_outputs(output_dir, script_args, training, model_args, eval_dataset) -> None:
+def finish_run_outputs(output_dir, script_args, training, model_args, eval_dataset, held_out_logps=None) -> None:
     """The end of a run (commands/train.py step 7, main process): evaluation report, model card, hub push when asked.
-    `training`: the run's PreferenceConfig (or its SavedTraining, read back from the run folder)."""
+    `training`: the run's PreferenceConfig (or its SavedTraining, read back from the run folder); `held_out_logps`:
+    the trainer's held-out pass, reused by the report."""
     output_dir = Path(output_dir)
     if script_args.eval_report:
-        report_for_run(output_dir, script_args, training, model_args, eval_dataset, written_by="the training run")
+        report_for_run(output_dir, script_args, training, model_args, eval_dataset, written_by="the training run",
+                       held_out_logps=held_out_logps)
     print(f"model card -> {write_model_card(output_dir)}", flush=True)
     if training.push_to_hub:
         repo_id = hub_repo_id({"hub_model_id": training.hub_model_id}, output_dir)

@@ -223,18 +223,24 @@ def unique_prompts(dataset, limit: int) -> list[dict]:
     return rows
 
 
-def evaluate(models: RunModels, eval_dataset, settings: ReportSettings) -> dict:
+def evaluate(models: RunModels, eval_dataset, settings: ReportSettings, held_out_logps=None) -> dict:
+    """`held_out_logps`: the training run's own held-out pass over every row of `eval_dataset` (the trainer's
+    `held_out_logps`); when the report scores all rows it uses them instead of scoring the same pairs again."""
     tokenizer, device = models.tokenizer, models.device
     report: dict = {"settings": dataclasses.asdict(settings), "model_kind": models.kind,
                     "held_out_rows": len(eval_dataset)}
 
     # 1. Preference pairs: the first `pairs` held-out rows.
     n_pairs = len(eval_dataset) if settings.pairs is None else min(settings.pairs, len(eval_dataset))
-    tokenized = [tokenize_pair(tokenizer, eval_dataset[i]) for i in range(n_pairs)]
-    policy_logps = pair_logps(models.policy, tokenized, settings, device)
-    with models.reference_model() as reference:
-        reference_logps = pair_logps(reference, tokenized, settings, device)
-    report["pairs"] = pair_metrics(policy_logps, reference_logps, settings.beta)
+    if held_out_logps is not None and n_pairs == len(eval_dataset) == len(held_out_logps[0][0]):
+        (policy_logps, reference_logps), scored_by = held_out_logps, "the training run's held-out pass"
+    else:
+        tokenized = [tokenize_pair(tokenizer, eval_dataset[i]) for i in range(n_pairs)]
+        policy_logps = pair_logps(models.policy, tokenized, settings, device)
+        with models.reference_model() as reference:
+            reference_logps = pair_logps(reference, tokenized, settings, device)
+        scored_by = "the report (the saved model and its reference)"
+    report["pairs"] = {**pair_metrics(policy_logps, reference_logps, settings.beta), "scored_by": scored_by}
 
     # 2. Held-out prompts: sampled completions for the KL, greedy replies for the examples and the win-rate.
     rows = unique_prompts(eval_dataset, settings.prompts)
@@ -308,14 +314,15 @@ def run_probes(models: RunModels, settings: ReportSettings) -> dict:
                              for f, p, r in zip(probes["facts"], facts["policy"], facts["reference"])]}
 
 
-def report_for_run(run_dir, script_args, training, model_args, eval_dataset, written_by: str) -> dict:
+def report_for_run(run_dir, script_args, training, model_args, eval_dataset, written_by: str,
+                   held_out_logps=None) -> dict:
     """Load the saved policy and its reference, evaluate on `eval_dataset`, write the report; returns it."""
     run_dir = Path(run_dir)
     settings = ReportSettings.from_args(script_args, training)
     base_path = resolve_model_path(model_args, script_args.tiny_model)
     torch.manual_seed(settings.seed)
     models = load_run_models(run_dir, base_path, model_args, bool(training.trust_remote_code))
-    report = evaluate(models, eval_dataset, settings)
+    report = evaluate(models, eval_dataset, settings, held_out_logps)
     state_file = run_dir / "trainer_state.json"
     report.update({
         "run_dir": str(run_dir),

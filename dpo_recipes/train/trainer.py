@@ -67,6 +67,8 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         if not use_registry:
             trl_view.loss_type = [TRL_NAMES.get(t, t) for t in config.loss_type]
         self._ref_weights_hash, self.ref_cache_hits = None, []  # datasets whose reference log-probs came from disk
+        self._held_out: dict[str, list[torch.Tensor]] | None = None  # per-pair log-probs of the running evaluate()
+        self.held_out_logps = None  # those of the last finished evaluate(): see evaluate()
         super().__init__(*args, processing_class=processing_class, data_collator=data_collator, row_origin=row_origin,
                          **{**kwargs, "args": trl_view})
         # What TRL's and transformers' __init__ wrote into their arguments (DeepSpeed's config, checkpointing kwargs,
@@ -79,6 +81,22 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
             for split, dataset in {"train": self.train_dataset, **evals}.items():
                 if isinstance(dataset, Dataset):
                     check_margins(dataset, f"{split} dataset")
+
+    def evaluate(self, *args, **kwargs):
+        """TRL's evaluation, keeping every held-out pair's summed log-probs, policy and reference, gathered over the
+        processes: `held_out_logps` is ((policy chosen, rejected), (reference chosen, rejected)), so that the
+        end-of-run report can use this pass instead of scoring the same pairs again (report/evaluation.py). None when
+        the pairs went through TRL's own loss (no project-only feature in the config)."""
+        self._held_out = {k: [] for k in ("chosen", "rejected", "ref_chosen", "ref_rejected")}
+        try:
+            metrics = super().evaluate(*args, **kwargs)
+        finally:
+            parts, self._held_out = self._held_out, None
+        self.held_out_logps = None
+        if parts["chosen"]:
+            chosen, rejected, ref_chosen, ref_rejected = (torch.cat(parts[k]) for k in parts)
+            self.held_out_logps = ((chosen, rejected), (ref_chosen, ref_rejected))
+        return metrics
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -166,6 +184,11 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
         self._log_pair_metrics(mode, inputs, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
+        if mode == "eval" and self._held_out is not None:
+            gather = self.accelerator.gather_for_metrics
+            for key, value in (("chosen", chosen_logps), ("rejected", rejected_logps),
+                               ("ref_chosen", ref_chosen_logps), ("ref_rejected", ref_rejected_logps)):
+                self._held_out[key].append(gather(value.detach().float()).cpu())
         self._log_token_metrics(mode, outputs, scored_tokens(inputs), num_pairs=chosen_logps.size(0))
         if return_outputs:  # Trainer.prediction_step wants logits; the fused head does not build them
             with torch.no_grad():

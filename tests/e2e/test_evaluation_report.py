@@ -13,7 +13,11 @@ import pytest
 import torch
 
 from tests.helpers import REPO, run
+from dpo_recipes.data.preparation import load_preference_data
+from dpo_recipes.data.tokenization import tokenize_pair
+from dpo_recipes.report.evaluation import ReportSettings, pair_logps, pair_metrics
 from dpo_recipes.report.generation import kl_estimates
+from dpo_recipes.train.config import read_run_config
 from dpo_recipes.report.statistics import wilson_interval
 
 SECRET = "hf_evaluationTestSecret0123456789"
@@ -42,7 +46,9 @@ def train(out: Path, data: Path, *extra: str):
 def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     out = root / "run"
-    proc = train(out, small_data(root / "data"), "--hub_token", SECRET)
+    # padding-free: the project's loss path, whose held-out pass the report reuses (the full fine-tune below takes
+    # TRL's path, and its report scores the pairs itself)
+    proc = train(out, small_data(root / "data"), "--hub_token", SECRET, "--padding_free", "true")
     return out, proc
 
 
@@ -58,6 +64,21 @@ def reward_model(tmp_path_factory, tiny_llama):
     AutoModelForSequenceClassification.from_config(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def rescored_pairs(run_dir: Path) -> dict:
+    """The held-out pairs scored again by the report's own scorer (what `make eval` runs) from the saved model and
+    its reference: independent of the trainer's pass, which the end-of-run report reuses."""
+    script_args, training, _ = read_run_config(run_dir)
+    models, _ = load(run_dir)
+    data = load_preference_data(script_args, seed=training.seed, tokenizer=models.tokenizer,
+                                max_length=training.max_length, truncation_mode=training.truncation_mode)
+    settings = ReportSettings.from_args(script_args, training)
+    tokenized = [tokenize_pair(models.tokenizer, data.eval[i]) for i in range(len(data.eval))]
+    policy = pair_logps(models.policy, tokenized, settings, models.device)
+    with models.reference_model() as reference:
+        reference_logps = pair_logps(reference, tokenized, settings, models.device)
+    return pair_metrics(policy, reference_logps, settings.beta)
 
 
 def load(run_dir: Path):
@@ -89,12 +110,16 @@ def test_the_run_writes_the_report(lora_run):
 
 @pytest.mark.slow
 def test_pair_metrics_equal_the_trainers_evaluation(lora_run):
-    """Same tokenization, truncation and reference as training: the report's numbers over all 16 held-out pairs are
-    those of the trainer's final evaluate() (eval_metrics.json), which averages two equal batches of 8."""
+    """The end-of-run report takes its pair numbers from the trainer's final evaluate() (one pass); the report's own
+    scorer, run again on the saved adapter (as `make eval` does), gets the same numbers: same tokenization,
+    truncation and reference as training. eval_metrics.json averages two equal batches of 8."""
     out, _ = lora_run
-    pairs = json.loads((out / "eval_report.json").read_text())["pairs"]
+    written = json.loads((out / "eval_report.json").read_text())["pairs"]
+    assert written["scored_by"] == "the training run's held-out pass"
+    pairs = rescored_pairs(out)
     metrics = json.loads((out / "eval_metrics.json").read_text())
-    assert pairs["pairs"] == 16
+    assert written["pairs"] == pairs["pairs"] == 16
+    assert written["reward_margin"]["mean"] == pytest.approx(pairs["reward_margin"]["mean"], abs=1e-4)
     assert pairs["reward_accuracy"]["mean"] == pytest.approx(metrics["eval_rewards/accuracies"], abs=1e-6)
     for ours, theirs in (("reward_margin", "margins"), ("reward_chosen", "chosen"), ("reward_rejected", "rejected")):
         assert pairs[ours]["mean"] == pytest.approx(metrics[f"eval_rewards/{theirs}"], abs=1e-4)
@@ -282,6 +307,9 @@ def test_full_fine_tune_report_uses_the_initial_model_as_reference(tmp_path):
     report = json.loads((out / "eval_report.json").read_text())
     metrics = json.loads((out / "eval_metrics.json").read_text())
     assert report["model_kind"] == "full" and (out / "model.safetensors").is_file()
+    assert report["pairs"]["scored_by"] == "the report (the saved model and its reference)"  # TRL's loss path
+    pairs = rescored_pairs(out)  # the report's own scorer: the saved model against the initial one, loaded again
+    assert pairs["reward_margin"]["mean"] == pytest.approx(metrics["eval_rewards/margins"], abs=1e-4)
+    assert pairs["reward_accuracy"]["mean"] == pytest.approx(metrics["eval_rewards/accuracies"], abs=1e-6)
     assert report["pairs"]["reward_margin"]["mean"] == pytest.approx(metrics["eval_rewards/margins"], abs=1e-4)
-    assert report["pairs"]["reward_accuracy"]["mean"] == pytest.approx(metrics["eval_rewards/accuracies"], abs=1e-6)
     assert "the initial model" in (out / "eval_report.md").read_text()
