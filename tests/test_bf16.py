@@ -11,7 +11,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dpo_recipes.train.config import PreferenceConfig
-from dpo_recipes.models.precision import fp32_lm_head
+from dpo_recipes.models.precision import fp32_lm_head, fp32_on_cpu
 from dpo_recipes.train.trainer import PreferenceTrainer
 from tests.helpers import REPO
 
@@ -80,3 +80,12 @@ def test_fp32_head_keeps_its_weight_copy_current(tiny_llama):
     head.weight.requires_grad_(True)
     head(x).sum().backward()
     assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+
+
+def test_fp32_on_cpu_casts_a_bf16_model_exactly_and_leaves_fp32_alone(tiny_llama):
+    """The report's probes run in fp32 on a CPU: the cast keeps every bf16 weight's value."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).eval()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    assert fp32_on_cpu(model) and model.dtype == torch.float32
+    assert all(p.dtype == torch.float32 and p.equal(before[name].float()) for name, p in model.named_parameters())
+    assert not fp32_on_cpu(model)  # already fp32

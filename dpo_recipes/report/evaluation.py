@@ -42,7 +42,7 @@ from .generation import completion_token_logps, generate, kl_estimates
 from .judge import judge_scores, load_judge, win_rate
 from dpo_recipes.models.loading import resolve_model_path
 from dpo_recipes.train.packing import MODEL_INPUTS, PreferenceCollator, completion_logps, takes_shared_prompt_mask
-from dpo_recipes.models.precision import fp32_lm_head
+from dpo_recipes.models.precision import fp32_lm_head, fp32_on_cpu
 from .probes import load_probes, probe_metrics
 from .markdown import write_report
 from .statistics import mean_se
@@ -303,11 +303,18 @@ def greedy_replies(models: RunModels, questions: list[str], max_new_tokens: int,
 
 
 def run_probes(models: RunModels, settings: ReportSettings) -> dict:
+    """Style uptake and fact accuracy from greedy replies. The last step of the report: on a CPU a bf16 model is
+    cast to fp32 for it (precision.fp32_on_cpu), so that a reply does not depend on the batch it was generated in."""
     probes = load_probes(settings.probes)
+    if models.kind != "qlora":
+        for model in (models.policy, models.reference):
+            if model is not None:
+                fp32_on_cpu(model)
     width = settings.generation_batch_size
     style = greedy_replies(models, probes["style_prompts"], settings.max_new_tokens, width)
     facts = greedy_replies(models, [f["question"] for f in probes["facts"]], settings.max_new_tokens, width)
-    return {"file": settings.probes, **probe_metrics(probes, style, facts),
+    return {"file": settings.probes, "dtype": str(models.policy.dtype).removeprefix("torch."),
+            **probe_metrics(probes, style, facts),
             "style_replies": [{"prompt": q, "policy": p, "reference": r}
                               for q, p, r in zip(probes["style_prompts"], style["policy"], style["reference"])],
             "fact_replies": [{"subject": f["subject"], "policy": p, "reference": r}

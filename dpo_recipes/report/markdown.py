@@ -88,7 +88,8 @@ def _interval(change: dict) -> str:
 
 
 def _probe_lines(probes: dict) -> list[str]:
-    lines = ["", f"## Probes (`{probes['file']}`, greedy replies)", ""]
+    computed = f" in {probes['dtype']}" if probes.get("dtype") else ""
+    lines = ["", f"## Probes (`{probes['file']}`, greedy replies{computed})", ""]
     if "style_uptake" in probes:
         st = probes["style_uptake"]
         lines += [f"Style uptake on {st['prompts']} held-out prompts: share of replies in the chosen style "
