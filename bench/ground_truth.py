@@ -43,7 +43,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import random
 import sys
 import time
@@ -54,6 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from bench_training import cpu_model  # noqa: E402  (the CPU a cell ran on: cells did not all run on one machine)
 from dpo_recipes.report.generation import completion_token_logps, generate, kl_estimates  # noqa: E402
 from dpo_recipes.data.tokenization import generation_prompt_ids, tokenize_pair  # noqa: E402
 PROMPTS = REPO / "data" / "ground_truth" / "prompts.jsonl"
@@ -491,13 +491,6 @@ def run_cell(cell: Cell, settings: Settings, folder: str, threads: int) -> dict:
             "train_log": history, "train_seconds": train_seconds, "seconds": time.time() - started,
             "cpu": cpu_model()}
 
-
-def cpu_model() -> str:
-    """The CPU a cell ran on (its timings depend on it; this benchmark's cells did not all run on one machine)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 # ----------------------------------------------------------------------------------------------------------------
