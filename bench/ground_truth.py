@@ -508,19 +508,20 @@ def main_cells(settings: Settings, lr: float, steps: int, n_pairs: int) -> list[
     grid = cells("dpo", b, 0.0)  # H1
     for v in ("dpo", "cdpo", "rdpo"):  # H2
         grid += cells(v, b, hi)
-    for v in ("ipo", "madpo_true", "madpo_rm"):  # H4 and the others at eps 0
+    for v in ("ipo", "madpo_true"):  # H4 and IPO at eps 0
         grid += cells(v, b, 0.0)
-    for beta in settings.betas:  # the DPO frontier
+    for beta in settings.betas:  # the DPO frontier (H4 compares at equal KL)
         if beta != b:
             grid += cells("dpo", beta, 0.0)
-    for eps in mid:
-        for v in ("dpo", "cdpo", "rdpo"):
-            grid += cells(v, b, eps)
     epoch = math.ceil(n_pairs / settings.batch)
     for v in ("dpo", "ipo"):  # H3: over-confidence
         grid += [Cell(v, b, 0.0, s, "overconf", lr, epoch * settings.overconf_epochs,
                       tuple(epoch * (i + 1) for i in range(settings.overconf_epochs)))
                  for s in seeds[: settings.overconf_seeds]]
+    grid += cells("madpo_rm", b, 0.0)
+    for eps in mid:
+        for v in ("dpo", "cdpo", "rdpo"):
+            grid += cells(v, b, eps)
     for v in ("ipo", "madpo_true", "madpo_rm") if not settings.quick else ():  # the other variants under noise
         for eps in [*mid, hi]:
             grid += cells(v, b, eps)
