@@ -33,9 +33,10 @@ def bf16_trainer(model_dir, out, steps=1, dtype=torch.bfloat16):
 def test_bf16_base_with_fp32_adapter_and_loss_starts_at_ln2(tiny_llama, tmp_path):
     trainer = bf16_trainer(tiny_llama, tmp_path)
     trainable = [p for p in trainer.model.parameters() if p.requires_grad]
-    frozen = [p for n, p in trainer.model.named_parameters() if not p.requires_grad and "weight" in n and p.ndim == 2]
+    frozen = [p for n, p in trainer.model.named_parameters()
+              if not p.requires_grad and "weight" in n and p.ndim == 2 and "lm_head" not in n]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)  # PEFT's autocast_adapter_dtype
-    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)  # the head: the next test
     trainer.train()
     first = next(e for e in trainer.state.log_history if "loss" in e)
     assert first["loss"] == pytest.approx(math.log(2), rel=1e-6)
@@ -89,3 +90,34 @@ def test_fp32_on_cpu_casts_a_bf16_model_exactly_and_leaves_fp32_alone(tiny_llama
     assert fp32_on_cpu(model) and model.dtype == torch.float32
     assert all(p.dtype == torch.float32 and p.equal(before[name].float()) for name, p in model.named_parameters())
     assert not fp32_on_cpu(model)  # already fp32
+
+
+def test_training_runs_the_adapter_in_bf16_and_holds_the_frozen_head_in_fp32(tiny_llama, tmp_path):
+    """The trainer's two CPU steps (precision.half_precision_training): each adapted layer's LoRA matmuls take the
+    bf16 input as it is and give the fp32 A and B their gradients in fp32; the frozen head's weight is an exact fp32
+    copy of its bf16 weight. An fp32 model is left as it was."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    trainer = bf16_trainer(tiny_llama, tmp_path)
+    assert trainer.cpu_half_precision == {"adapter_layers_in_half": 3 * 2, "fp32_head_weight": True}  # 3 modules x 2 layers
+    model = trainer.model
+    head = model.get_output_embeddings()
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).lm_head.weight
+    assert head.weight.dtype == torch.float32 and not head.weight.requires_grad and loaded.dtype == torch.bfloat16
+    assert head.weight.equal(loaded.float())
+
+    layer = next(m for m in model.modules() if isinstance(m, LoraLinear))
+    A, B = layer.lora_A["default"], layer.lora_B["default"]
+    with torch.no_grad():
+        B.weight.normal_()  # a trained adapter (a fresh one adds exactly 0)
+    x = torch.randn(5, A.in_features, dtype=torch.bfloat16)
+    out = layer(x)
+    expected = layer.get_base_layer()(x) + (x @ A.weight.bfloat16().T @ B.weight.bfloat16().T) * layer.scaling["default"]
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    out.float().sum().backward()
+    assert A.weight.grad.dtype == B.weight.grad.dtype == torch.float32 and A.weight.grad.abs().sum() > 0
+
+    fp32 = bf16_trainer(tiny_llama, tmp_path / "fp32", dtype=torch.float32)
+    assert fp32.cpu_half_precision == {"adapter_layers_in_half": 0, "fp32_head_weight": False}
+    assert all(m.cast_input_dtype_enabled for m in fp32.model.modules() if isinstance(m, LoraLinear))

@@ -141,4 +141,5 @@ def launch_record(trainer) -> dict:
         "offload_optimizer": zero.get("offload_optimizer", {}).get("device"),
         "offload_param": zero.get("offload_param", {}).get("device"),
         "optimizer": type(optimizer).__name__,
+        "cpu_half_precision": trainer.cpu_half_precision,  # models/precision.py: what bf16 on the CPU changed
     }

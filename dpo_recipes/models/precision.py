@@ -7,6 +7,12 @@ in fp32: the backbone's last hidden states are cast to fp32 before it, and so is
 LM head (which computes in its input's dtype when autocast is off) and generate() both see fp32 logits. The LoRA
 parameters are fp32 already (PEFT's autocast_adapter_dtype), and so are their optimizer state and the loss.
 
+For training (`half_precision_training`, called by the trainer once PEFT has frozen the base), two more steps, as
+autocast does it on a GPU: LoRA's two small matmuls run in bf16 on the bf16 input (PEFT would copy every adapted
+layer's input to fp32 first), their fp32 weights cast per call so that gradients and the optimizer stay fp32; and a
+frozen head keeps its weight in fp32 (exactly; 4 bytes per vocabulary entry and hidden unit), so that TRL's fused
+head stops casting the whole vocabulary's weight on every forward and backward.
+
 Only for a model that computes on the CPU in bf16 or fp16; on a GPU, `bf16: true` (autocast) decides.
 """
 
@@ -16,6 +22,7 @@ import types
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.lora import Linear as LoraLinear
 
 HALF = (torch.bfloat16, torch.float16)
 
@@ -60,3 +67,45 @@ def fp32_on_cpu(model) -> bool:
     model.float()
     return True
 
+
+
+def _linear_in_input_dtype(self, x):
+    """A LoRA matrix (fp32) applied in its input's precision; the cast is differentiable, so the gradient reaches the
+    fp32 weight in fp32."""
+    return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def half_adapter_matmuls(model) -> int:
+    """Plain LoRA layers over bf16 / fp16 base weights on the CPU compute their adapter in the base's precision (the
+    input is not copied to fp32; the fp32 A and B are cast per call). Returns how many layers changed; variants such as
+    DoRA keep PEFT's path."""
+    changed = 0
+    for module in model.modules():
+        if not isinstance(module, LoraLinear) or module.lora_variant:
+            continue
+        weight = module.get_base_layer().weight
+        if weight.dtype not in HALF or weight.device.type != "cpu":
+            continue
+        module.cast_input_dtype_enabled = False
+        for layer in [*module.lora_A.values(), *module.lora_B.values()]:
+            layer.forward = types.MethodType(_linear_in_input_dtype, layer)
+        changed += 1
+    return changed
+
+
+def fp32_frozen_head(model) -> bool:
+    """Hold a frozen bf16 / fp16 LM head's weight in fp32 on the CPU (an exact copy; a tied head is untied, and nothing
+    trains either side). True when it did. A head that trains keeps its weight and its per-call cast."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        return False
+    weight = head.weight
+    if weight.requires_grad or weight.dtype not in HALF or weight.device.type != "cpu":
+        return False
+    head.weight = torch.nn.Parameter(weight.detach().float(), requires_grad=False)
+    return True
+
+
+def half_precision_training(model) -> dict:
+    """Both training steps above for a (PEFT) model whose base is frozen; what each changed, for the run record."""
+    return {"adapter_layers_in_half": half_adapter_matmuls(model), "fp32_head_weight": fp32_frozen_head(model)}

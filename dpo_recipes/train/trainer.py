@@ -24,6 +24,7 @@ from .losses import (LOSSES, TRL_NAMES, Pairs, knob_values, needs_margins, own_k
                      project_only_features)
 from . import reference_cache as ref_cache
 from .margins import check_margins
+from dpo_recipes.models.precision import half_precision_training
 from dpo_recipes.names import BRANCH_IDS, MARGIN_COLUMN, SEQUENCE_IDS
 from .packing import (MODEL_INPUTS, PreferenceCollator, check_shared_prompts, completion_logps, logical_token_count, model_attention_mask,
                       pack_padded_batch)
@@ -76,6 +77,10 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         config.__dict__.update({k: v for k, v in vars(trl_view).items() if k not in ("padding_free", "loss_type")})
         self.args, self.padding_free, self.use_registry = config, config.padding_free, use_registry
         self.loss_knobs = knob_values(config)
+        # bf16 weights on a CPU: the adapter's matmuls in bf16 and the frozen head's weight in fp32 (precision.py).
+        self.cpu_half_precision = None
+        if self.args.device.type == "cpu" and not self.is_deepspeed_enabled:
+            self.cpu_half_precision = half_precision_training(self.model)
         if needs_margins(self.loss_types):  # stop at the start, not at the first batch without margins
             evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval": self.eval_dataset}
             for split, dataset in {"train": self.train_dataset, **evals}.items():
