@@ -21,6 +21,7 @@ than the one that sets MADPO's margins, so MADPO is never judged by its own rewa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -220,7 +221,9 @@ def train_and_evaluate(plan: dict, variant: str, seed: int, lr: float, steps: in
     script, training, model_args = parse_config(recipe_args(
         plan, *VARIANTS[variant], *data_args(data, held_out), "--output_dir", str(out), "--overwrite_output_dir",
         "true", "--seed", str(seed), "--max_steps", str(steps), "--learning_rate", str(lr), "--warmup_steps", "0",
-        "--save_strategy", "no", "--logging_steps", "1"))
+        "--save_strategy", "no", "--logging_steps", "1",
+        # The reference's log-probs of the training pairs are the same in every cell: one pass, cached on disk.
+        "--precompute_ref_log_probs", "true", "--ref_logps_cache_dir", str(data.parent / "ref_logps")))
     path = resolve_model_path(model_args, None)
     tokenizer = load_tokenizer(path, model_args, False, None)
     train, _ = load_preference_splits(script, seed=training.seed)
@@ -237,8 +240,7 @@ def train_and_evaluate(plan: dict, variant: str, seed: int, lr: float, steps: in
                               padding_free=training.padding_free, prefix_sharing=training.prefix_sharing)
     tokenized = [tokenize_pair(tokenizer, r) for r in rows]
     chosen, rejected = pair_logps(policy, tokenized, settings, torch.device("cpu"))
-    with policy.disable_adapter():
-        ref_chosen, ref_rejected = pair_logps(policy, tokenized, settings, torch.device("cpu"))
+    ref_chosen, ref_rejected = reference_pair_logps(policy, tokenized, settings, path, data.parent / "reference")
     margins = (training.beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).tolist()
     prompts = unique_prompts(rows, plan["prompts"])
     ids = [generation_prompt_ids(tokenizer, row) for row in prompts]
@@ -263,6 +265,27 @@ def train_and_evaluate(plan: dict, variant: str, seed: int, lr: float, steps: in
                                 "reference": judge_scores(model_j, tok_j, cell["prompts"], cell["reference_replies"])}
     cell["seconds"] = time.time() - started
     return cell
+
+
+def reference_pair_logps(policy, tokenized: list[dict], settings, model_path: str, folder: Path):
+    """The reference's (the policy with its adapter off) summed log-probs of the held-out pairs: the same in every
+    cell of a split, so computed once and read back, keyed on the model, the tokenized pairs and the scoring
+    settings."""
+    import torch
+
+    from dpo_recipes.report.evaluation import pair_logps
+
+    key = hashlib.sha256(json.dumps([str(model_path), str(next(policy.parameters()).dtype), tokenized,
+                                     dataclasses.asdict(settings)], default=str).encode()).hexdigest()[:16]
+    path = folder / f"{key}.pt"
+    if path.is_file():
+        return torch.load(path)
+    with policy.disable_adapter():
+        logps = pair_logps(policy, tokenized, settings, torch.device("cpu"))
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(logps, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+    return logps
 
 
 # ----------------------------------------------------------------------------------------------------------------

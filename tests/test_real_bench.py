@@ -115,3 +115,37 @@ def test_markdown_says_when_no_win_rate_is_given():
     md = real_bench.markdown({"meta": meta, "summary": summary})
     assert "so no win-rate is given" in md and "| dpo | 0.667 [" in md and md.rstrip().endswith("| - |")
     assert not math.isnan(summary["dpo"]["accuracy"]["low"])
+
+
+def test_reference_held_out_logps_are_computed_once_and_read_back(tiny_llama, tmp_path, monkeypatch):
+    """Every cell scores the same held-out pairs under the same reference: the second cell reads the first one's
+    values (equal to a fresh computation) instead of running the reference again; other pairs get their own entry."""
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.trainer.utils import add_fused_lm_head
+
+    from dpo_recipes.data.tokenization import tokenize_pair
+    from dpo_recipes.report import evaluation
+    from dpo_recipes.report.evaluation import ReportSettings
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    add_fused_lm_head(base)
+    policy = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    rows = load_dataset("json", data_files=str(REPO / "data/demo/train.jsonl"), split="train").select(range(6))
+    tokenized = [tokenize_pair(tokenizer, r) for r in rows]
+    settings = ReportSettings(pairs=None, max_length=64, batch_size=4)
+    calls = []
+    real = evaluation.pair_logps
+    monkeypatch.setattr(evaluation, "pair_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = real_bench.reference_pair_logps(policy, tokenized, settings, tiny_llama, tmp_path)
+    again = real_bench.reference_pair_logps(policy, tokenized, settings, tiny_llama, tmp_path)
+    assert len(calls) == 1 and len(list(tmp_path.glob("*.pt"))) == 1
+    with policy.disable_adapter():
+        fresh = real(policy, tokenized, settings, torch.device("cpu"))
+    for a, b, c in zip(first, again, fresh):
+        assert a.shape == (6,) and torch.equal(a, b) and torch.equal(a, c)
+    real_bench.reference_pair_logps(policy, tokenized[:3], settings, tiny_llama, tmp_path)
+    assert len(calls) == 2 and len(list(tmp_path.glob("*.pt"))) == 2
