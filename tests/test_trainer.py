@@ -419,3 +419,29 @@ def test_trainer_and_cli_accept_the_same_and_pick_the_same_path(tiny_llama, tmp_
     python = full_ft(PreferenceTrainer, PreferenceConfig, tiny_llama, tmp_path, margin_pairs, **overrides)
     assert python.use_registry == ("cdpo" in overrides["loss_type"])  # only cdpo needs the project's path here
     assert python.loss_types == [{"rdpo": "robust"}.get(t, t) for t in overrides["loss_type"]] or python.use_registry
+
+
+def test_reference_pass_asks_the_fused_head_for_log_probs_alone(tiny_llama, tmp_path, pairs, monkeypatch):
+    """The reference pass (the PEFT policy with its adapter off) goes through a fused forward that computes log-probs
+    alone: no entropy, mean logits or top-1 flags, which only the policy's metrics read. Its log-probs equal the full
+    forward's (a fresh adapter: policy = reference), and the policy's own forward keeps its metric outputs."""
+    from dpo_recipes.train import trainer as trainer_module
+
+    trainer = make_trainer(tiny_llama, tmp_path, pairs, ["sigmoid"], padding_free=True)
+    seen = []
+
+    def recording(model, inputs, **kwargs):
+        logps, lengths, outputs = real(model, inputs, **kwargs)
+        seen.append((logps.detach(), outputs.entropy))
+        return logps, lengths, outputs
+
+    real = trainer_module.completion_logps
+    monkeypatch.setattr(trainer_module, "completion_logps", recording)
+    batch = one_batch(trainer)
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, dict(batch))
+    (policy_logps, policy_entropy), (ref_logps, ref_entropy) = seen
+    assert policy_entropy is not None and ref_entropy is None
+    assert torch.equal(policy_logps, ref_logps)
+    core = trainer.model.get_base_model()
+    assert trainer._reference_forward[1] is not core.forward  # the policy's forward is back after the pass

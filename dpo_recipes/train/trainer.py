@@ -18,7 +18,7 @@ from datasets import Dataset
 from trl import DPOTrainer
 from accelerate.utils import broadcast_object_list, is_peft_model
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import use_adapter
+from trl.trainer.utils import add_fused_lm_head, use_adapter
 
 from .losses import (LOSSES, TRL_NAMES, Pairs, knob_values, needs_margins, own_knobs, pair_loss,
                      project_only_features)
@@ -145,6 +145,34 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         self.accelerator.wait_for_everyone()
         return with_ref
 
+    def _log_probs_only_forward(self):
+        """TRL patched the policy's forward to compute, besides the log-probs, the entropy, mean logit and top-1 flags
+        that the policy's metrics use (on a CPU, several more passes over every [tokens x vocabulary] tile). The
+        reference pass of a PEFT policy (the same model, adapter off) uses none of them: this is TRL's fused forward
+        for log-probs alone, over the same backbone and head, for `compute_ref_log_probs` to swap in. None when the
+        reference is a separate model (TRL gave it log-probs alone already)."""
+        if self.ref_model is not None or not is_peft_model(self.model):
+            return None
+        core = self.model.get_base_model()
+        policy_forward = core.forward
+        add_fused_lm_head(core)  # outputs: log-probs only; its non-fused path is the policy's forward
+        lean, core.forward = core.forward, policy_forward
+        return core, lean
+
+    @contextlib.contextmanager
+    def _reference_head(self):
+        if not hasattr(self, "_reference_forward"):  # made at the first reference pass (TRL's __init__ may run one)
+            self._reference_forward = self._log_probs_only_forward()
+        if self._reference_forward is None:
+            yield
+            return
+        core, lean = self._reference_forward
+        policy_forward, core.forward = core.forward, lean
+        try:
+            yield
+        finally:
+            core.forward = policy_forward
+
     def compute_ref_log_probs(self, model, inputs):
         """Reference log-probs (chosen, rejected); TRL's own for padded batches, the same recipe for packed ones."""
         if SEQUENCE_IDS not in inputs:  # TRL hands every other key to the model: keep only the model's inputs
@@ -154,7 +182,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
             unwrapped = self.accelerator.unwrap_model(self.model)
             adapter = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
         no_checkpointing = disable_gradient_checkpointing(self.model, self.args.activation_checkpointing_kwargs)
-        with torch.no_grad(), no_checkpointing, adapter, self.accelerator.autocast():
+        with torch.no_grad(), no_checkpointing, adapter, self.accelerator.autocast(), self._reference_head():
             logps, _, _ = completion_logps(model, inputs)
         return logps.chunk(2)
 
