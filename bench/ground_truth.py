@@ -434,7 +434,10 @@ def run_cell(cell: Cell, settings: Settings, folder: str, threads: int) -> dict:
              "--learning_rate", str(cell.learning_rate), "--lr_scheduler_type", "constant", "--warmup_steps", "0",
              "--per_device_train_batch_size", str(settings.batch), "--gradient_accumulation_steps", "1",
              "--save_strategy", "no", "--logging_steps", "1", "--precompute_ref_log_probs", "true",
-             "--ref_logps_cache_dir", str(WORK / "ref_logps")]
+             "--ref_logps_cache_dir", str(WORK / "ref_logps"),
+             # The grid's first 44 cells ran with PEFT's fp32 adapter matmuls, before the bf16 ones became the CPU
+             # default: every cell of the grid computes the same way.
+             "--cpu_adapter_matmuls_in_half", "false"]
     if cell.variant in ("cdpo", "rdpo"):
         extra += ["--label_smoothing", str(cell.epsilon)]
     _, training, model_args = parse_config(recipe_args(settings, *extra))

@@ -16,12 +16,12 @@ from dpo_recipes.train.trainer import PreferenceTrainer
 from tests.helpers import REPO
 
 
-def bf16_trainer(model_dir, out, steps=1, dtype=torch.bfloat16):
+def bf16_trainer(model_dir, out, steps=1, dtype=torch.bfloat16, **overrides):
     rows = load_dataset("json", data_files=str(REPO / "data/demo/train.jsonl"), split="train").select(range(8))
     args = PreferenceConfig(output_dir=str(out), loss_type=["sigmoid"], beta=0.1, max_length=128,
                             per_device_train_batch_size=4, max_steps=steps, logging_steps=1, learning_rate=1e-3,
                             use_cpu=True, bf16=False, report_to="none", save_strategy="no", seed=0,
-                            padding_free=True)
+                            padding_free=True, **overrides)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     assert fp32_lm_head(model) == (dtype == torch.bfloat16)
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"],
@@ -121,3 +121,8 @@ def test_training_runs_the_adapter_in_bf16_and_holds_the_frozen_head_in_fp32(tin
     fp32 = bf16_trainer(tiny_llama, tmp_path / "fp32", dtype=torch.float32)
     assert fp32.cpu_half_precision == {"adapter_layers_in_half": 0, "fp32_head_weight": False}
     assert all(m.cast_input_dtype_enabled for m in fp32.model.modules() if isinstance(m, LoraLinear))
+    # cpu_adapter_matmuls_in_half: false keeps PEFT's fp32 adapter matmuls (runs that must match earlier ones)
+    peft_way = bf16_trainer(tiny_llama, tmp_path / "peft", cpu_adapter_matmuls_in_half=False)
+    assert peft_way.cpu_half_precision == {"adapter_layers_in_half": 0, "fp32_head_weight": True}
+    layers = [m for m in peft_way.model.modules() if isinstance(m, LoraLinear)]
+    assert layers and all(m.cast_input_dtype_enabled for m in layers)

@@ -106,6 +106,8 @@ def fp32_frozen_head(model) -> bool:
     return True
 
 
-def half_precision_training(model) -> dict:
-    """Both training steps above for a (PEFT) model whose base is frozen; what each changed, for the run record."""
-    return {"adapter_layers_in_half": half_adapter_matmuls(model), "fp32_head_weight": fp32_frozen_head(model)}
+def half_precision_training(model, adapter_matmuls: bool = True) -> dict:
+    """The training steps above for a (PEFT) model whose base is frozen (the adapter's matmuls only when
+    `adapter_matmuls`); what each changed, for the run record."""
+    return {"adapter_layers_in_half": half_adapter_matmuls(model) if adapter_matmuls else 0,
+            "fp32_head_weight": fp32_frozen_head(model)}

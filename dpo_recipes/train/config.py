@@ -145,6 +145,12 @@ class PreferenceConfig(DPOConfig):
                   "with a mask that keeps the two replies apart (Wang & Hegde 2024). Same log-probs, fewer tokens. "
                   "Needs attn_implementation sdpa or eager (flex_attention on GPU)."},
     )
+    cpu_adapter_matmuls_in_half: bool = field(
+        default=True,
+        metadata={"help": "bf16 / fp16 weights on a CPU: LoRA's matmuls in that precision on the unconverted input, its "
+                  "weights, optimizer and loss still fp32 (models/precision.py); false: PEFT's fp32 adapter matmuls, "
+                  "as before this option (for runs that must match earlier ones)."},
+    )
     ref_logps_cache_dir: str | None = field(
         default=None,
         metadata={"help": "precompute_ref_log_probs: where reference log-probs are cached (default .cache/ref_logps "

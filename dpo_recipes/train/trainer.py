@@ -80,7 +80,8 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         # bf16 weights on a CPU: the adapter's matmuls in bf16 and the frozen head's weight in fp32 (precision.py).
         self.cpu_half_precision = None
         if self.args.device.type == "cpu" and not self.is_deepspeed_enabled:
-            self.cpu_half_precision = half_precision_training(self.model)
+            self.cpu_half_precision = half_precision_training(
+                self.model, getattr(config, "cpu_adapter_matmuls_in_half", True))
         if needs_margins(self.loss_types):  # stop at the start, not at the first batch without margins
             evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"eval": self.eval_dataset}
             for split, dataset in {"train": self.train_dataset, **evals}.items():
