@@ -274,18 +274,17 @@ def reference_pair_logps(policy, tokenized: list[dict], settings, model_path: st
     import torch
 
     from dpo_recipes.report.evaluation import pair_logps
+    from dpo_recipes.train import reference_cache
 
     key = hashlib.sha256(json.dumps([str(model_path), str(next(policy.parameters()).dtype), tokenized,
                                      dataclasses.asdict(settings)], default=str).encode()).hexdigest()[:16]
-    path = folder / f"{key}.pt"
-    if path.is_file():
-        return torch.load(path)
+    cached = reference_cache.load(folder, key)
+    if cached is not None:
+        return tuple(torch.tensor(values) for values in cached)
     with policy.disable_adapter():
-        logps = pair_logps(policy, tokenized, settings, torch.device("cpu"))
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(logps, path.with_suffix(".tmp"))
-    os.replace(path.with_suffix(".tmp"), path)
-    return logps
+        chosen, rejected = pair_logps(policy, tokenized, settings, torch.device("cpu"))
+    reference_cache.save(folder, key, chosen.tolist(), rejected.tolist())
+    return chosen, rejected
 
 
 # ----------------------------------------------------------------------------------------------------------------

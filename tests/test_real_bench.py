@@ -142,10 +142,10 @@ def test_reference_held_out_logps_are_computed_once_and_read_back(tiny_llama, tm
     monkeypatch.setattr(evaluation, "pair_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = real_bench.reference_pair_logps(policy, tokenized, settings, tiny_llama, tmp_path)
     again = real_bench.reference_pair_logps(policy, tokenized, settings, tiny_llama, tmp_path)
-    assert len(calls) == 1 and len(list(tmp_path.glob("*.pt"))) == 1
+    assert len(calls) == 1 and len(list(tmp_path.glob("*.safetensors"))) == 1
     with policy.disable_adapter():
         fresh = real(policy, tokenized, settings, torch.device("cpu"))
     for a, b, c in zip(first, again, fresh):
         assert a.shape == (6,) and torch.equal(a, b) and torch.equal(a, c)
     real_bench.reference_pair_logps(policy, tokenized[:3], settings, tiny_llama, tmp_path)
-    assert len(calls) == 2 and len(list(tmp_path.glob("*.pt"))) == 2
+    assert len(calls) == 2 and len(list(tmp_path.glob("*.safetensors"))) == 2
