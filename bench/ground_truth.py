@@ -435,8 +435,8 @@ def run_cell(cell: Cell, settings: Settings, folder: str, threads: int) -> dict:
              "--per_device_train_batch_size", str(settings.batch), "--gradient_accumulation_steps", "1",
              "--save_strategy", "no", "--logging_steps", "1", "--precompute_ref_log_probs", "true",
              "--ref_logps_cache_dir", str(WORK / "ref_logps"),
-             # The grid's first 44 cells ran with PEFT's fp32 adapter matmuls, before the bf16 ones became the CPU
-             # default: every cell of the grid computes the same way.
+             # The grid's first cells ran with PEFT's fp32 adapter matmuls (commit 9da5bc8), before the bf16 ones
+             # became the CPU default: every cell of the grid computes the same way (bench/ground_truth.md).
              "--cpu_adapter_matmuls_in_half", "false"]
     if cell.variant in ("cdpo", "rdpo"):
         extra += ["--label_smoothing", str(cell.epsilon)]
@@ -493,7 +493,6 @@ def run_cell(cell: Cell, settings: Settings, folder: str, threads: int) -> dict:
             "evals": evals, "samples": os.path.relpath(samples_path, REPO),
             "train_log": history, "train_seconds": train_seconds, "seconds": time.time() - started,
             "cpu": cpu_model()}
-
 
 
 # ----------------------------------------------------------------------------------------------------------------

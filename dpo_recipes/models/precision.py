@@ -68,7 +68,6 @@ def fp32_on_cpu(model) -> bool:
     return True
 
 
-
 def _linear_in_input_dtype(self, x):
     """A LoRA matrix (fp32) applied in its input's precision; the cast is differentiable, so the gradient reaches the
     fp32 weight in fp32."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import torch
 from datasets import Dataset
 from trl import DPOTrainer
@@ -146,7 +147,8 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         self.accelerator.wait_for_everyone()
         return with_ref
 
-    def _log_probs_only_forward(self):
+    @functools.cached_property
+    def _reference_forward(self):
         """TRL patched the policy's forward to compute, besides the log-probs, the entropy, mean logit and top-1 flags
         that the policy's metrics use (on a CPU, several more passes over every [tokens x vocabulary] tile). The
         reference pass of a PEFT policy (the same model, adapter off) uses none of them: this is TRL's fused forward
@@ -162,8 +164,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
 
     @contextlib.contextmanager
     def _reference_head(self):
-        if not hasattr(self, "_reference_forward"):  # made at the first reference pass (TRL's __init__ may run one)
-            self._reference_forward = self._log_probs_only_forward()
+        # _reference_forward is made at the first reference pass, which TRL's __init__ may already run.
         if self._reference_forward is None:
             yield
             return
