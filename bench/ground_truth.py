@@ -435,9 +435,10 @@ def run_cell(cell: Cell, settings: Settings, folder: str, threads: int) -> dict:
              "--per_device_train_batch_size", str(settings.batch), "--gradient_accumulation_steps", "1",
              "--save_strategy", "no", "--logging_steps", "1", "--precompute_ref_log_probs", "true",
              "--ref_logps_cache_dir", str(WORK / "ref_logps"),
-             # The grid's first cells ran with PEFT's fp32 adapter matmuls (commit 9da5bc8), before the bf16 ones
-             # became the CPU default: every cell of the grid computes the same way (bench/ground_truth.md).
-             "--cpu_adapter_matmuls_in_half", "false"]
+             # The grid's first cells ran with PEFT's fp32 adapter matmuls and TRL's fused LM head (commit 9da5bc8),
+             # before the bf16 adapter and the compact head became the CPU defaults: every cell of the grid computes
+             # the same way (bench/ground_truth.md).
+             "--cpu_adapter_matmuls_in_half", "false", "--cpu_compact_lm_head", "false"]
     if cell.variant in ("cdpo", "rdpo"):
         extra += ["--label_smoothing", str(cell.epsilon)]
     _, training, model_args = parse_config(recipe_args(settings, *extra))

@@ -342,8 +342,9 @@ def loss_and_metrics(trainer, batch):
     ids=["ld_alpha", "use_weighting", "forward_kl", "rdpo-js", "ipo-ld_alpha"],
 )
 def test_python_api_gives_trls_answer_for_trls_options(tiny_llama, tmp_path, margin_pairs, loss_type, options):
+    # TRL's LM head on both sides (the compact CPU head rounds differently: tests/test_compact_head.py)
     ours = full_ft(PreferenceTrainer, PreferenceConfig, tiny_llama, tmp_path / "ours", margin_pairs,
-                   loss_type=[loss_type], **options)
+                   loss_type=[loss_type], cpu_compact_lm_head=False, **options)
     assert not ours.use_registry
     batch = one_batch(ours)
     trl_name = {"rdpo": "robust"}.get(loss_type, loss_type)

@@ -40,6 +40,7 @@ from trl.trainer.utils import add_fused_lm_head
 from dpo_recipes.errors import UserError
 from .generation import completion_token_logps, generate, kl_estimates
 from .judge import judge_scores, load_judge, win_rate
+from dpo_recipes.models.compact_head import add_compact_head
 from dpo_recipes.models.loading import resolve_model_path
 from dpo_recipes.train.packing import MODEL_INPUTS, PreferenceCollator, completion_logps, takes_shared_prompt_mask
 from dpo_recipes.models.precision import fp32_lm_head, fp32_on_cpu
@@ -131,6 +132,7 @@ def _load_causal_lm(path: str, model_args, trust_remote_code: bool, quantize: bo
     )
     fp32_lm_head(model)  # as training computed them (precision.py)
     add_fused_lm_head(model)
+    add_compact_head(model)  # on a CPU, the head on the scored positions only (compact_head.py)
     return model.eval()
 
 

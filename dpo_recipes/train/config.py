@@ -151,6 +151,12 @@ class PreferenceConfig(DPOConfig):
                   "weights, optimizer and loss still fp32 (models/precision.py); false: PEFT's fp32 adapter matmuls, "
                   "as before this option (for runs that must match earlier ones)."},
     )
+    cpu_compact_lm_head: bool = field(
+        default=True,
+        metadata={"help": "On a CPU: the LM head and an fp32 log-softmax on the scored (completion) positions only "
+                  "(models/compact_head.py); TRL's fused head scores every position there. False: TRL's fused head, "
+                  "as before this option (for runs that must match earlier ones)."},
+    )
     ref_logps_cache_dir: str | None = field(
         default=None,
         metadata={"help": "precompute_ref_log_probs: where reference log-probs are cached (default .cache/ref_logps "

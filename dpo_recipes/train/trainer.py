@@ -25,6 +25,7 @@ from .losses import (LOSSES, TRL_NAMES, Pairs, knob_values, needs_margins, own_k
                      project_only_features)
 from . import reference_cache as ref_cache
 from .margins import check_margins
+from dpo_recipes.models.compact_head import add_compact_head
 from dpo_recipes.models.precision import half_precision_training
 from dpo_recipes.names import BRANCH_IDS, MARGIN_COLUMN, SEQUENCE_IDS
 from .packing import (MODEL_INPUTS, PreferenceCollator, check_shared_prompts, completion_logps, logical_token_count, model_attention_mask,
@@ -61,6 +62,12 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
             check_shared_prompts(getattr(getattr(model, "config", None), "_attn_implementation", None))
         # The batch layout, for the reference cache's key: TRL precomputes inside __init__, while padding_free is off.
         self.layout = {"padding_free": config.padding_free, "prefix_sharing": getattr(config, "prefix_sharing", False)}
+        # On a CPU, the LM head on the scored positions only (models/compact_head.py): installed over TRL's fused head
+        # once TRL has added it (its __init__ may already precompute the reference's log-probs). In the cache key only
+        # when on, so that keys made before the option still match runs that turn it off.
+        self.compact_head, self._compact_head_added = getattr(config, "cpu_compact_lm_head", True), False
+        if self.compact_head:
+            self.layout["compact_lm_head"] = True
         # TRL's __init__ sees a copy of the arguments (the caller's stay as written): padding_free off, since TRL 1.16
         # warns and turns it off while we implement it (packing.py); without a project-only feature, TRL's names for
         # the losses it computes (rdpo is its robust).
@@ -78,6 +85,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         config.__dict__.update({k: v for k, v in vars(trl_view).items() if k not in ("padding_free", "loss_type")})
         self.args, self.padding_free, self.use_registry = config, config.padding_free, use_registry
         self.loss_knobs = knob_values(config)
+        self._add_compact_head()
         # bf16 weights on a CPU: the adapter's matmuls in bf16 and the frozen head's weight in fp32 (precision.py).
         self.cpu_half_precision = None
         if self.args.device.type == "cpu" and not self.is_deepspeed_enabled:
@@ -117,9 +125,22 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         logps, lengths, outputs = completion_logps(model, inputs, **router)
         return logps.chunk(2), lengths.chunk(2), outputs
 
+    def _add_compact_head(self):
+        """Once, after TRL added its fused head: the compact head over it, with the per-token outputs TRL asked of its
+        own (the policy's metrics; WPO's weights), and log-probs alone for a separate reference model."""
+        if not self.compact_head or self._compact_head_added:
+            return
+        outputs = ("log_probs", "entropy", "mean_logits", "is_top1") + (("log_sum_sq_probs",) if self.use_weighting
+                                                                         else ())
+        add_compact_head(self.model.get_base_model() if is_peft_model(self.model) else self.model, outputs)
+        if self.ref_model is not None:
+            add_compact_head(self.ref_model)
+        self._compact_head_added = True
+
     def _precompute_ref_logps(self, dataset, name, batch_size):
         """TRL's one reference pass over the data, behind an on-disk cache keyed on everything the values depend on
         (train/reference_cache.py). A hit skips the reference forward entirely."""
+        self._add_compact_head()  # TRL's __init__ runs this pass
         if self._ref_weights_hash is None:
             reference = self.ref_model if self.ref_model is not None else self.model
             peft_config = getattr(self.model, "peft_config", {})
@@ -152,13 +173,15 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         """TRL patched the policy's forward to compute, besides the log-probs, the entropy, mean logit and top-1 flags
         that the policy's metrics use (on a CPU, several more passes over every [tokens x vocabulary] tile). The
         reference pass of a PEFT policy (the same model, adapter off) uses none of them: this is TRL's fused forward
-        for log-probs alone, over the same backbone and head, for `compute_ref_log_probs` to swap in. None when the
-        reference is a separate model (TRL gave it log-probs alone already)."""
+        for log-probs alone, over the same backbone and head (the compact one when it is on), for
+        `compute_ref_log_probs` to swap in. None when the reference is a separate model (it has log-probs alone
+        already)."""
         if self.ref_model is not None or not is_peft_model(self.model):
             return None
         core = self.model.get_base_model()
         policy_forward = core.forward
-        add_fused_lm_head(core)  # outputs: log-probs only; its non-fused path is the policy's forward
+        # outputs: log-probs only; its non-fused path is the policy's forward
+        (add_compact_head if self.compact_head else add_fused_lm_head)(core)
         lean, core.forward = core.forward, policy_forward
         return core, lean
 
