@@ -259,24 +259,27 @@ def matmul_peak(dtype, repeats: int) -> dict:
 
 def step_flops(model, batch) -> dict:
     """FLOPs of one LoRA DPO step on `batch`: 2N per token for the policy forward, 2N for the backward to the inputs
-    (the frozen weights get no gradient), 2N for the reference forward, N the weights of every matmul (linear layers
-    and LM head); attention's two matmuls per layer (4 d n^2 / 2 per causal sequence of n tokens) forward, twice that
-    backward, once more for the reference. LoRA's own matmuls (r = 16) are left out (under 4%)."""
+    (the frozen weights get no gradient), 2N for the reference forward, N the weights of the linear layers; the LM
+    head's likewise, on the scored (completion) tokens only, which is all a head needs to compute
+    (dpo_recipes/models/compact_head.py); attention's two matmuls per layer (4 d n^2 / 2 per causal sequence of n
+    tokens) forward, twice that backward, once more for the reference. LoRA's own matmuls (r = 16) are left out
+    (under 4%)."""
     import torch
 
+    head = model.get_output_embeddings()
     linear = sum(m.base_layer.weight.numel() if hasattr(m, "base_layer") else m.weight.numel()
                  for name, m in model.named_modules()
-                 if isinstance(m, torch.nn.Linear) and "lora_" not in name)
+                 if isinstance(m, torch.nn.Linear) and "lora_" not in name and m is not head)
     cfg = model.config
     if "sequence_ids" in batch:
         ids = batch["sequence_ids"].flatten()
         lengths = torch.bincount(ids[ids >= 0]).tolist()
     else:
         lengths = batch["attention_mask"].sum(-1).tolist()
-    tokens = int(sum(lengths))
+    tokens, scored = int(sum(lengths)), int(batch["completion_mask"].sum())
     attention_forward = sum(4 * cfg.hidden_size * n * n / 2 for n in lengths) * cfg.num_hidden_layers
-    return {"tokens": tokens, "matmul_weights": linear,
-            "flops": 6 * linear * tokens + 4 * attention_forward}
+    return {"tokens": tokens, "scored_tokens": scored, "matmul_weights": linear, "head_weights": head.weight.numel(),
+            "flops": 6 * linear * tokens + 6 * head.weight.numel() * scored + 4 * attention_forward}
 
 
 def measure_speed(config: dict) -> dict:
@@ -300,7 +303,9 @@ def measure_speed(config: dict) -> dict:
         result["matmul"][name] = matmul_peak(dtype, config["matmul_repeats"])
     model_dir, recipe = bench_model({"model": "smollm2-135m-instruct"})
     trainers, pairs = {}, hh_pairs(config["batch_size"] * (config["batches"] + 1) + 8)
-    for name, flags in (("fp32", ("--dtype", "float32")), ("bf16", ("--dtype", "bfloat16"))):
+    configs = (("fp32", ("--dtype", "float32")), ("bf16", ("--dtype", "bfloat16")),
+               ("bf16_trl_head", ("--dtype", "bfloat16", "--cpu_compact_lm_head", "false")))
+    for name, flags in configs:
         _, train_args, model_args = parse_config([
             "--config", recipe, "--model_name_or_path", model_dir, "--output_dir", str(WORK / f"speed-{os.getpid()}"),
             "--per_device_train_batch_size", str(config["batch_size"]), "--gradient_accumulation_steps", "1",
@@ -310,11 +315,12 @@ def measure_speed(config: dict) -> dict:
         trainers[name] = PreferenceTrainer(model=model, args=train_args, train_dataset=Dataset.from_list(pairs),
                                            processing_class=tokenizer, peft_config=peft_config)
         trainers[name].model.train()
-    names, seconds, flops, tokens = ["fp32", "bf16"], {"fp32": [], "bf16": []}, [], []
+    names, flops, tokens = [name for name, _ in configs], [], []
+    seconds = {name: [] for name in names}
     data = trainers["fp32"].train_dataset
     for b in range(config["batches"] + 1):  # batch 0 warms up
         rows = [data[i] for i in range(b * config["batch_size"], (b + 1) * config["batch_size"])]
-        for name in names[b % 2:] + names[: b % 2]:
+        for name in names[b % len(names):] + names[: b % len(names)]:
             trainer = trainers[name]
             batch = trainer.data_collator(rows)
             batch.pop("row_id", None)
@@ -328,6 +334,7 @@ def measure_speed(config: dict) -> dict:
             flops.append(count["flops"])
             tokens.append(count["tokens"])
     ratios = [f / b for f, b in zip(seconds["fp32"], seconds["bf16"])]
+    head_ratios = [t / b for t, b in zip(seconds["bf16_trl_head"], seconds["bf16"])]
     peak = result["matmul"]["bf16"]["gflops"] * 1e9
     result["step"] = {
         "model": "SmolLM2-135M-Instruct, LoRA r=16 on every linear layer (recipes/smollm2-135m)",
@@ -337,6 +344,9 @@ def measure_speed(config: dict) -> dict:
                   "samples_per_second": config["batch_size"] / statistics.median(s)} for name, s in seconds.items()},
         "bf16_over_fp32": {"median": statistics.median(ratios), "range": [min(ratios), max(ratios)],
                            "total": sum(seconds["fp32"]) / sum(seconds["bf16"])},
+        "compact_head_speedup": {"median": statistics.median(head_ratios),
+                                 "range": [min(head_ratios), max(head_ratios)],
+                                 "total": sum(seconds["bf16_trl_head"]) / sum(seconds["bf16"])},
         "flops_per_batch_median": statistics.median(flops),
     }
     for name in names:
@@ -577,14 +587,17 @@ def speed_markdown(r: dict) -> str:
         "## SmolLM2-135M training step (recipes/smollm2-135m, HH pairs)",
         "",
         f"{step['model']}; {step['pairs_per_batch']} pairs per batch, {step['layout']}; median "
-        f"{step['tokens_per_batch_median']:.0f} tokens the model runs per batch; {step['batches']} batches, fp32 and "
-        "bf16 alternating on the same batches. FLOPs per batch: 6N per token (policy forward 2N, backward to the "
-        "inputs 2N, reference forward 2N; N the weights of every matmul, LM head included) plus attention.",
+        f"{step['tokens_per_batch_median']:.0f} tokens the model runs per batch; {step['batches']} batches, fp32, "
+        "bf16 and bf16 with TRL's fused LM head (`--cpu_compact_lm_head false`) alternating on the same batches. "
+        "FLOPs per batch: 6N per token (policy forward 2N, backward to the inputs 2N, reference forward 2N; N the "
+        "weights of the linear layers), the LM head's likewise on the scored tokens only, plus attention.",
         "",
         "| precision | s / batch (median, range) | pairs / s | achieved GFLOP/s | of the bf16 matmul peak |",
         "|---|---|---|---|---|",
     ]
-    for name in ("fp32", "bf16"):
+    for name in ("fp32", "bf16", "bf16_trl_head"):
+        if name not in step:  # results written before that configuration existed
+            continue
         s = step[name]
         lines.append(f"| {name} | {s['seconds_per_batch']:.2f} ({s['range'][0]:.2f}-{s['range'][1]:.2f}) | "
                      f"{s['samples_per_second']:.2f} | {s['achieved_gflops']:.0f} | "
@@ -594,6 +607,9 @@ def speed_markdown(r: dict) -> str:
         "",
         f"bf16 over fp32, per batch: median {ratio['median']:.2f}x (range {ratio['range'][0]:.2f}-"
         f"{ratio['range'][1]:.2f}), total time {ratio['total']:.2f}x.",
+        *([f"The compact LM head over TRL's fused head, bf16, per batch: median {h['median']:.2f}x (range "
+           f"{h['range'][0]:.2f}-{h['range'][1]:.2f}), total time {h['total']:.2f}x."]
+          if (h := step.get("compact_head_speedup")) else []),
         "",
         "Top operators of one bf16 step (torch.profiler, self CPU time):",
         "",
