@@ -312,9 +312,12 @@ def run_probes(models: RunModels, settings: ReportSettings) -> dict:
         for model in (models.policy, models.reference):
             if model is not None:
                 fp32_on_cpu(model)
-    width = settings.generation_batch_size
-    style = greedy_replies(models, probes["style_prompts"], settings.max_new_tokens, width)
-    facts = greedy_replies(models, [f["question"] for f in probes["facts"]], settings.max_new_tokens, width)
+    # Both kinds of question in one list, so that a batch holds as many as the width allows; split after.
+    style_count = len(probes["style_prompts"])
+    replies = greedy_replies(models, probes["style_prompts"] + [f["question"] for f in probes["facts"]],
+                             settings.max_new_tokens, settings.generation_batch_size)
+    style = {side: answers[:style_count] for side, answers in replies.items()}
+    facts = {side: answers[style_count:] for side, answers in replies.items()}
     return {"file": settings.probes, "dtype": str(models.policy.dtype).removeprefix("torch."),
             **probe_metrics(probes, style, facts),
             "style_replies": [{"prompt": q, "policy": p, "reference": r}
