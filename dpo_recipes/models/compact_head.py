@@ -22,10 +22,11 @@ from trl.trainer.utils import FusedCausalLMOutput
 MAX_LOGITS = 1 << 27  # scored positions x vocabulary: 512 MB of fp32 logits, and as much again for the log-softmax
 
 
-def _compact_log_probs(forward, outputs: tuple[str, ...], temperature: float, kwargs: dict, labels: torch.Tensor):
-    """Per-token fields at [rows, width - 1] (position t scores token t + 1) from the logits of the scored positions
-    alone: `logits_to_keep` as a boolean mask over [rows, width] makes transformers hand the head only those."""
-    mask = labels[:, 1:] != -100
+def _compact_log_probs(forward, outputs: tuple[str, ...], temperature: float, kwargs: dict, labels: torch.Tensor,
+                       mask: torch.Tensor):
+    """Per-token fields at [rows, width - 1] (position t scores token t + 1; `mask`: where labels[:, 1:] is scored)
+    from the logits of the scored positions alone: `logits_to_keep` as a boolean mask over [rows, width] makes
+    transformers hand the head only those."""
     keep = torch.cat([mask, mask.new_zeros(mask.size(0), 1)], dim=1)  # the last position scores nothing
     logits = forward(logits_to_keep=keep, **kwargs).logits.float()
     logits = logits.reshape(-1, logits.size(-1))  # [scored positions, vocabulary]
@@ -63,9 +64,10 @@ def add_compact_head(model, outputs: tuple[str, ...] = ("log_probs",), temperatu
         compact = (fused_lm_head and labels is not None and shift_labels is None and not args
                    and not kwargs.get("output_router_logits") and kwargs.get("num_items_in_batch") is None
                    and self.get_output_embeddings().weight.device.type == "cpu")
-        if not compact or int((labels[:, 1:] != -100).sum()) * vocab > MAX_LOGITS:
+        mask = labels[:, 1:] != -100 if compact else None
+        if not compact or int(mask.sum()) * vocab > MAX_LOGITS:
             return previous(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels, **kwargs)
         kwargs.pop("num_items_in_batch", None)
-        return _compact_log_probs(previous, outputs, temperature, {**kwargs, "use_cache": False}, labels)
+        return _compact_log_probs(previous, outputs, temperature, {**kwargs, "use_cache": False}, labels, mask)
 
     model.forward = types.MethodType(forward, model)

@@ -64,7 +64,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         self.layout = {"padding_free": config.padding_free, "prefix_sharing": getattr(config, "prefix_sharing", False)}
         # On a CPU, the LM head on the scored positions only (models/compact_head.py): installed over TRL's fused head
         # once TRL has added it (its __init__ may already precompute the reference's log-probs).
-        self.compact_head, self._compact_head_added = getattr(config, "cpu_compact_lm_head", True), False
+        self._compact_head_added = False
         # TRL's __init__ sees a copy of the arguments (the caller's stay as written): padding_free off, since TRL 1.16
         # warns and turns it off while we implement it (packing.py); without a project-only feature, TRL's names for
         # the losses it computes (rdpo is its robust).
@@ -127,8 +127,8 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         own (the policy's metrics; WPO's weights), and log-probs alone for a separate reference model. On a CPU
         without DeepSpeed (whose engines wrap the models, and partition the head under ZeRO-3). It enters the reference
         cache's key only when added, so that keys made before the option still match runs without it."""
-        if (self._compact_head_added or not self.compact_head or self.args.device.type != "cpu"
-                or self.is_deepspeed_enabled):
+        if (self._compact_head_added or not getattr(self.args, "cpu_compact_lm_head", True)
+                or self.args.device.type != "cpu" or self.is_deepspeed_enabled):
             return
         outputs = ("log_probs", "entropy", "mean_logits", "is_top1") + (("log_sum_sq_probs",) if self.use_weighting
                                                                          else ())
