@@ -24,9 +24,11 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -267,6 +269,40 @@ def train_and_evaluate(plan: dict, variant: str, seed: int, lr: float, steps: in
     return cell
 
 
+def cell_in_process(threads: int, *args) -> dict:
+    """train_and_evaluate(*args) in a pool's process, with `threads` torch threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return train_and_evaluate(*args)
+
+
+def run_cells(tasks: list[tuple[str, tuple]], jobs: int, threads: int, on_done) -> list[str]:
+    """train_and_evaluate(*args) for every (name, args) in `tasks`, `jobs` processes at a time with `threads` torch
+    threads each; on_done(name, cell) runs here as each finishes, so only this process writes results. The first
+    task runs alone (with every thread): it fills the reference caches that the others read. Returns the names that
+    failed (the rest went on; a rerun retries them)."""
+    context = multiprocessing.get_context("spawn")
+    failed = []
+    for batch, width in ((tasks[:1], 1), (tasks[1:], jobs)):
+        if not batch:
+            continue
+        with ProcessPoolExecutor(width, mp_context=context, max_tasks_per_child=1) as pool:
+            futures = {pool.submit(cell_in_process, threads * jobs // width, *args): name for name, args in batch}
+            for future in as_completed(futures):
+                name = futures[future]
+                try:
+                    cell = future.result()
+                except Exception as err:
+                    print(f"{name}: FAILED: {type(err).__name__}: {err}", flush=True)
+                    failed.append(name)
+                    continue
+                on_done(name, cell)
+                print(f"{name}: accuracy {sum(cell['correct']) / len(cell['correct']):.3f}, "
+                      f"{cell['seconds'] / 60:.1f} min", flush=True)
+    return failed
+
+
 def reference_pair_logps(policy, tokenized: list[dict], settings, model_path: str, folder: Path):
     """The reference's (the policy with its adapter off) summed log-probs of the held-out pairs: the same in every
     cell of a split, so computed once and read back, keyed on the model, the tokenized pairs and the scoring
@@ -379,17 +415,24 @@ def judge_summary(outcomes: list[int]) -> dict:
             "usable": low > 0.5}
 
 
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """--work, --jobs and --threads, shared by both stages; sets the environment the pool's processes start with."""
+    parser.add_argument("--work", default=None, help="work files (default: bench/tmp/<name of --out>)")
+    parser.add_argument("--jobs", type=int, default=2, help="cells at a time, one process each")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="a tiny random model and a few pairs: the path only")
     parser.add_argument("--out", default=str(RESULTS), help="results; the selection file is read from here too")
-    parser.add_argument("--work", default=None, help="work files (default: bench/tmp/<name of --out>)")
+    add_parallel_arguments(parser)
     args = parser.parse_args(argv)
     plan = protocol(args.quick)
     out = Path(args.out)
     work = Path(args.work) if args.work else REPO / "bench" / "tmp" / out.name
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     selection_file = out / "selection.json"
     if not selection_file.is_file():
         raise SystemExit(f"{selection_file}: no selection yet; run bench/real_lr_sweep.py with the same --out first")
@@ -404,17 +447,19 @@ def main(argv=None) -> dict:
     madpo_data = write_madpo_margins(data, margin_model) if "madpo" in args.variants else data
     cells_dir = out / "test"
     cells_dir.mkdir(parents=True, exist_ok=True)
-    cells = []
-    for seed in plan["seeds"]:
-        for variant in args.variants:
-            path = cells_dir / f"{variant}-seed{seed}.json"
-            if not path.is_file():  # the test split is evaluated once per cell: an existing result is final
-                cell = train_and_evaluate(plan, variant, seed, selection["learning_rate"], selection["steps"],
-                                          madpo_data if variant == "madpo" else data, "test",
-                                          work / "runs" / f"{variant}-seed{seed}",
-                                          judge if judge_meta["usable"] else None)
-                path.write_text(json.dumps(cell, indent=1) + "\n")
-            cells.append(json.loads(path.read_text()))
+    names = [f"{variant}-seed{seed}" for seed in plan["seeds"] for variant in args.variants]
+    # the test split is evaluated once per cell: an existing result is final
+    tasks = [(f"{variant}-seed{seed}",
+              (plan, variant, seed, selection["learning_rate"], selection["steps"],
+               madpo_data if variant == "madpo" else data, "test", work / "runs" / f"{variant}-seed{seed}",
+               judge if judge_meta["usable"] else None))
+             for seed in plan["seeds"] for variant in args.variants
+             if not (cells_dir / f"{variant}-seed{seed}.json").is_file()]
+    failed = run_cells(tasks, args.jobs, args.threads,
+                       lambda name, cell: (cells_dir / f"{name}.json").write_text(json.dumps(cell, indent=1) + "\n"))
+    if failed:
+        raise SystemExit(f"{len(failed)} cell(s) failed: {', '.join(failed)}; rerun to retry them")
+    cells = [json.loads((cells_dir / f"{name}.json").read_text()) for name in names]
     from datasets import load_dataset
 
     test_rows = load_dataset("json", data_files=str(data / "test.jsonl"), split="train")

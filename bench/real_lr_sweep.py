@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from real_bench import (RESULTS, balanced_accuracy_of, length_baseline, protocol, split_info,  # noqa: E402
-                        train_and_evaluate, write_split)
+from real_bench import (RESULTS, add_parallel_arguments, balanced_accuracy_of, length_baseline,  # noqa: E402
+                        protocol, run_cells, split_info, write_split)
 
 
 def choose(candidates: list[dict]) -> dict:
@@ -33,7 +33,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny random model and a few pairs: the path only")
     parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--work", default=None, help="work files (default: bench/tmp/<name of --out>)")
+    add_parallel_arguments(parser)
     args = parser.parse_args(argv)
     plan = protocol(args.quick)
     out = Path(args.out)
@@ -45,23 +45,27 @@ def main(argv=None) -> dict:
     _, groups = length_baseline(load_dataset("json", data_files=str(data / "validation.jsonl"), split="train"))
     sweep_file = out / "sweep.json"
     done = json.loads(sweep_file.read_text()) if sweep_file.is_file() else []
+    grid = [(lr, steps, seed) for lr in plan["lrs"] for steps in plan["steps"] for seed in plan["select_seeds"]]
+    known = {(r["learning_rate"], r["steps"], r["seed"]) for r in done}
+    tasks = [(f"lr{lr:g}-steps{steps}-seed{seed}",
+              (plan, "dpo", seed, lr, steps, data, "validation", work / "sweep" / f"lr{lr:g}-steps{steps}-seed{seed}"))
+             for lr, steps, seed in grid if (lr, steps, seed) not in known]
+    tasks = tasks[:1] + sorted(tasks[1:], key=lambda t: -t[1][4])  # the longest runs first: no core idles at the end
+
+    def record(name: str, cell: dict) -> None:
+        done.append({"learning_rate": cell["learning_rate"], "steps": cell["steps"], "seed": cell["seed"],
+                     "accuracy": sum(cell["correct"]) / len(cell["correct"]),
+                     "balanced_accuracy": balanced_accuracy_of(cell["correct"], groups),
+                     "kl_k3": cell["kl_k3_per_completion"], "chosen_logp_change": cell["chosen_logp_change"]})
+        sweep_file.write_text(json.dumps(done, indent=1) + "\n")
+
+    failed = run_cells(tasks, args.jobs, args.threads, record)
+    if failed:
+        raise SystemExit(f"{len(failed)} candidate run(s) failed: {', '.join(failed)}; rerun to retry them")
     candidates = []
     for lr in plan["lrs"]:
         for steps in plan["steps"]:
-            runs = []
-            for seed in plan["select_seeds"]:
-                known = next((r for r in done if (r["learning_rate"], r["steps"], r["seed"]) == (lr, steps, seed)),
-                             None)
-                if known is None:
-                    cell = train_and_evaluate(plan, "dpo", seed, lr, steps, data, "validation",
-                                              work / "sweep" / f"lr{lr:g}-steps{steps}-seed{seed}")
-                    known = {"learning_rate": lr, "steps": steps, "seed": seed,
-                             "accuracy": sum(cell["correct"]) / len(cell["correct"]),
-                             "balanced_accuracy": balanced_accuracy_of(cell["correct"], groups),
-                             "kl_k3": cell["kl_k3_per_completion"], "chosen_logp_change": cell["chosen_logp_change"]}
-                    done.append(known)
-                    sweep_file.write_text(json.dumps(done, indent=1) + "\n")
-                runs.append(known)
+            runs = [r for r in done if (r["learning_rate"], r["steps"]) == (lr, steps)]
             candidates.append({"learning_rate": lr, "steps": steps,
                                "balanced_accuracy": sum(r["balanced_accuracy"] for r in runs) / len(runs),
                                "accuracy": sum(r["accuracy"] for r in runs) / len(runs), "seeds": len(runs)})
