@@ -1,5 +1,5 @@
 """What the tests share besides fixtures (conftest.py): the repository root, running a command from it, and small
-data helpers (pairs, files of each type, the one-line error a data file stops with). Import as
+data helpers (pairs, files of each type, the one-line error a data file stops with), and a small bf16 trainer. Import as
 `from tests.helpers import REPO, run`."""
 
 import gzip
@@ -10,8 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from datasets import load_dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dpo_recipes.train.config import ScriptArguments
+from dpo_recipes.models.precision import fp32_lm_head
+from dpo_recipes.train.config import PreferenceConfig, ScriptArguments
+from dpo_recipes.train.trainer import PreferenceTrainer
 from dpo_recipes.data.preparation import load_preference_data
 from dpo_recipes.errors import UserError
 
@@ -76,3 +82,19 @@ def error_of(path, **kwargs) -> str:
     message = str(err.value)
     assert "\n" not in message
     return message
+
+
+def bf16_trainer(model_dir, out, steps=1, dtype=torch.bfloat16, **overrides):
+    """A PreferenceTrainer on 8 demo pairs: `model_dir`'s weights in `dtype` (head fp32, precision.py), a LoRA
+    adapter in fp32, `steps` steps; `overrides`: PreferenceConfig fields."""
+    rows = load_dataset("json", data_files=str(REPO / "data/demo/train.jsonl"), split="train").select(range(8))
+    args = PreferenceConfig(output_dir=str(out), loss_type=["sigmoid"], beta=0.1, max_length=128,
+                            per_device_train_batch_size=4, max_steps=steps, logging_steps=1, learning_rate=1e-3,
+                            use_cpu=True, bf16=False, report_to="none", save_strategy="no", seed=0,
+                            padding_free=True, **overrides)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    assert fp32_lm_head(model) == (dtype == torch.bfloat16)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"],
+                      task_type="CAUSAL_LM")
+    return PreferenceTrainer(model=model, args=args, train_dataset=rows, processing_class=AutoTokenizer.from_pretrained(model_dir),
+                             peft_config=lora)

@@ -6,28 +6,10 @@ import math
 
 import pytest
 import torch
-from datasets import load_dataset
-from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
-from dpo_recipes.train.config import PreferenceConfig
 from dpo_recipes.models.precision import fp32_lm_head, fp32_on_cpu
-from dpo_recipes.train.trainer import PreferenceTrainer
-from tests.helpers import REPO
-
-
-def bf16_trainer(model_dir, out, steps=1, dtype=torch.bfloat16, **overrides):
-    rows = load_dataset("json", data_files=str(REPO / "data/demo/train.jsonl"), split="train").select(range(8))
-    args = PreferenceConfig(output_dir=str(out), loss_type=["sigmoid"], beta=0.1, max_length=128,
-                            per_device_train_batch_size=4, max_steps=steps, logging_steps=1, learning_rate=1e-3,
-                            use_cpu=True, bf16=False, report_to="none", save_strategy="no", seed=0,
-                            padding_free=True, **overrides)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    assert fp32_lm_head(model) == (dtype == torch.bfloat16)
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"],
-                      task_type="CAUSAL_LM")
-    return PreferenceTrainer(model=model, args=args, train_dataset=rows, processing_class=AutoTokenizer.from_pretrained(model_dir),
-                             peft_config=lora)
+from tests.helpers import bf16_trainer
 
 
 def test_bf16_base_with_fp32_adapter_and_loss_starts_at_ln2(tiny_llama, tmp_path):

@@ -12,7 +12,7 @@ from dpo_recipes.models import compact_head
 from dpo_recipes.models.compact_head import add_compact_head
 from dpo_recipes.models.precision import fp32_lm_head
 from dpo_recipes.models.tiny import build_tiny
-from tests.test_bf16 import bf16_trainer
+from tests.helpers import bf16_trainer
 
 OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
@@ -96,6 +96,43 @@ def test_what_the_compact_head_does_not_cover_goes_to_trls_head(tiny_llama, monk
         expected = fused(**kwargs, fused_lm_head=True).log_probs
         assert compact(**kwargs, fused_lm_head=True).log_probs.equal(expected)  # TRL's own, bit for bit
     assert len(seen) == 1  # TRL's head reads the weight directly: no call of the head module
+
+
+@pytest.mark.parametrize("extra", [{"shift_labels": "labels"}, {"output_router_logits": True},
+                                   {"num_items_in_batch": 7}, {"args": True}],
+                         ids=["shift_labels", "router_logits", "num_items_in_batch", "positional"])
+def test_calls_the_compact_head_does_not_cover_reach_the_forward_beneath_unchanged(tiny_llama, extra):
+    extra = dict(extra)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    calls = []
+    model.forward = lambda *args, **kwargs: calls.append((args, kwargs)) or "beneath"  # stands in for TRL's head
+    add_compact_head(model)
+    kwargs = batch(model.config.vocab_size, packed=False)
+    ids = kwargs.pop("input_ids")
+    if extra.pop("shift_labels", None):
+        kwargs["shift_labels"] = kwargs["labels"][:, 1:]
+    args = (ids,) if extra.pop("args", None) else ()
+    if not args:
+        kwargs["input_ids"] = ids
+    assert model(*args, **kwargs, **extra, fused_lm_head=True) == "beneath"
+    (seen_args, seen), = calls
+    assert len(seen_args) == len(args) and "logits_to_keep" not in seen and seen["fused_lm_head"] is True
+    assert {k: seen[k] for k in extra} == extra and seen["labels"] is kwargs["labels"]
+    assert seen["shift_labels"] is kwargs.get("shift_labels")
+
+
+def test_a_covered_call_asks_the_forward_beneath_for_the_scored_positions_only(tiny_llama):
+    """The control for the test above: the same call with nothing extra takes the compact path."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    calls = []
+    previous = model.forward
+    model.forward = lambda *args, **kwargs: calls.append(kwargs) or previous(*args, **kwargs)
+    add_compact_head(model)
+    kwargs = batch(model.config.vocab_size, packed=False)
+    with torch.no_grad():
+        model(**kwargs, fused_lm_head=True)
+    (seen,) = calls
+    assert seen["logits_to_keep"].sum() == (kwargs["labels"][:, 1:] != -100).sum() and "labels" not in seen
 
 
 def test_trainer_scores_only_completions_and_still_starts_at_ln2(tiny_llama, tmp_path):
