@@ -159,6 +159,10 @@ def test_recipes_read_from_their_files():
     assert (sixteen.gpus, sixteen.nodes) == (16, 2)
     demo, about = recipe_setup("demo-cpu")
     assert not demo.on_gpu and about["source"].startswith("tiny llama")
+    # the compact LM head: on a CPU without DeepSpeed, unless the config turns it off
+    assert demo.compact_head and not qlora.compact_head and not offload.compact_head
+    head = {name: value for name, value in estimate(demo)["rows"] if name.startswith("LM head")}
+    assert list(head) == ["LM head logits (compact head, fp32) and working buffers"]
 
 
 def test_published_figures():

@@ -25,7 +25,10 @@ Face cache), else the built-in table below. What is counted, per GPU:
   input copies, the eager attention matrix when eager attention is used; with checkpointing only each layer's
   input is kept and one layer is recomputed at a time; one more layer's worth covers the backward pass;
 - TRL's fused LM head (no tokens x vocabulary logits): its projection tiles and, for a full fine-tune, its fp32
-  weight-gradient buffer; the 4-bit dequantisation buffer; DeepSpeed's communication buckets;
+  weight-gradient buffer; on a CPU without DeepSpeed the compact head instead (models/compact_head.py): fp32
+  logits of the scored tokens (every token, the worst case, up to its cap), three of that size at the peak (in the
+  backward: the log-softmax kept from the forward and two gradients); the 4-bit dequantisation buffer; DeepSpeed's
+  communication buckets;
 - the CUDA context and library workspaces: 1 GiB, assumed (it varies with driver and GPU).
 
 Allocator fragmentation comes on top: a total within 10% of the GPU is reported as tight. docs/evaluation.md
@@ -45,6 +48,7 @@ from huggingface_hub import try_to_load_from_cache
 from dpo_recipes.cli import CommandParser
 from dpo_recipes.train.config import DATACLASSES, read_config_layers
 from dpo_recipes.errors import UserError, exit_on_user_error
+from dpo_recipes.models.compact_head import MAX_LOGITS
 from dpo_recipes.models.families import FAMILIES, SPLIT_LINEAR, family_of, split_projections, unknown_family
 from dpo_recipes.models.loading import CACHE_DIR
 from dpo_recipes.names import REPO_ROOT
@@ -199,6 +203,7 @@ class Setup:
     offload_param: bool = False
     eager_attention: bool = False
     on_gpu: bool = True
+    compact_head: bool = False  # the CPU's compact LM head (cpu_compact_lm_head; not under DeepSpeed)
 
     @property
     def weight_bytes(self) -> int:
@@ -328,7 +333,10 @@ def estimate(s: Setup) -> dict:
     full = arch.layers * t * per_layer + t * per_layer + outside
     checkpointed = arch.layers * t * s.act_bytes * arch.hidden + 2 * t * per_layer + outside
     head_tokens = min(t, LM_HEAD_TOKENS)
-    buffers = head_tokens * min(arch.vocab, LM_HEAD_VOCAB) * s.act_bytes + t * arch.hidden * 4
+    head = head_tokens * min(arch.vocab, LM_HEAD_VOCAB) * s.act_bytes  # TRL's tiles
+    if s.compact_head:  # a batch over the cap goes to TRL's head, one just under it peaks at the cap
+        head = max(head, 3 * 4 * min(t * arch.vocab, MAX_LOGITS))
+    buffers = head + t * arch.hidden * 4
     if not s.use_peft:  # the fused head accumulates the LM head's gradient in fp32
         buffers += arch.vocab * arch.hidden * 4
     if quantised:  # one projection dequantised at a time
@@ -336,7 +344,8 @@ def estimate(s: Setup) -> dict:
     if s.zero_stage is not None:  # reduce bucket and prefetch / all-gather bucket, 16-bit
         buckets = arch.hidden**2 + (0.9 * arch.hidden**2 if s.zero_stage == 3 else 5e8)
         rows.append(("DeepSpeed communication buckets", buckets * 2))
-    rows.append(("LM head tiles and working buffers", buffers))
+    rows.append(("LM head " + ("logits (compact head, fp32)" if s.compact_head else "tiles") + " and working buffers",
+                 buffers))
     if s.on_gpu:
         rows.append(("CUDA context and workspaces (assumed)", CUDA_CONTEXT))
     base_total = sum(v for _, v in rows)
@@ -432,6 +441,7 @@ def recipe_setup(recipe: str, variant: str | None = None, gpus: int | None = Non
                           if config.get(k) is not None), True)
     # TRL's disable_dropout (default true) sets every dropout to p=0, LoRA's included: no masks are kept then.
     lora_dropout = 0.0 if config.get("disable_dropout", True) else float(config.get("lora_dropout") or 0.0)
+    on_gpu = not (config.get("use_cpu") or launcher.get("use_cpu"))
     mixed = bool(config.get("fp16")) or (bf16 if bf16 is not None else not config.get("use_cpu"))
     setup = Setup(
         arch=arch, gpus=gpus or processes, nodes=nodes,
@@ -444,7 +454,8 @@ def recipe_setup(recipe: str, variant: str | None = None, gpus: int | None = Non
         double_quant=bool(config.get("use_bnb_nested_quant")), optim=str(config.get("optim")),
         zero_stage=zero_stage, offload_optimizer=offload_opt, offload_param=offload_param,
         eager_attention=config.get("attn_implementation") == "eager",
-        on_gpu=not (config.get("use_cpu") or launcher.get("use_cpu")),
+        on_gpu=on_gpu,
+        compact_head=not on_gpu and zero_stage is None and config.get("cpu_compact_lm_head", True) is not False,
     )
     model = config.get("model_name_or_path") or f"tiny_model: {config.get('tiny_model')}"
     return setup, {"recipe": recipe, "variant": variant, "model": model, "source": source}

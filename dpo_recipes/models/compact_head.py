@@ -19,7 +19,8 @@ import types
 import torch
 from trl.trainer.utils import FusedCausalLMOutput
 
-MAX_LOGITS = 1 << 27  # scored positions x vocabulary: 512 MB of fp32 logits, and as much again for the log-softmax
+METRIC_ROWS = 256  # scored positions per block of the no-grad metrics
+MAX_LOGITS = 1 << 27  # scored positions x vocabulary: 512 MB of fp32 logits; three such at the peak (make estimate)
 
 
 def _compact_log_probs(forward, outputs: tuple[str, ...], temperature: float, kwargs: dict, labels: torch.Tensor,
@@ -39,16 +40,15 @@ def _compact_log_probs(forward, outputs: tuple[str, ...], temperature: float, kw
     def spread(values):  # [scored positions] -> [rows, width - 1], zero where nothing is scored
         return values.new_zeros(mask.shape).masked_scatter(mask, values)
 
+    metrics = {"entropy": lambda lsm, lg, tg: -(lsm.exp() * lsm).sum(-1),
+               "log_sum_sq_probs": lambda lsm, lg, tg: torch.logsumexp(2 * lsm, dim=-1),
+               "mean_logits": lambda lsm, lg, tg: lg.mean(-1),
+               "is_top1": lambda lsm, lg, tg: lg.argmax(-1) == tg}
     fields = {"log_probs": spread(token)}
-    with torch.no_grad():
-        if "entropy" in outputs:
-            fields["entropy"] = spread(-(log_softmax.exp() * log_softmax).sum(-1))
-        if "log_sum_sq_probs" in outputs:
-            fields["log_sum_sq_probs"] = spread(torch.logsumexp(2 * log_softmax, dim=-1))
-        if "mean_logits" in outputs:
-            fields["mean_logits"] = spread(logits.mean(-1))
-        if "is_top1" in outputs:
-            fields["is_top1"] = spread(logits.argmax(-1) == targets)
+    with torch.no_grad():  # a block of rows at a time: the temporaries stay small beside the logits
+        for name in (n for n in metrics if n in outputs):
+            fields[name] = spread(torch.cat([metrics[name](*block) for block in zip(
+                log_softmax.split(METRIC_ROWS), logits.split(METRIC_ROWS), targets.split(METRIC_ROWS))]))
     loss = -fields["log_probs"].sum() / mask.sum().clamp(min=1)
     return FusedCausalLMOutput(loss=loss, label_mask=mask, **fields)
 

@@ -122,7 +122,7 @@ def test_peak_memory_of_cpu_training_runs(tmp_path):
     3 steps so that AdamW's moments are there) against the estimate of the same setup. glibc is told to return
     every allocation of 64 KiB or more to the system at once, so that RSS follows what is allocated. The estimate
     leaves out the Python process's own growth during training (measured ~50 MiB here), so the peak may be above it
-    by that much, never below; the growth between two batch sizes isolates the activations."""
+    by that much, and below it only by what the estimate's worst case over-counts (every token scored); the growth between two batch sizes isolates the activations."""
     from dpo_recipes.commands.estimate import architecture_from_config
     from dpo_recipes.models.tiny import build_tiny
 
@@ -147,11 +147,14 @@ def test_peak_memory_of_cpu_training_runs(tmp_path):
         proc = run([sys.executable, str(script), *argv], env={"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"})
         measured[batch] = json.loads(proc.stdout.strip().splitlines()[-1])["increase"]
         setup = Setup(arch=arch, micro_batch=batch, max_length=128, dtype="float32", mixed_precision=False,
-                      gradient_checkpointing=False, use_peft=False, optim="adamw_torch_fused", on_gpu=False)
+                      gradient_checkpointing=False, use_peft=False, optim="adamw_torch_fused", on_gpu=False,
+                      compact_head=True)
         predicted[batch] = estimate(setup)["total"]["full"]
     print({b: (round(measured[b] / 2**20, 1), round(predicted[b] / 2**20, 1)) for b in measured}, "MiB measured, predicted")
     for batch in measured:
-        assert predicted[batch] <= measured[batch] <= predicted[batch] + 100 * 2**20
+        # the estimate scores every token (the compact head's logits: its worst case); the prompts here are not
+        # scored, which it over-counts by about 1% at batch 8
+        assert 0.98 * predicted[batch] <= measured[batch] <= predicted[batch] + 100 * 2**20
     assert measured[8] - measured[2] == pytest.approx(predicted[8] - predicted[2], rel=0.2)
 
 
