@@ -123,6 +123,21 @@ def summarise(cells: list[dict], reference: dict | None) -> list[dict]:
     return rows
 
 
+def noise_comparisons(cells: list[dict], settings: dict) -> list[dict]:
+    """Each variant minus DPO at the same beta and eps > 0, paired by seed (the same swapped pairs): a description
+    beside H2, which is the test."""
+    b = settings["main_beta"]
+    out = []
+    for eps in sorted(e for e in settings["epsilons"] if e > 0):
+        dpo = {s: c["policy_reward"] for s, c in group(cells, "dpo", b, eps).items()}
+        for variant in ("cdpo", "rdpo", "ipo", "madpo_true", "madpo_rm"):
+            other = {s: c["policy_reward"] for s, c in group(cells, variant, b, eps).items()}
+            if set(other) & set(dpo):
+                out.append({"variant": variant, "beta": b, "epsilon": eps,
+                            "reward_difference_vs_dpo": paired_interval(other, dpo)})
+    return out
+
+
 def hypotheses(cells: list[dict], reference: dict | None, settings: dict) -> dict:
     b = settings["main_beta"]
     hi = max(settings["epsilons"])
@@ -261,6 +276,12 @@ def markdown(result: dict) -> str:
         lines.append(f"| {row['variant']} | {row['beta']:g} | {row['epsilon']:g} | {len(row['seeds'])} | "
                      f"{_ci(row['policy_reward'])} | {_ci(row['gain']) if 'gain' in row else '-'} | "
                      f"{_ci(row['kl'], 2)} | {_ci(row['margin'])} | {_ci(row['accuracy'])} |")
+    if result.get("noise_vs_dpo"):
+        lines += ["", "Under label noise, each variant's true reward minus DPO's at the same beta and eps, paired by seed "
+                  "(the same swapped pairs): a description; H2 below is the test.", "",
+                  "| variant | beta | eps | seeds | minus DPO |", "|---|---|---|---|---|"]
+        lines += [f"| {x['variant']} | {x['beta']:g} | {x['epsilon']:g} | {len(x['reward_difference_vs_dpo']['seeds'])} "
+                  f"| {_ci(x['reward_difference_vs_dpo'])} |" for x in result["noise_vs_dpo"]]
     lines += ["", "## Hypotheses", ""]
     h = result["hypotheses"]
     for name in ("H1", "H2", "H3", "H4"):
@@ -432,7 +453,7 @@ def write_report(out: Path, settings=None) -> dict:
                        "train_pairs": len(read_jsonl(pairs)) if pairs.is_file() else None},
               "reference": reference, "sweep": sweep, "summary": summarise(test_cells, reference),
               "hypotheses": hypotheses(test_cells, reference, meta_settings),
-              "cells": cells}
+              "noise_vs_dpo": noise_comparisons(test_cells, meta_settings), "cells": cells}
     (out / "ground_truth.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "ground_truth.md").write_text(markdown(result))
     plot(result, out)

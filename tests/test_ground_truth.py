@@ -134,6 +134,17 @@ def test_hypotheses_on_a_hand_made_table():
     assert report.hypotheses(worse, ref, settings)["H2"]["verdict"] == "contradicted"
 
 
+def test_noise_comparisons_pair_each_variant_with_dpo_by_seed():
+    settings = {"main_beta": 0.1, "epsilons": [0.0, 0.2]}
+    cells = [cell("dpo", 0.1, 0.2, 0, 0.5, 1.0), cell("dpo", 0.1, 0.2, 1, 0.7, 1.0), cell("dpo", 0.1, 0.2, 2, 0.6, 1.0),
+             cell("ipo", 0.1, 0.2, 0, 0.4, 1.0), cell("ipo", 0.1, 0.2, 1, 0.5, 1.0),  # seed 2 not finished
+             cell("dpo", 0.1, 0.0, 0, 0.9, 1.0), cell("ipo", 0.1, 0.0, 0, 0.1, 1.0)]  # eps 0: not a noise comparison
+    (only,) = report.noise_comparisons(cells, settings)
+    diff = only["reward_difference_vs_dpo"]
+    assert (only["variant"], only["epsilon"], diff["seeds"]) == ("ipo", 0.2, [0, 1])
+    assert diff["mean"] == pytest.approx(-0.15) and diff["sd"] == pytest.approx(math.sqrt(0.005))
+
+
 def test_over_confidence_verdicts_on_a_hand_made_table():
     def run(variant, seed, margins, rewards, normalised):
         evals = [{"step": 10 * (i + 1), "margin": m, "policy_reward": r, "normalised_logratio_margin": n}
