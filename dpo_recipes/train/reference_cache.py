@@ -91,7 +91,7 @@ def load(cache_dir: Path, key: str) -> tuple[list[float], list[float]] | None:
 def save(cache_dir: Path, key: str, chosen: list[float], rejected: list[float]) -> Path:
     path = Path(cache_dir) / f"{key}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: two writers of one key never share a file
     save_file({"ref_chosen_logps": torch.tensor(chosen), "ref_rejected_logps": torch.tensor(rejected)}, str(tmp))
     os.replace(tmp, path)  # atomic: a kill mid-write never leaves a torn cache entry
     return path
