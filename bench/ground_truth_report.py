@@ -277,11 +277,12 @@ def markdown(result: dict) -> str:
                      f"{_ci(row['policy_reward'])} | {_ci(row['gain']) if 'gain' in row else '-'} | "
                      f"{_ci(row['kl'], 2)} | {_ci(row['margin'])} | {_ci(row['accuracy'])} |")
     if result.get("noise_vs_dpo"):
-        lines += ["", "Under label noise, each variant's true reward minus DPO's at the same beta and eps, paired by seed "
-                  "(the same swapped pairs): a description; H2 below is the test.", "",
+        lines += ["", "Under label noise, each variant's true reward minus DPO's at the same beta and eps, paired by "
+                  "seed (the same swapped pairs): a description; H2 below is the test.", "",
                   "| variant | beta | eps | seeds | minus DPO |", "|---|---|---|---|---|"]
-        lines += [f"| {x['variant']} | {x['beta']:g} | {x['epsilon']:g} | {len(x['reward_difference_vs_dpo']['seeds'])} "
-                  f"| {_ci(x['reward_difference_vs_dpo'])} |" for x in result["noise_vs_dpo"]]
+        for x in result["noise_vs_dpo"]:
+            d = x["reward_difference_vs_dpo"]
+            lines.append(f"| {x['variant']} | {x['beta']:g} | {x['epsilon']:g} | {len(d['seeds'])} | {_ci(d)} |")
     lines += ["", "## Hypotheses", ""]
     h = result["hypotheses"]
     for name in ("H1", "H2", "H3", "H4"):

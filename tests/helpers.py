@@ -1,5 +1,5 @@
-"""What the tests share besides fixtures (conftest.py): the repository root, running a command from it, and small
-data helpers (pairs, files of each type, the one-line error a data file stops with), and a small bf16 trainer. Import as
+"""What the tests share besides fixtures (conftest.py): the repository root, running a command from it, small data
+helpers (pairs, files of each type, the one-line error a data file stops with) and a small bf16 trainer. Import as
 `from tests.helpers import REPO, run`."""
 
 import gzip
@@ -96,5 +96,5 @@ def bf16_trainer(model_dir, out, steps=1, dtype=torch.bfloat16, **overrides):
     assert fp32_lm_head(model) == (dtype == torch.bfloat16)
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"],
                       task_type="CAUSAL_LM")
-    return PreferenceTrainer(model=model, args=args, train_dataset=rows, processing_class=AutoTokenizer.from_pretrained(model_dir),
-                             peft_config=lora)
+    return PreferenceTrainer(model=model, args=args, train_dataset=rows, peft_config=lora,
+                             processing_class=AutoTokenizer.from_pretrained(model_dir))

@@ -122,7 +122,8 @@ def test_peak_memory_of_cpu_training_runs(tmp_path):
     3 steps so that AdamW's moments are there) against the estimate of the same setup. glibc is told to return
     every allocation of 64 KiB or more to the system at once, so that RSS follows what is allocated. The estimate
     leaves out the Python process's own growth during training (measured ~50 MiB here), so the peak may be above it
-    by that much, and below it only by what the estimate's worst case over-counts (every token scored); the growth between two batch sizes isolates the activations."""
+    by that much, and below it only by what the estimate's worst case over-counts (every token scored); the growth
+    between two batch sizes isolates the activations."""
     from dpo_recipes.commands.estimate import architecture_from_config
     from dpo_recipes.models.tiny import build_tiny
 
