@@ -34,7 +34,7 @@ help:
 	@echo "make bench                                              CPU benchmarks into bench/results/ (about 40 min)"
 	@echo "make bench-gpu                                          GPU benchmark of real recipes (needs a CUDA GPU)"
 	@echo "make noise-bench                                        label-noise robustness of the loss variants (CPU)"
-	@echo "make real-bench [ARGS=...]                              DPO variants on SmolLM2-135M and HH data (bench/README.md; many CPU hours, resumes)"
+	@echo "make real-bench [VARIANTS='dpo ipo'] [ARGS=...]         DPO variants on SmolLM2-135M and HH data (bench/README.md; many CPU hours, resumes)"
 	@echo "make ground-truth [ARGS=...]                            DPO variants judged by a known reward: reward vs KL (CPU, hours, resumes)"
 	@echo "make install                                            create .venv from requirements.txt"
 	@echo "make trackers                                           add wandb and trackio to .venv (report_to: wandb / trackio)"
@@ -132,7 +132,7 @@ noise-bench: install
 # resumes. ARGS (--quick, --out, --work) go to both.
 real-bench: install
 	TQDM_DISABLE=1 $(PY) bench/real_lr_sweep.py $(ARGS)
-	TQDM_DISABLE=1 $(PY) bench/real_bench.py $(ARGS)
+	TQDM_DISABLE=1 $(PY) bench/real_bench.py $(if $(VARIANTS),--variants $(VARIANTS)) $(ARGS)
 
 # DPO and its variants on SmolLM2-135M-Instruct judged by a reward nobody trained (bench/ground_truth.py, protocol
 # in bench/ground_truth.md); one JSON per finished cell, a rerun resumes. ARGS="--quick --out DIR": every stage, small.
