@@ -61,10 +61,9 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
             model = kwargs.get("model", args[0] if args else None)
             check_shared_prompts(getattr(getattr(model, "config", None), "_attn_implementation", None))
         # The batch layout, for the reference cache's key: TRL precomputes inside __init__, while padding_free is off.
+        # On a CPU it also records the LM head on the scored positions only (models/compact_head.py), installed over
+        # TRL's fused head once TRL has added it (its __init__ may already precompute the reference's log-probs).
         self.layout = {"padding_free": config.padding_free, "prefix_sharing": getattr(config, "prefix_sharing", False)}
-        # On a CPU, the LM head on the scored positions only (models/compact_head.py): installed over TRL's fused head
-        # once TRL has added it (its __init__ may already precompute the reference's log-probs).
-        self._compact_head_added = False
         # TRL's __init__ sees a copy of the arguments (the caller's stay as written): padding_free off, since TRL 1.16
         # warns and turns it off while we implement it (packing.py); without a project-only feature, TRL's names for
         # the losses it computes (rdpo is its robust).
@@ -127,7 +126,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         own (the policy's metrics; WPO's weights), and log-probs alone for a separate reference model. On a CPU
         without DeepSpeed (whose engines wrap the models, and partition the head under ZeRO-3). It enters the reference
         cache's key only when added, so that keys made before the option still match runs without it."""
-        if (self._compact_head_added or not getattr(self.args, "cpu_compact_lm_head", True)
+        if ("compact_lm_head" in self.layout or not getattr(self.args, "cpu_compact_lm_head", True)
                 or self.args.device.type != "cpu" or self.is_deepspeed_enabled):
             return
         outputs = ("log_probs", "entropy", "mean_logits", "is_top1") + (("log_sum_sq_probs",) if self.use_weighting
@@ -135,7 +134,6 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         add_compact_head(self.model.get_base_model() if is_peft_model(self.model) else self.model, outputs)
         if self.ref_model is not None:
             add_compact_head(self.ref_model)
-        self._compact_head_added = True
         self.layout["compact_lm_head"] = True
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
@@ -182,7 +180,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         core = self.model.get_base_model()
         policy_forward = core.forward
         # outputs: log-probs only; its non-fused path is the policy's forward
-        (add_compact_head if self._compact_head_added else add_fused_lm_head)(core)
+        (add_compact_head if "compact_lm_head" in self.layout else add_fused_lm_head)(core)
         lean, core.forward = core.forward, policy_forward
         return core, lean
 
