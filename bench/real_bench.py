@@ -375,6 +375,26 @@ def summarise(cells: list[dict], baseline: list[float], groups: list[str], judge
     return summary
 
 
+def verdicts(summary: dict) -> dict[str, str]:
+    """The protocol's hypotheses (bench/README.md) read off the summary's intervals: H1 and H2 for DPO, H3 for each
+    variant compared with DPO. Each verdict names the interval it was read from."""
+    out = {}
+    dpo = summary.get("dpo")
+    if dpo:
+        gap, bal = dpo["accuracy_minus_length_baseline"], dpo["balanced_accuracy"]
+        out["H1"] = (f"{'supported' if gap['low'] > 0 else 'not supported'}: DPO minus the length baseline "
+                     f"{_ci(gap)}")
+        out["H2"] = (f"{'supported' if bal['low'] > 0.5 else 'not supported'}: DPO's length-balanced accuracy "
+                     f"{_ci(bal)}")
+    for variant, s in summary.items():
+        vs = s.get("vs_dpo", {}).get("accuracy") if isinstance(s, dict) else None
+        if vs:
+            side = "higher" if vs["low"] > 0 else "lower" if vs["high"] < 0 else None
+            out[f"H3 {variant}"] = (f"{variant} {side} than DPO" if side else "no difference from DPO shown") + (
+                f": {variant} - DPO {_ci(vs)} at level {s['vs_dpo']['level']:.4g}")
+    return out
+
+
 def _ci(stat: dict, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
 
@@ -401,6 +421,16 @@ def markdown(result: dict) -> str:
         lines.append(f"| {variant} | {_ci(s['accuracy'])} | {_ci(s['balanced_accuracy'])} | "
                      f"{_ci(s['accuracy_minus_length_baseline'])} | {_ci(vs) if vs else ''} | {_ci(s['kl_k3'])} | "
                      f"{win} |")
+    lines += ["", "Description, not tests: margin (policy's implicit reward, chosen minus rejected), the chosen "
+              "reply's log-prob change from the reference (nats per reply), and accuracy minus the length baseline as a "
+              "hierarchical bootstrap (seeds, then pairs within seeds).", "",
+              "| variant | margin | chosen log-prob change | minus length baseline (bootstrap) |", "|---|---|---|---|"]
+    for variant, s in summary.items():
+        if variant != "length_baseline":
+            lines.append(f"| {variant} | {_ci(s['margin'])} | {_ci(s['chosen_logp_change'], 2)} | "
+                         f"{_ci(s['accuracy_minus_length_baseline_pairs'])} |")
+    lines += ["", "Hypotheses (bench/README.md):", ""]
+    lines += [f"- **{name}** {text}" for name, text in verdicts(summary).items()]
     return "\n".join(lines) + "\n"
 
 

@@ -113,8 +113,29 @@ def test_markdown_says_when_no_win_rate_is_given():
     meta = {"seeds": [0, 1, 2], "selection": {"learning_rate": 3e-4, "steps": 24},
             "judge": real_bench.judge_summary([1] * 28 + [0] * 20)}
     md = real_bench.markdown({"meta": meta, "summary": summary})
-    assert "so no win-rate is given" in md and "| dpo | 0.667 [" in md and md.rstrip().endswith("| - |")
+    dpo_row = next(line for line in md.splitlines() if line.startswith("| dpo | 0.667 ["))
+    assert "so no win-rate is given" in md and dpo_row.endswith("| - |")
     assert not math.isnan(summary["dpo"]["accuracy"]["low"])
+    assert "- **H1** not supported" in md and "- **H2** not supported" in md  # 3 seeds of 1/2 and 1: intervals wide
+
+
+def test_verdicts_read_the_intervals_the_protocol_names():
+    """Baseline 0.5 on four pairs (chosen shorter in the first two). DPO per seed 1, 1, 3/4, 1, 1: its accuracy minus
+    the baseline has mean 0.45, all above 0 -> H1 supported; its length-balanced accuracy per seed 1, 1, 0.75, 1, 1
+    -> H2 supported. IPO equals DPO on every seed: the paired difference is 0 with zero spread -> no difference.
+    cDPO is 1/4 below DPO on every seed -> lower."""
+    baseline, groups = [1.0, 1.0, 0.0, 0.0], ["chosen shorter"] * 2 + ["chosen not shorter"] * 2
+    dpo = [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+    cells = ([cell("dpo", s, c) for s, c in enumerate(dpo)] + [cell("ipo", s, c) for s, c in enumerate(dpo)]
+             + [cell("cdpo", s, [0] + c[1:]) for s, c in enumerate(dpo)])
+    v = real_bench.verdicts(real_bench.summarise(cells, baseline, groups, judge_ok=False))
+    assert v["H1"].startswith("supported: DPO minus the length baseline 0.450 [")
+    assert v["H2"].startswith("supported")
+    assert v["H3 ipo"].startswith("no difference from DPO shown") and "level 0.975" in v["H3 ipo"]
+    assert v["H3 cdpo"].startswith("cdpo lower than DPO: cdpo - DPO -0.250 [")
+    weak = [cell("dpo", s, c) for s, c in enumerate([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0]])]
+    v = real_bench.verdicts(real_bench.summarise(weak, baseline, groups, judge_ok=False))
+    assert v["H1"].startswith("not supported") and v["H2"].startswith("not supported") and len(v) == 2
 
 
 def test_reference_held_out_logps_are_computed_once_and_read_back(tiny_llama, tmp_path, monkeypatch):
