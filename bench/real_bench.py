@@ -13,9 +13,9 @@ selection file of the same split, and writes each cell's test result once: a cel
 evaluated again (a new protocol needs a new --out). Per cell, on the test pairs: reward accuracy, the length-balanced
 accuracy (the mean of the accuracies where the chosen reply is shorter and where it is not), the margin, and the KL to
 the reference (k3, sampled completions). Beside them, the baseline "the shorter reply wins" on the same pairs.
-Intervals come from dpo_recipes/report/statistics.py with the seed as the unit. A win-rate is given only when the judge's own
-accuracy on the validation split has a 95% interval above 0.5; the judge is a reward model trained with another seed
-than the one that sets MADPO's margins, so MADPO is never judged by its own reward model.
+Intervals come from dpo_recipes/report/statistics.py with the seed as the unit. A win-rate is given only when the
+judge's own accuracy on the validation split has a 95% interval above 0.5; the judge is a reward model trained with
+another seed than the one that sets MADPO's margins, so MADPO is never judged by its own reward model.
 """
 
 from __future__ import annotations
@@ -331,8 +331,8 @@ def summarise(cells: list[dict], baseline: list[float], groups: list[str], judge
     """Per variant over its seeds: accuracy, length-balanced accuracy, accuracy minus the length baseline (t over
     seeds, and a hierarchical bootstrap over seeds and pairs), margin, KL, chosen log-prob change; against DPO the
     per-seed differences (paired t); the win-rate over the reference clustered by prompt, only if judge_ok."""
-    from dpo_recipes.report.statistics import (balanced_mean, clustered_win_rate, hierarchical_bootstrap, paired_t_interval,
-                                   t_interval)
+    from dpo_recipes.report.statistics import (balanced_mean, clustered_win_rate, hierarchical_bootstrap,
+                                               paired_t_interval, t_interval)
 
     by_variant: dict[str, list[dict]] = {}
     for cell in sorted(cells, key=lambda c: c["seed"]):
@@ -422,8 +422,8 @@ def markdown(result: dict) -> str:
                      f"{_ci(s['accuracy_minus_length_baseline'])} | {_ci(vs) if vs else ''} | {_ci(s['kl_k3'])} | "
                      f"{win} |")
     lines += ["", "Description, not tests: margin (policy's implicit reward, chosen minus rejected), the chosen "
-              "reply's log-prob change from the reference (nats per reply), and accuracy minus the length baseline as a "
-              "hierarchical bootstrap (seeds, then pairs within seeds).", "",
+              "reply's log-prob change from the reference (nats per reply), and accuracy minus the length baseline "
+              "as a hierarchical bootstrap (seeds, then pairs within seeds).", "",
               "| variant | margin | chosen log-prob change | minus length baseline (bootstrap) |", "|---|---|---|---|"]
     for variant, s in summary.items():
         if variant != "length_baseline":

@@ -79,7 +79,8 @@ def test_summary_uses_seeds_as_units():
 def test_win_rate_only_with_a_usable_judge_and_clustered_by_prompt():
     """Each cell: prompt 0 win (1 > 0), prompt 1 tie (0 = 0); prompt means 1 and 0.5 over 3 seeds."""
     cells = [cell("dpo", s, [1, 0]) for s in range(3)]
-    w = real_bench.summarise(cells, [1.0, 0.0], ["chosen shorter", "chosen not shorter"], judge_ok=True)["dpo"]["win_rate"]
+    summary = real_bench.summarise(cells, [1.0, 0.0], ["chosen shorter", "chosen not shorter"], judge_ok=True)
+    w = summary["dpo"]["win_rate"]
     assert w["win_rate"] == 0.75 and w["n_prompts"] == 2 and w["n_outcomes"] == 6
     assert real_bench.judge_summary([1] * 10 + [0] * 2)["usable"]  # 10/12: Wilson low 0.55
     assert not real_bench.judge_summary([1] * 28 + [0] * 20)["usable"]  # 0.58 on 48: the interval includes 0.5
