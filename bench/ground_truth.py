@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from cell_pool import run_in_pool  # noqa: E402
 from bench_training import cpu_model  # noqa: E402  (the CPU a cell ran on: cells did not all run on one machine)
 from dpo_recipes.report.generation import completion_token_logps, generate, kl_estimates  # noqa: E402
 from dpo_recipes.data.tokenization import generation_prompt_ids, tokenize_pair  # noqa: E402
@@ -544,24 +545,17 @@ def run_pool(cells: list[Cell], settings: Settings, folder: Path, jobs: int, thr
             continue
         todo.append(cell)
     print(f"ground truth: {len(cells) - len(todo)} of {len(cells)} cells done, {len(todo)} to run", flush=True)
-    if not todo:
-        return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(run_cell, c, settings, str(folder), threads): c for c in todo}
-        for future in as_completed(futures):
-            cell = futures[future]
-            try:
-                result = future.result()
-            except Exception as err:  # the other cells go on; a rerun retries this one
-                print(f"{cell.name}: FAILED: {type(err).__name__}: {err}", flush=True)
-                continue
-            path = folder / "cells" / f"{cell.name}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result, indent=1) + "\n")
-            print(f"{cell.name}: reward {result['policy_reward']:.3f}, kl {result['kl']:.2f}, "
-                  f"{result['seconds'] / 60:.1f} min", flush=True)
-            on_done()
+
+    def write(name: str, result: dict) -> None:
+        path = folder / "cells" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"{name}: reward {result['policy_reward']:.3f}, kl {result['kl']:.2f}, {result['seconds'] / 60:.1f} min",
+              flush=True)
+        on_done()
+
+    # a failed cell is printed and the others go on; a rerun retries it
+    run_in_pool(run_cell, [(c.name, (c, settings, str(folder), threads)) for c in todo], jobs, write)
 
 
 def choose_budget(folder: Path, settings: Settings) -> dict:

@@ -24,15 +24,16 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from cell_pool import run_in_pool  # noqa: E402
 RECIPE = REPO / "recipes" / "smollm2-135m"
 RESULTS = REPO / "bench" / "results" / "hh"
 VARIANTS = {  # name -> overrides of the recipe's config
@@ -282,24 +283,15 @@ def run_cells(tasks: list[tuple[str, tuple]], jobs: int, threads: int, on_done) 
     threads each; on_done(name, cell) runs here as each finishes, so only this process writes results. The first
     task runs alone (with every thread): it fills the reference caches that the others read. Returns the names that
     failed (the rest went on; a rerun retries them)."""
-    context = multiprocessing.get_context("spawn")
+    def done(name: str, cell: dict) -> None:
+        on_done(name, cell)
+        print(f"{name}: accuracy {sum(cell['correct']) / len(cell['correct']):.3f}, {cell['seconds'] / 60:.1f} min",
+              flush=True)
+
     failed = []
     for batch, width in ((tasks[:1], 1), (tasks[1:], jobs)):
-        if not batch:
-            continue
-        with ProcessPoolExecutor(width, mp_context=context, max_tasks_per_child=1) as pool:
-            futures = {pool.submit(cell_in_process, threads * jobs // width, *args): name for name, args in batch}
-            for future in as_completed(futures):
-                name = futures[future]
-                try:
-                    cell = future.result()
-                except Exception as err:
-                    print(f"{name}: FAILED: {type(err).__name__}: {err}", flush=True)
-                    failed.append(name)
-                    continue
-                on_done(name, cell)
-                print(f"{name}: accuracy {sum(cell['correct']) / len(cell['correct']):.3f}, "
-                      f"{cell['seconds'] / 60:.1f} min", flush=True)
+        failed += run_in_pool(cell_in_process, [(name, (threads * jobs // width, *args)) for name, args in batch],
+                              width, done)
     return failed
 
 
