@@ -446,3 +446,25 @@ def test_reference_pass_asks_the_fused_head_for_log_probs_alone(tiny_llama, tmp_
     assert torch.equal(policy_logps, ref_logps)
     core = trainer.model.get_base_model()
     assert trainer._reference_forward[1] is not core.forward  # the policy's forward is back after the pass
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "cdpo"], ids=["trl-path", "project-path"])
+def test_eval_metrics_are_means_over_pairs_not_batches(tiny_llama, tmp_path, pairs, loss_type):
+    """Three held-out pairs in batches of 2 and 1 must log what batches of 1 log (each batch one pair, so there a mean
+    over batches is the mean over pairs). Before, the lone third pair weighed as much as the first two together. The
+    policy is trained a few steps first, so that the pairs' rewards differ."""
+    trainer = make_trainer(tiny_llama, tmp_path, pairs, loss_type)
+    trainer.args.max_steps, trainer.args.learning_rate = 4, 1e-2
+    trainer.train()
+    three = pairs.select(range(3))
+    by_batch = {}
+    for size in (1, 2):
+        trainer.args.per_device_eval_batch_size = size
+        by_batch[size] = trainer.evaluate(three)
+    keys = [f"eval_{k}" for k in TRL_METRICS]
+    assert {k: by_batch[2][k] for k in keys} == pytest.approx({k: by_batch[1][k] for k in keys}, rel=1e-4, abs=1e-6)
+    # the check can fail: the unweighted mean of batches {1, 2} and {3} is another number
+    trainer.args.per_device_eval_batch_size = 1
+    margins = [trainer.evaluate(pairs.select([i]))["eval_rewards/margins"] for i in range(3)]
+    assert by_batch[2]["eval_rewards/margins"] == pytest.approx(sum(margins) / 3, rel=1e-4, abs=1e-6)
+    assert abs((margins[0] + margins[1]) / 4 + margins[2] / 2 - sum(margins) / 3) > 1e-3

@@ -74,6 +74,7 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
         self._ref_weights_hash, self.ref_cache_hits = None, []  # datasets whose reference log-probs came from disk
         self._held_out: dict[str, list[torch.Tensor]] | None = None  # per-pair log-probs of the running evaluate()
         self.held_out_logps = None  # those of the last finished evaluate(): see evaluate()
+        self._metric_pairs = {"train": [], "eval": []}  # pairs behind each compute_loss call's metrics: see log()
         super().__init__(*args, processing_class=processing_class, data_collator=data_collator, row_origin=row_origin,
                          **{**kwargs, "args": trl_view})
         # What TRL's and transformers' __init__ wrote into their arguments (DeepSpeed's config, checkpointing kwargs,
@@ -210,12 +211,33 @@ class PreferenceTrainer(StableTrainingMixin, DPOTrainer):
             logps, _, _ = completion_logps(model, inputs)
         return logps.chunk(2)
 
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log, with each metric averaged over pairs instead of over batches. TRL appends one mean per
+        compute_loss call and logs their plain mean, so a short last batch (an eval set that batches do not divide)
+        weighed as much as a full one. A metric with one value per call is weighted by that call's pairs (gathered
+        over the processes); the rest (num_tokens) stay as TRL wrote them."""
+        mode = "train" if self.model.training else "eval"
+        pairs = self._metric_pairs[mode]
+        for key, values in self._metrics[mode].items():
+            if len(values) == len(pairs) > 1:
+                self._metrics[mode][key] = [sum(v * n for v, n in zip(values, pairs)) / sum(pairs)]
+        pairs.clear()
+        super().log(logs, start_time)
+
+    def _count_pairs(self, mode: str, n: int) -> None:
+        """One compute_loss call's pairs over every process, as gather_for_metrics counts them for the metrics (the
+        copies that fill the last eval batch of a process left out)."""
+        ones = torch.ones(n, device=self.accelerator.device)
+        self._metric_pairs[mode].append(self.accelerator.gather_for_metrics(ones).numel())
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
         if not self.use_registry:
             inputs = {k: v for k, v in inputs.items() if k != MARGIN_COLUMN}  # TRL would hand it to the model
+            self._count_pairs(mode, inputs["input_ids"].size(0) // 2)  # TRL's batch: the chosen rows, then rejected
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        mode = "train" if self.model.training else "eval"
         (chosen_logps, rejected_logps), (chosen_lengths, rejected_lengths), outputs = self.pair_logps(model, inputs)
+        self._count_pairs(mode, chosen_logps.size(0))
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = (inputs[k].to(chosen_logps.device) for k in _REF_KEYS)
         else:
