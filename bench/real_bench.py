@@ -329,8 +329,15 @@ def summarise(cells: list[dict], baseline: list[float], groups: list[str], judge
     by_variant: dict[str, list[dict]] = {}
     for cell in sorted(cells, key=lambda c: c["seed"]):
         by_variant.setdefault(cell["variant"], []).append(cell)
+    names = sorted(set(groups))
     summary = {"length_baseline": {"accuracy": sum(baseline) / len(baseline),
-                                   "balanced_accuracy": balanced_mean(baseline, groups), "pairs": len(baseline)}}
+                                   "balanced_accuracy": balanced_mean(baseline, groups), "pairs": len(baseline),
+                                   "pairs_by_length": {g: groups.count(g) for g in names}}}
+
+    def group_mean(correct: list[float], name: str) -> float:
+        kept = [c for c, g in zip(correct, groups) if g == name]
+        return sum(kept) / len(kept)
+
     per_seed = {}
     for variant, group in by_variant.items():
         per_seed[variant] = {
@@ -349,6 +356,7 @@ def summarise(cells: list[dict], baseline: list[float], groups: list[str], judge
             "margin": t_interval([sum(c["margins"]) / len(c["margins"]) for c in group]),
             "kl_k3": t_interval([c["kl_k3_per_completion"] for c in group]),
             "chosen_logp_change": t_interval([c["chosen_logp_change"] for c in group]),
+            "accuracy_by_length": {g: t_interval([group_mean(c["correct"], g) for c in group]) for g in names},
         }
         if judge_ok and all("judge_scores" in c for c in group):
             outcomes, prompt_ids = [], []
@@ -394,6 +402,7 @@ def _ci(stat: dict, digits: int = 3) -> str:
 def markdown(result: dict) -> str:
     meta, summary = result["meta"], result["summary"]
     base = summary["length_baseline"]
+    by_length = base["pairs_by_length"]
     lines = [f"Test split ({base['pairs']} pairs, by conversation), seeds {meta['seeds']}, learning rate "
              f"{meta['selection']['learning_rate']:g} and {meta['selection']['steps']} steps chosen on validation "
              f"(bench/README.md). Length baseline (shorter reply wins): accuracy {base['accuracy']:.3f}, "
@@ -416,11 +425,15 @@ def markdown(result: dict) -> str:
     lines += ["", "Description, not tests: margin (policy's implicit reward, chosen minus rejected), the chosen "
               "reply's log-prob change from the reference (nats per reply), and accuracy minus the length baseline "
               "as a hierarchical bootstrap (seeds, then pairs within seeds).", "",
-              "| variant | margin | chosen log-prob change | minus length baseline (bootstrap) |", "|---|---|---|---|"]
+              "| variant | margin | chosen log-prob change | minus length baseline (bootstrap) | accuracy, chosen "
+              f"shorter ({by_length['chosen shorter']} pairs) | accuracy, chosen not shorter "
+              f"({by_length['chosen not shorter']} pairs) |", "|---|---|---|---|---|---|"]
     for variant, s in summary.items():
         if variant != "length_baseline":
             lines.append(f"| {variant} | {_ci(s['margin'])} | {_ci(s['chosen_logp_change'], 2)} | "
-                         f"{_ci(s['accuracy_minus_length_baseline_pairs'])} |")
+                         f"{_ci(s['accuracy_minus_length_baseline_pairs'])} | "
+                         f"{_ci(s['accuracy_by_length']['chosen shorter'])} | "
+                         f"{_ci(s['accuracy_by_length']['chosen not shorter'])} |")
     lines += ["", "Hypotheses (bench/README.md):", ""]
     lines += [f"- **{name}** {text}" for name, text in verdicts(summary).items()]
     return "\n".join(lines) + "\n"

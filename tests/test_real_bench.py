@@ -63,7 +63,11 @@ def test_summary_uses_seeds_as_units():
              cell("ipo", 0, [1, 1, 1, 1]), cell("ipo", 1, [1, 1, 1, 0]), cell("ipo", 2, [1, 1, 1, 1])]
     summary = real_bench.summarise(cells, baseline, groups, judge_ok=False)
     dpo, ipo = summary["dpo"], summary["ipo"]
-    assert summary["length_baseline"] == {"accuracy": 0.5, "balanced_accuracy": 0.5, "pairs": 4}
+    assert summary["length_baseline"] == {"accuracy": 0.5, "balanced_accuracy": 0.5, "pairs": 4,
+                                          "pairs_by_length": {"chosen not shorter": 2, "chosen shorter": 2}}
+    # by length group, per seed: chosen shorter 1, 1/2, 1 (mean 5/6); chosen not shorter 1/2, 1/2, 1 (mean 2/3)
+    assert dpo["accuracy_by_length"]["chosen shorter"]["mean"] == pytest.approx(5 / 6)
+    assert dpo["accuracy_by_length"]["chosen not shorter"]["mean"] == pytest.approx(2 / 3)
     assert dpo["accuracy"]["mean"] == 0.75 and dpo["accuracy"]["df"] == 2
     assert dpo["accuracy"]["high"] - 0.75 == pytest.approx(0.621034, abs=1e-6)
     assert dpo["accuracy_minus_length_baseline"]["mean"] == pytest.approx(0.25)
