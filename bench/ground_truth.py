@@ -365,6 +365,7 @@ def reward_model_margins(cell: Cell, rows: list[dict], heldout: list[dict], sett
                                 "--dataset_test_split", "test", "--output_dir", str(out), "--max_steps", str(steps),
                                 "--per_device_train_batch_size", str(settings.batch), "--gradient_accumulation_steps",
                                 "1", "--learning_rate", "1e-3", "--save_strategy", "no", "--logging_steps", "1",
+                                "--warmup_steps", "5",  # as when the committed cells ran (the recipe's, then)
                                 "--seed", str(cell.seed)))
     model, tokenizer = load_reward_model(str(out), device=torch.device("cpu"))
     margins = score_pairs(model, tokenizer, Dataset.from_list([conversational(r) for r in rows]), batch_size=8)

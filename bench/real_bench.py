@@ -177,6 +177,7 @@ def train_reward_model(work: Path, plan: dict, data: Path, seed: int) -> tuple[P
     if not (out / "model.safetensors").is_file():
         reward_main(recipe_args(plan, *data_args(data, "validation"), "--output_dir", str(out), "--seed", str(seed),
                                 "--max_steps", str(plan["reward_steps"]), "--learning_rate", "1e-3",
+                                "--warmup_steps", "5",  # as when the committed cells ran (the recipe's, then)
                                 "--save_strategy", "no", "--logging_steps", "1"))
     model, tokenizer = load_reward_model(str(out), device=torch.device("cpu"))
     validation = load_dataset("json", data_files=str(data / "validation.jsonl"), split="train")

@@ -27,3 +27,26 @@ def test_readme_demo_table_matches_the_committed_report():
         row(readme, "fact accuracy")
     assert f"| {style['reference']:.3f} | {style['policy']:.3f} (change {style['change']['mean']:+.3f}" in \
         row(readme, "greedy replies in the chosen style")
+
+
+def test_hh_figures_in_the_readmes_match_the_committed_report():
+    """The HH benchmark's DPO numbers quoted in README.md, bench/README.md, docs/benchmarks.md and the recipe's README
+    are those of bench/results/hh/real.json (line breaks inside a quote do not count)."""
+    real = json.loads((REPO / "bench/results/hh/real.json").read_text())["summary"]
+    dpo, base = real["dpo"], real["length_baseline"]
+
+    def ci(stat, digits=3, key="mean"):
+        return f"{stat[key]:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
+
+    def page(path):
+        return " ".join((REPO / path).read_text().split())
+
+    quoted = [ci(dpo["accuracy"]), ci(dpo["balanced_accuracy"]), f"{base['accuracy']:.3f}",
+              ci(dpo["win_rate"], key="win_rate")]
+    for path in ("README.md", "bench/README.md", "docs/benchmarks.md"):
+        assert [q for q in quoted if q not in page(path)] == [], path
+    bench, by_length = page("bench/README.md"), dpo["accuracy_by_length"]
+    assert ci(by_length["chosen shorter"]) in bench and ci(by_length["chosen not shorter"]) in bench
+    assert f"+{ci(dpo['accuracy_minus_length_baseline'])}" in bench and ci(dpo["kl_k3"], 2) in bench
+    recipe = page("recipes/smollm2-135m/README.md")
+    assert ci(dpo["accuracy"]) in recipe and ci(dpo["balanced_accuracy"]) in recipe and ci(dpo["kl_k3"], 2) in recipe
