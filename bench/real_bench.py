@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from cell_pool import run_in_pool  # noqa: E402
+
 RECIPE = REPO / "recipes" / "smollm2-135m"
 RESULTS = REPO / "bench" / "results" / "hh"
 VARIANTS = {  # name -> overrides of the recipe's config
@@ -46,6 +47,7 @@ VARIANTS = {  # name -> overrides of the recipe's config
 SPLIT_PERCENT = {"test": 20, "validation": 15}  # of conversations; the rest trains
 MARGIN_MODEL_SEED, JUDGE_SEED = 0, 1
 PARTS = ("train", "validation", "test")
+LENGTH_GROUPS = ("chosen shorter", "chosen not shorter")  # by characters; the length-balanced accuracy's two groups
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def length_baseline(rows) -> tuple[list[float], list[str]]:
     for row in rows:
         c, r = len(reply_text(row["chosen"])), len(reply_text(row["rejected"]))
         wins.append(1.0 if c < r else 0.0 if c > r else 0.5)
-        groups.append("chosen shorter" if c < r else "chosen not shorter")
+        groups.append(LENGTH_GROUPS[0] if c < r else LENGTH_GROUPS[1])
     return wins, groups
 
 
@@ -404,6 +406,7 @@ def markdown(result: dict) -> str:
     meta, summary = result["meta"], result["summary"]
     base = summary["length_baseline"]
     by_length = base["pairs_by_length"]
+    groups = [g for g in LENGTH_GROUPS if g in by_length]
     lines = [f"Test split ({base['pairs']} pairs, by conversation), seeds {meta['seeds']}, learning rate "
              f"{meta['selection']['learning_rate']:g} and {meta['selection']['steps']} steps chosen on validation "
              f"(bench/README.md). Length baseline (shorter reply wins): accuracy {base['accuracy']:.3f}, "
@@ -426,15 +429,14 @@ def markdown(result: dict) -> str:
     lines += ["", "Description, not tests: margin (policy's implicit reward, chosen minus rejected), the chosen "
               "reply's log-prob change from the reference (nats per reply), and accuracy minus the length baseline "
               "as a hierarchical bootstrap (seeds, then pairs within seeds).", "",
-              "| variant | margin | chosen log-prob change | minus length baseline (bootstrap) | accuracy, chosen "
-              f"shorter ({by_length['chosen shorter']} pairs) | accuracy, chosen not shorter "
-              f"({by_length['chosen not shorter']} pairs) |", "|---|---|---|---|---|---|"]
+              "| variant | margin | chosen log-prob change | minus length baseline (bootstrap) | "
+              + " | ".join(f"accuracy, {g} ({by_length[g]} pairs)" for g in groups) + " |",
+              "|---|---|---|---|" + "---|" * len(groups)]
     for variant, s in summary.items():
         if variant != "length_baseline":
             lines.append(f"| {variant} | {_ci(s['margin'])} | {_ci(s['chosen_logp_change'], 2)} | "
                          f"{_ci(s['accuracy_minus_length_baseline_pairs'])} | "
-                         f"{_ci(s['accuracy_by_length']['chosen shorter'])} | "
-                         f"{_ci(s['accuracy_by_length']['chosen not shorter'])} |")
+                         + " | ".join(_ci(s["accuracy_by_length"][g]) for g in groups) + " |")
     lines += ["", "Hypotheses (bench/README.md):", ""]
     lines += [f"- **{name}** {text}" for name, text in verdicts(summary).items()]
     return "\n".join(lines) + "\n"

@@ -175,3 +175,13 @@ def test_reference_held_out_logps_are_computed_once_and_read_back(tiny_llama, tm
         assert a.shape == (6,) and torch.equal(a, b) and torch.equal(a, c)
     real_bench.reference_pair_logps(policy, tokenized[:3], settings, tiny_llama, tmp_path)
     assert len(calls) == 2 and len(list(tmp_path.glob("*.safetensors"))) == 2
+
+
+def test_markdown_with_one_length_group_only():
+    """A test split where every chosen reply is the shorter: one group, one column, no missing key."""
+    cells = [cell("dpo", s, [1, s % 2]) for s in range(3)]
+    summary = real_bench.summarise(cells, [1.0, 1.0], ["chosen shorter"] * 2, judge_ok=False)
+    meta = {"seeds": [0, 1, 2], "selection": {"learning_rate": 3e-4, "steps": 24},
+            "judge": real_bench.judge_summary([1] * 28 + [0] * 20)}
+    md = real_bench.markdown({"meta": meta, "summary": summary})
+    assert "accuracy, chosen shorter (2 pairs) |" in md and "chosen not shorter" not in md
