@@ -14,8 +14,6 @@ def run_in_pool(fn: Callable[..., Any], tasks: list[tuple[str, tuple]], jobs: in
     """fn(*args) for every (name, args) in `tasks`, `jobs` processes at a time; on_done(name, result) runs in this
     process as each finishes. Returns the names whose call raised (each printed with its error; a rerun retries
     them). `fn` must be importable by name (a module-level function)."""
-    if not tasks:
-        return []
     failed = []
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
         futures = {pool.submit(fn, *args): name for name, args in tasks}

@@ -18,6 +18,3 @@ def test_a_failed_cell_is_named_and_the_others_still_reach_the_parent(capsys):
     assert done == {"four": 2.0, "nine": 3.0}
     assert "minus one: FAILED: ValueError: math domain error" in capsys.readouterr().out
 
-
-def test_no_tasks_starts_no_pool():
-    assert run_in_pool(math.sqrt, [], 2, lambda name, result: None) == []
