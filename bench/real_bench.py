@@ -326,7 +326,7 @@ def summarise(cells: list[dict], baseline: list[float], groups: list[str], judge
     """Per variant over its seeds: accuracy, length-balanced accuracy, accuracy minus the length baseline (t over
     seeds, and a hierarchical bootstrap over seeds and pairs), margin, KL, chosen log-prob change; against DPO the
     per-seed differences (paired t); the win-rate over the reference clustered by prompt, only if judge_ok."""
-    from dpo_recipes.report.statistics import (balanced_mean, clustered_win_rate, hierarchical_bootstrap,
+    from dpo_recipes.report.statistics import (balanced_mean, clustered_win_rate, group_means, hierarchical_bootstrap,
                                                paired_t_interval, t_interval)
 
     by_variant: dict[str, list[dict]] = {}
@@ -336,10 +336,6 @@ def summarise(cells: list[dict], baseline: list[float], groups: list[str], judge
     summary = {"length_baseline": {"accuracy": sum(baseline) / len(baseline),
                                    "balanced_accuracy": balanced_mean(baseline, groups), "pairs": len(baseline),
                                    "pairs_by_length": {g: groups.count(g) for g in names}}}
-
-    def group_mean(correct: list[float], name: str) -> float:
-        kept = [c for c, g in zip(correct, groups) if g == name]
-        return sum(kept) / len(kept)
 
     per_seed = {}
     for variant, group in by_variant.items():
@@ -359,7 +355,7 @@ def summarise(cells: list[dict], baseline: list[float], groups: list[str], judge
             "margin": t_interval([sum(c["margins"]) / len(c["margins"]) for c in group]),
             "kl_k3": t_interval([c["kl_k3_per_completion"] for c in group]),
             "chosen_logp_change": t_interval([c["chosen_logp_change"] for c in group]),
-            "accuracy_by_length": {g: t_interval([group_mean(c["correct"], g) for c in group]) for g in names},
+            "accuracy_by_length": {g: t_interval([group_means(c["correct"], groups)[g] for c in group]) for g in names},
         }
         if judge_ok and all("judge_scores" in c for c in group):
             outcomes, prompt_ids = [], []

@@ -102,11 +102,16 @@ def clustered_win_rate(outcomes: Sequence[float], prompts: Sequence, level: floa
             "high": min(1.0, interval["high"]), "n_prompts": len(by_prompt), "n_outcomes": int(outcomes.size)}
 
 
-def balanced_mean(values: Sequence[float], groups: Sequence) -> float:
-    """Mean of the group means: each group weighs the same however many values it has (length-balanced
-    accuracy is this with groups 'chosen shorter' and 'chosen longer')."""
+def group_means(values: Sequence[float], groups: Sequence) -> dict:
+    """{group: mean of its values}, for every group label present."""
     values = np.asarray(values, dtype=float).ravel()
     groups = np.asarray(groups)
     if values.size != groups.size:
-        raise ValueError(f"balanced_mean: {values.size} values against {groups.size} group labels")
-    return float(np.mean([values[groups == g].mean() for g in np.unique(groups)]))
+        raise ValueError(f"group_means: {values.size} values against {groups.size} group labels")
+    return {g.item(): float(values[groups == g].mean()) for g in np.unique(groups)}
+
+
+def balanced_mean(values: Sequence[float], groups: Sequence) -> float:
+    """Mean of the group means: each group weighs the same however many values it has (length-balanced
+    accuracy is this with groups 'chosen shorter' and 'chosen longer')."""
+    return float(np.mean(list(group_means(values, groups).values())))
